@@ -1,0 +1,1 @@
+"""The `arcade` command and its helpers."""

@@ -1,0 +1,119 @@
+"""Start and stop a private mosquitto: its own port, config and data directory.
+
+Used by `arcade demo`, the test suite and the benchmarks. Nothing here touches the
+system's mosquitto service.
+"""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+
+def free_port(host="127.0.0.1"):
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def mosquitto_path():
+    found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+    if not found:
+        raise RuntimeError("mosquitto is not installed: run `make setup` (installs it with apt) "
+                           "or `apt-get install mosquitto`")
+    return found
+
+
+def wait_port(host, port, timeout=10.0, proc=None):
+    """Wait until something accepts TCP connections on host:port (bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return False
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.02)
+    return False
+
+
+class Mosquitto:
+    """A mosquitto process on a free loopback port, with its config and data under `workdir`."""
+
+    def __init__(self, workdir, port=None, persistence=True, autosave_interval=1, extra_conf=""):
+        self.workdir = Path(workdir)
+        self.port = port or free_port()
+        self.persistence = persistence
+        self.autosave_interval = autosave_interval
+        self.extra_conf = extra_conf
+        self.proc = None
+        self.data_dir = self.workdir / "data"
+        self.conf_path = self.workdir / "mosquitto.conf"
+        self.log_path = self.workdir / "mosquitto.log"
+
+    @property
+    def url(self):
+        return "mqtt://127.0.0.1:%d" % self.port
+
+    def _write_conf(self):
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(exist_ok=True)
+        lines = [
+            "listener %d 127.0.0.1" % self.port,
+            "allow_anonymous true",
+            "persistence %s" % ("true" if self.persistence else "false"),
+            "persistence_location %s/" % self.data_dir,
+            "autosave_interval %d" % self.autosave_interval,
+            "max_queued_messages 10000",
+            "max_inflight_messages 20",
+            "log_dest file %s" % self.log_path,
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_type information",
+            "connection_messages true",
+            self.extra_conf,
+        ]
+        self.conf_path.write_text("\n".join(lines) + "\n")
+
+    def start(self, timeout=10.0):
+        self._write_conf()
+        self.proc = subprocess.Popen([mosquitto_path(), "-c", str(self.conf_path)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if not wait_port("127.0.0.1", self.port, timeout, self.proc):
+            err = self.proc.stderr.read().decode(errors="replace") if self.proc.poll() is not None else ""
+            self.stop()
+            raise RuntimeError("mosquitto did not start on port %d: %s (see %s)" % (self.port, err.strip(), self.log_path))
+        return self
+
+    def stop(self, sig=signal.SIGTERM, timeout=10.0):
+        """Stop it. SIGTERM lets mosquitto save its persistence file; SIGKILL does not."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout)
+        if self.proc.stderr:
+            self.proc.stderr.close()
+        self.proc = None
+
+    def restart(self, persistence=None, wipe=False):
+        self.stop()
+        if persistence is not None:
+            self.persistence = persistence
+        if wipe and self.data_dir.exists():
+            shutil.rmtree(self.data_dir)
+        return self.start()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()

@@ -1,0 +1,43 @@
+"""arcade: run the relay, manage cabinets and prices, simulate and provision boards.
+
+Each subcommand is a short module in tools/ with a `main(argv)`; this file only dispatches.
+"""
+import importlib
+import sys
+
+# name -> (module, one-line help)
+COMMANDS = {
+    "relay": ("tools.relay_cmd", "run the relay (webhook, dispatcher) under a production WSGI server"),
+    "cabinet": ("tools.cabinet_cmd", "add, list, enable/disable cabinets and set their prices"),
+    "payments": ("tools.payments_cmd", "list recent payments with their delivery state"),
+    "simulate": ("tools.simulate", "run the real firmware on this host with simulated pins"),
+    "trigger": ("tools.trigger", "send a correctly signed Stripe checkout event to a relay"),
+    "demo": ("tools.demo", "start mosquitto, the relay and a simulated cabinet, pay once, show the pulses"),
+}
+
+
+def usage():
+    lines = ["usage: arcade COMMAND [options]   (arcade COMMAND --help for more)", "", "commands:"]
+    for name, (_, text) in COMMANDS.items():
+        lines.append("  %-10s %s" % (name, text))
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print("arcade: unknown command %r\n\n%s" % (name, usage()), file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    try:
+        return module.main(rest) or 0
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
