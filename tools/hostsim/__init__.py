@@ -1,0 +1,1 @@
+"""Host shims so the unchanged firmware runs on CPython with simulated pins."""
