@@ -1,0 +1,102 @@
+"""Start a private mosquitto, the relay and one simulated cabinet, pay once, show the pulses.
+
+Everything runs on loopback on free ports and stops at the end; the logs stay in --dir.
+"""
+import argparse
+import secrets
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from tools import stack, trigger
+from tools.broker import Mosquitto
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def say(msg):
+    print(msg, flush=True)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="arcade demo", description=__doc__.strip().splitlines()[0])
+    p.add_argument("--dir", default=str(ROOT / "build" / "demo"), help="work folder for logs, database and flash")
+    p.add_argument("--amount", type=int, default=250, help="amount paid in cents (default 250 = the 3-play bundle)")
+    args = p.parse_args(argv)
+
+    from relay.ledger import open_ledger
+
+    work = Path(args.dir)
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    webhook_secret = "whsec_demo_" + secrets.token_hex(16)
+    db_path = work / "arcade.db"
+    cab_id = "demo-1"
+
+    ledger = open_ledger(str(db_path))
+    cab_secret = ledger.add_cabinet(cab_id, name="Demo Pac-Cab", currency="usd", price_cents=100,
+                                    bundles=[(3, 250)], coins_per_credit=2)
+    ledger.close()
+    say("1/5 cabinet %s registered: 1 play $1.00, 3 plays $2.50, 2 coins per play" % cab_id)
+
+    broker = Mosquitto(work / "mosquitto")
+    relay = cabinet = None
+    started = time.monotonic()
+    try:
+        broker.start()
+        say("2/5 mosquitto listening on %s" % broker.url)
+        relay = stack.Relay(work, str(db_path), broker.url, webhook_secret).start()
+        say("3/5 relay listening on %s" % relay.url)
+        cabinet = stack.Cabinet(work, cab_id, cab_secret, broker.url).start()
+        cabinet.wait_connected(timeout=30)
+        say("4/5 simulated cabinet %s online (firmware from firmware/, flash in %s)" % (cab_id, cabinet.state_dir))
+        stack.wait_until(lambda: relay.health().get("broker") == "ok", 20, what="relay connected to the broker")
+
+        session_id, event_id, statuses = trigger.send(relay.webhook_url, webhook_secret, cab_id, args.amount)
+        say("5/5 paid %d cents: webhook %s answered %s (session %s)"
+            % (args.amount, event_id, statuses[0][0], session_id))
+        if statuses[0][0] != 200:
+            say("the relay refused the payment: %s" % statuses[0][1])
+            return 1
+
+        ledger = open_ledger(str(db_path))
+        try:
+            payment = stack.wait_until(lambda: ledger.get_payment(session_id), 10, what="payment recorded")
+            expected = payment["pulses"]
+            say("   relay recorded it: %d credit(s) -> %d coin pulse(s), seq %s" % (payment["credits"], expected, payment["seq"]))
+            shown = 0
+            deadline = time.monotonic() + 60
+            while shown < expected and time.monotonic() < deadline:
+                pulses = cabinet.wait_pulses(shown + 1, timeout=max(1, deadline - time.monotonic()))
+                for pl in pulses[shown:]:
+                    say("   coin pulse %d/%d: %s ms low->high->low on the coin line"
+                        % (pl.get("n", shown + 1), expected, pl.get("width_ms")))
+                shown = len(pulses)
+            done = stack.wait_until(lambda: (ledger.get_payment(session_id) or {}).get("state")
+                                    in ("applied", "duplicate", "rejected") and ledger.get_payment(session_id),
+                                    20, what="the cabinet's ack")
+            acks = cabinet.events("ack")
+            if acks:
+                say("   cabinet acked seq %s: %s" % (acks[-1].get("seq"), acks[-1].get("result")))
+            say("   ledger: payment %s is %s after %.1f s" % (session_id, done["state"], time.monotonic() - started))
+        finally:
+            ledger.close()
+        ok = done["state"] == "applied" and shown == expected
+        say("demo %s. logs: relay %s, cabinet %s, mosquitto %s; database %s"
+            % ("OK" if ok else "FAILED", relay.log_path, cabinet.log_path, broker.log_path, db_path))
+        return 0 if ok else 1
+    except (TimeoutError, RuntimeError) as e:
+        say("demo FAILED: %s" % e)
+        say("logs are in %s" % work)
+        return 1
+    finally:
+        for proc in (cabinet, relay):
+            if proc is not None:
+                proc.stop()
+        broker.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
