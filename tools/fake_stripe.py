@@ -1,0 +1,520 @@
+"""A small fake of Stripe's HTTP API on loopback, for tests, the demo and the browser test.
+
+Stripe's API is unreachable from here, so the relay's real stripe-python client is pointed at this
+server (`FakeStripe.client()`, or `stripe.StripeClient(key, base_addresses={"api": fake.url})`).
+It answers the few endpoints the project uses the way Stripe does, and records every request:
+
+    POST /v1/checkout/sessions              create (form-encoded, Idempotency-Key honoured)
+    GET  /v1/checkout/sessions/<id>         retrieve
+    GET  /v1/checkout/sessions              list: limit, starting_after, ending_before,
+                                            created[gte|gt|lte|lt], status, payment_link; has_more
+    POST /v1/checkout/sessions/<id>/expire  expire an open session (sends checkout.session.expired)
+
+and plays Stripe's hosted pages:
+
+    GET  /pay/<id>          the hosted checkout page: what is bought, a "Pay" button, a cancel link
+    POST /pay/<id>          pays: the session becomes complete/paid, a signed checkout.session.completed
+                            is POSTed to `webhook_url`, then 303 to success_url ({CHECKOUT_SESSION_ID} filled)
+    GET  /l/<plink_id>      a Payment Link: makes a session from the link (its metadata copied, the
+                            `client_reference_id` query parameter kept) and 303 to its hosted page
+
+Webhooks are signed with tools/stripe_events.py, the same code `arcade trigger` uses.
+"""
+import hashlib
+import html
+import json
+import re
+import secrets
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from tools import stripe_events
+
+MAX_BODY = 64 * 1024
+_SESSION_PATH = re.compile(r"^/v1/checkout/sessions/(cs_[A-Za-z0-9_]{1,200})$")
+_EXPIRE_PATH = re.compile(r"^/v1/checkout/sessions/(cs_[A-Za-z0-9_]{1,200})/expire$")
+_PAY_PATH = re.compile(r"^/pay/(cs_[A-Za-z0-9_]{1,200})$")
+_LINK_PATH = re.compile(r"^/l/(plink_[A-Za-z0-9_]{1,200})$")
+
+
+class Recorded:
+    """One request as the fake saw it."""
+
+    def __init__(self, method, path, query, form, headers):
+        self.method = method
+        self.path = path
+        self.query = query            # flat dict of the query string, e.g. {"created[gte]": "17..."}
+        self.form = form              # flat dict of the form body, e.g. {"metadata[cabinet_id]": "cab1"}
+        self.headers = headers
+        self.idempotency_key = headers.get("Idempotency-Key")
+        auth = headers.get("Authorization", "")
+        self.api_key = auth[7:] if auth.startswith("Bearer ") else None
+
+    def __repr__(self):
+        return "<Recorded %s %s>" % (self.method, self.path)
+
+
+class StripeError(Exception):
+    def __init__(self, status, type_, message, code=None, param=None):
+        super().__init__(message)
+        self.status = status
+        self.body = {"error": {"type": type_, "message": message}}
+        if code:
+            self.body["error"]["code"] = code
+        if param:
+            self.body["error"]["param"] = param
+
+
+def parse_pairs(pairs):
+    """Stripe's form encoding back into objects: `a[b][0][c]=v` -> {"a": {"b": [{"c": "v"}]}}."""
+    root = {}
+    for key, value in pairs:
+        parts = re.findall(r"[^\[\]]+", key)
+        if not parts:
+            continue
+        node = root
+        for part, nxt in zip(parts, parts[1:]):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise StripeError(400, "invalid_request_error", "Invalid parameter nesting: %s" % key)
+        node[parts[-1]] = value
+    return _lists(root)
+
+
+def _lists(node):
+    if not isinstance(node, dict):
+        return node
+    if node and all(k.isdigit() for k in node):
+        return [_lists(node[k]) for k in sorted(node, key=int)]
+    return {k: _lists(v) for k, v in node.items()}
+
+
+def _int(value, param):
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise StripeError(400, "invalid_request_error", "Invalid integer: %s" % value, "parameter_invalid_integer", param)
+
+
+class FakeStripe:
+    """The fake server. `start()`/`stop()` (or `with`), `url`, `requests`, `sessions`, `webhooks`."""
+
+    def __init__(self, webhook_url=None, webhook_secret=None, api_key=None, host="127.0.0.1", port=0):
+        self.webhook_url = webhook_url
+        self.webhook_secret = webhook_secret
+        self.api_key = api_key        # when set, any other key answers 401 like Stripe
+        self.host = host
+        self.port = port
+        self.requests = []            # every Recorded request, in order
+        self.sessions = {}            # id -> session dict (Stripe's JSON shape)
+        self.payment_links = {}       # plink id -> {"amount", "currency", "metadata", "name"}
+        self.webhooks = []            # (event, status code or error string) for every webhook sent
+        self._order = []              # session ids in creation order
+        self._idem = {}               # idempotency key -> (fingerprint, status, body)
+        self._lock = threading.RLock()
+        self._server = None
+        self._thread = None
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    def start(self):
+        handler = type("Handler", (_Handler,), {"fake": self})
+        self._server = ThreadingHTTPServer((self.host, self.port), handler)
+        self._server.daemon_threads = False       # server_close() joins the request threads
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-stripe",
+                                        kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self):
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(10)
+        self._server = self._thread = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    @property
+    def url(self):
+        return "http://%s:%d" % (self.host, self.port)
+
+    def client(self, api_key=None, **kwargs):
+        """A real stripe-python client whose API base is this server."""
+        import stripe
+        kwargs.setdefault("max_network_retries", 0)
+        return stripe.StripeClient(api_key or self.api_key or "sk_test_fake", base_addresses={"api": self.url},
+                                   **kwargs)
+
+    # -- state helpers for tests --------------------------------------------------------------
+
+    def api_requests(self, method=None, path_prefix="/v1/"):
+        with self._lock:
+            return [r for r in self.requests if r.path.startswith(path_prefix) and (method is None or r.method == method)]
+
+    def add_session(self, created=None, **fields):
+        """Put a session straight into the fake (as if made elsewhere, e.g. in the dashboard)."""
+        params = {"mode": "payment", "line_items": [{"quantity": "1", "price_data": {
+            "currency": fields.pop("currency", "usd"), "unit_amount": str(fields.pop("amount", 100)),
+            "product_data": {"name": "Test"}}}]}
+        params.update(fields)
+        with self._lock:
+            return self._create(params, created=created)
+
+    def add_payment_link(self, amount, currency="usd", metadata=None, name="Arcade play", link_id=None):
+        link_id = link_id or stripe_events.new_id("plink", 24)
+        self.payment_links[link_id] = {"amount": amount, "currency": currency, "metadata": dict(metadata or {}),
+                                       "name": name}
+        return link_id
+
+    def payment_link_url(self, link_id):
+        return "%s/l/%s" % (self.url, link_id)
+
+    def pay(self, session_id):
+        """Pay a session as the hosted page's button does; returns the success URL (or None)."""
+        with self._lock:
+            s = self.sessions.get(session_id)
+            if s is None:
+                raise KeyError(session_id)
+            newly = s["status"] == "open"
+            if newly:
+                s.update(status="complete", payment_status="paid",
+                         payment_intent=stripe_events.new_id("pi", 24))
+            obj = json.loads(json.dumps(s))
+        if newly:
+            self.send_event(obj, "checkout.session.completed")
+        return self._success_url(obj)
+
+    def expire(self, session_id):
+        with self._lock:
+            s = self.sessions.get(session_id)
+            if s is None:
+                raise StripeError(404, "invalid_request_error", "No such checkout.session: '%s'" % session_id,
+                                  "resource_missing", "session")
+            if s["status"] != "open":
+                raise StripeError(400, "invalid_request_error",
+                                  "Only Checkout Sessions with a status in [\"open\"] can be expired.")
+            s.update(status="expired", url=None)
+            obj = json.loads(json.dumps(s))
+        self.send_event(obj, "checkout.session.expired")
+        return obj
+
+    def send_event(self, obj, type_):
+        """Sign and POST an event to webhook_url (if set); returns the event."""
+        evt = stripe_events.event(obj, type_=type_)
+        if not self.webhook_url:
+            return evt
+        if not self.webhook_secret:
+            raise RuntimeError("FakeStripe has a webhook_url but no webhook_secret to sign with")
+        body = stripe_events.encode(evt)
+        req = urllib.request.Request(self.webhook_url, data=body, method="POST", headers={
+            "Content-Type": "application/json; charset=utf-8", "User-Agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
+            "Stripe-Signature": stripe_events.signature_header(body, self.webhook_secret)})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                result = resp.status
+        except urllib.error.HTTPError as e:
+            result = e.code
+            e.close()
+        except OSError as e:
+            result = "error: %s" % e
+        with self._lock:
+            self.webhooks.append((evt, result))
+        return evt
+
+    # -- the API ------------------------------------------------------------------------------
+
+    def _success_url(self, s):
+        url = s.get("success_url")
+        return url.replace("{CHECKOUT_SESSION_ID}", s["id"]) if url else None
+
+    def _create(self, params, created=None, payment_link=None):
+        mode = params.get("mode")
+        if mode is None:
+            raise StripeError(400, "invalid_request_error", "Missing required param: mode.", "parameter_missing", "mode")
+        if mode != "payment":
+            raise StripeError(400, "invalid_request_error", "This fake only does mode=payment.", "parameter_invalid", "mode")
+        items = params.get("line_items")
+        if not isinstance(items, list) or not items:
+            raise StripeError(400, "invalid_request_error", "Missing required param: line_items.",
+                              "parameter_missing", "line_items")
+        total, currency, lines = 0, None, []
+        for i, item in enumerate(items):
+            pd = item.get("price_data") if isinstance(item, dict) else None
+            if not isinstance(pd, dict) or "unit_amount" not in pd or "currency" not in pd:
+                raise StripeError(400, "invalid_request_error", "line_items[%d] needs price_data with unit_amount and "
+                                  "currency (the fake knows no Price objects)." % i, "parameter_missing",
+                                  "line_items[%d][price_data]" % i)
+            qty = _int(item.get("quantity", "1"), "line_items[%d][quantity]" % i)
+            unit = _int(pd["unit_amount"], "line_items[%d][price_data][unit_amount]" % i)
+            if qty < 1 or unit < 0:
+                raise StripeError(400, "invalid_request_error", "Invalid quantity or amount in line_items[%d]." % i)
+            if currency not in (None, pd["currency"].lower()):
+                raise StripeError(400, "invalid_request_error", "All line items must share one currency.")
+            currency = pd["currency"].lower()
+            total += qty * unit
+            name = (pd.get("product_data") or {}).get("name", "")
+            lines.append({"description": name, "quantity": qty, "unit_amount": unit, "amount_total": qty * unit})
+        metadata = params.get("metadata") or {}
+        if not isinstance(metadata, dict):
+            raise StripeError(400, "invalid_request_error", "Invalid object", "parameter_invalid", "metadata")
+        now = int(time.time())
+        sid = "cs_test_" + secrets.token_hex(29)
+        s = {
+            "id": sid,
+            "object": "checkout.session",
+            "amount_subtotal": total,
+            "amount_total": total,
+            "cancel_url": params.get("cancel_url"),
+            "client_reference_id": params.get("client_reference_id"),
+            "created": int(created) if created is not None else now,
+            "currency": currency,
+            "customer_details": None,
+            "expires_at": now + 24 * 3600,
+            "livemode": False,
+            "metadata": metadata,
+            "mode": mode,
+            "payment_intent": None,
+            "payment_link": payment_link,
+            "payment_status": "unpaid",
+            "status": "open",
+            "success_url": params.get("success_url"),
+            "url": "%s/pay/%s" % (self.url, sid),
+            "_lines": lines,     # the fake's own notes (hosted page, ordering); not sent
+            "_n": len(self._order),
+        }
+        self.sessions[sid] = s
+        self._order.append(sid)
+        return s
+
+    def _public(self, s):
+        return {k: v for k, v in s.items() if not k.startswith("_")}
+
+    def _list(self, q):
+        limit = _int(q.get("limit", "10"), "limit")
+        if not 1 <= limit <= 100:
+            raise StripeError(400, "invalid_request_error", "Invalid limit: must be between 1 and 100",
+                              "parameter_invalid_integer", "limit")
+        # Newest first, like Stripe; ties in `created` keep creation order (later first).
+        rows = sorted(self.sessions.values(), key=lambda s: (s["created"], s["_n"]), reverse=True)
+        for op, test in (("gte", lambda a, b: a >= b), ("gt", lambda a, b: a > b),
+                         ("lte", lambda a, b: a <= b), ("lt", lambda a, b: a < b)):
+            key = "created[%s]" % op
+            if key in q:
+                bound = _int(q[key], key)
+                rows = [s for s in rows if test(s["created"], bound)]
+        if "created" in q:
+            bound = _int(q["created"], "created")
+            rows = [s for s in rows if s["created"] == bound]
+        for field in ("status", "payment_link", "payment_intent"):
+            if field in q:
+                rows = [s for s in rows if s.get(field) == q[field]]
+        ids = [s["id"] for s in rows]
+        for cursor in ("starting_after", "ending_before"):
+            if cursor in q and q[cursor] not in self.sessions:
+                raise StripeError(400, "invalid_request_error", "No such checkout.session: '%s'" % q[cursor],
+                                  "resource_missing", cursor)
+        if "starting_after" in q:
+            start = ids.index(q["starting_after"]) + 1 if q["starting_after"] in ids else len(ids)
+            page = rows[start:start + limit]
+            more = start + limit < len(rows)
+        elif "ending_before" in q:
+            end = ids.index(q["ending_before"]) if q["ending_before"] in ids else 0
+            page = rows[max(0, end - limit):end]
+            more = end - limit > 0
+        else:
+            page = rows[:limit]
+            more = len(rows) > limit
+        return {"object": "list", "data": [self._public(s) for s in page], "has_more": more,
+                "url": "/v1/checkout/sessions"}
+
+    def handle_api(self, method, path, query, form_pairs, headers):
+        """Answer one /v1 request: (status, json body)."""
+        auth = headers.get("Authorization", "")
+        key = auth[7:] if auth.startswith("Bearer ") else ""
+        if not key or (self.api_key and key != self.api_key):
+            masked = (key[:8] + "*" * 4 + key[-4:]) if len(key) > 12 else "***"
+            raise StripeError(401, "invalid_request_error", "Invalid API Key provided: %s" % masked)
+        with self._lock:
+            if method == "POST" and path == "/v1/checkout/sessions":
+                ikey = headers.get("Idempotency-Key")
+                fingerprint = hashlib.sha256(json.dumps(sorted(form_pairs)).encode()).hexdigest()
+                if ikey and ikey in self._idem:
+                    old_fp, status, body = self._idem[ikey]
+                    if old_fp != fingerprint:
+                        raise StripeError(400, "idempotency_error", "Keys for idempotent requests can only be used "
+                                          "with the same parameters they were first used with.")
+                    return status, json.loads(json.dumps(body))
+                s = self._create(parse_pairs(form_pairs))
+                body = self._public(s)
+                if ikey:
+                    self._idem[ikey] = (fingerprint, 200, body)
+                return 200, json.loads(json.dumps(body))
+            if method == "GET" and path == "/v1/checkout/sessions":
+                return 200, self._list(query)
+            m = _SESSION_PATH.match(path)
+            if m and method == "GET":
+                s = self.sessions.get(m.group(1))
+                if s is None:
+                    raise StripeError(404, "invalid_request_error", "No such checkout.session: '%s'" % m.group(1),
+                                      "resource_missing", "session")
+                return 200, self._public(s)
+        m = _EXPIRE_PATH.match(path)
+        if m and method == "POST":
+            return 200, self._public(self.expire(m.group(1)))
+        raise StripeError(404, "invalid_request_error", "Unrecognized request URL (%s: %s)." % (method, path))
+
+    # -- hosted pages --------------------------------------------------------------------------
+
+    def hosted_page(self, sid):
+        with self._lock:
+            s = self.sessions.get(sid)
+            s = json.loads(json.dumps(s)) if s else None
+        if s is None:
+            return 404, _page("Not found", "<p>This checkout link is not valid.</p>")
+        money = "%s %.2f" % (s["currency"].upper(), s["amount_total"] / 100)
+        lines = "".join("<li>%s &times; %d</li>" % (html.escape(li["description"]), li["quantity"])
+                        for li in s["_lines"])
+        if s["status"] == "complete":
+            body = "<p>This session is already paid.</p>"
+        elif s["status"] == "expired":
+            body = "<p>This session has expired.</p>"
+        else:
+            body = ('<form method="post" action="/pay/%s"><p>Test card 4242 4242 4242 4242</p>'
+                    '<button id="pay" type="submit">Pay %s</button></form>' % (sid, money))
+            if s.get("cancel_url"):
+                body += '<p><a id="cancel" href="%s">Cancel and go back</a></p>' % html.escape(s["cancel_url"])
+        return 200, _page("Checkout", "<h1>Fake Stripe Checkout</h1><ul>%s</ul><p class=total>Total %s</p>%s"
+                          % (lines, money, body))
+
+
+def _page(title, body):
+    return ("<!doctype html><html><head><meta charset=utf-8><meta name=viewport "
+            "content='width=device-width,initial-scale=1'><title>%s</title><style>body{font-family:sans-serif;"
+            "margin:1.5em;max-width:30em}button{font-size:1.2em;padding:.6em 1.2em;background:#635bff;color:#fff;"
+            "border:0;border-radius:6px;width:100%%}</style></head><body>%s</body></html>" % (title, body)).encode()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    fake = None
+    protocol_version = "HTTP/1.0"     # one request per connection: nothing lingers at stop()
+    server_version = "FakeStripe/1.0"
+
+    def log_message(self, *args):
+        pass
+
+    def _read(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY:
+            raise StripeError(413, "invalid_request_error", "Request body too large.")
+        return self.rfile.read(length) if length else b""
+
+    def _send(self, status, body, ctype="application/json", headers=()):
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Request-Id", "req_" + secrets.token_hex(7))
+        for k, v in headers:
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _handle(self, method):
+        split = urllib.parse.urlsplit(self.path)
+        query_pairs = urllib.parse.parse_qsl(split.query, keep_blank_values=True)
+        try:
+            raw = self._read() if method == "POST" else b""
+            form_pairs = urllib.parse.parse_qsl(raw.decode(), keep_blank_values=True)
+        except StripeError as e:
+            self._send(e.status, e.body)
+            return
+        headers = {k: v for k, v in self.headers.items()}
+        with self.fake._lock:
+            self.fake.requests.append(Recorded(method, split.path, dict(query_pairs), dict(form_pairs), headers))
+        try:
+            if split.path.startswith("/v1/"):
+                status, body = self.fake.handle_api(method, split.path, dict(query_pairs), form_pairs, headers)
+                self._send(status, body)
+                return
+            self._hosted(method, split.path, dict(query_pairs))
+        except StripeError as e:
+            self._send(e.status, e.body)
+
+    def _hosted(self, method, path, query):
+        fake = self.fake
+        m = _PAY_PATH.match(path)
+        if m and method == "GET":
+            status, body = fake.hosted_page(m.group(1))
+            self._send(status, body, "text/html; charset=utf-8")
+            return
+        if m and method == "POST":
+            try:
+                target = fake.pay(m.group(1))
+            except KeyError:
+                self._send(404, _page("Not found", "<p>No such session.</p>"), "text/html; charset=utf-8")
+                return
+            if target:
+                self._send(303, b"", "text/plain", [("Location", target)])
+            else:
+                self._send(200, _page("Paid", "<p>Payment complete.</p>"), "text/html; charset=utf-8")
+            return
+        m = _LINK_PATH.match(path)
+        if m and method == "GET":
+            link = fake.payment_links.get(m.group(1))
+            if link is None:
+                self._send(404, _page("Not found", "<p>No such payment link.</p>"), "text/html; charset=utf-8")
+                return
+            params = {"mode": "payment", "metadata": dict(link["metadata"]),
+                      "line_items": [{"quantity": "1", "price_data": {
+                          "currency": link["currency"], "unit_amount": str(link["amount"]),
+                          "product_data": {"name": link["name"]}}}]}
+            ref = query.get("client_reference_id")
+            if ref and re.fullmatch(r"[A-Za-z0-9_-]{1,200}", ref):   # Stripe drops invalid values
+                params["client_reference_id"] = ref
+            with fake._lock:
+                s = fake._create(params, payment_link=m.group(1))
+            self._send(303, b"", "text/plain", [("Location", s["url"])])
+            return
+        self._send(404, _page("Not found", "<p>Nothing here.</p>"), "text/html; charset=utf-8")
+
+    def do_GET(self):
+        self._handle("GET")
+
+    def do_POST(self):
+        self._handle("POST")
+
+
+def main(argv=None):
+    """Run the fake on its own (for trying the pay page by hand): python -m tools.fake_stripe."""
+    import argparse
+    import os
+    p = argparse.ArgumentParser(prog="fake_stripe", description=__doc__.splitlines()[0])
+    p.add_argument("--port", type=int, default=12111)
+    p.add_argument("--webhook-url", default=os.environ.get("FAKE_STRIPE_WEBHOOK_URL"))
+    args = p.parse_args(argv)
+    secret = os.environ.get("STRIPE_WEBHOOK_SECRET")
+    fake = FakeStripe(webhook_url=args.webhook_url, webhook_secret=secret, port=args.port).start()
+    print("fake Stripe on %s (webhooks to %s)" % (fake.url, args.webhook_url or "nowhere"), flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        fake.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
