@@ -1,0 +1,96 @@
+"""The wire contract with the cabinets (docs/protocol.md): canonical bytes, HMAC-SHA256, JSON.
+
+Pure functions, no I/O. The firmware has its own implementation of the same rules
+(firmware/protocol.py); both are checked against tests/vectors.json.
+"""
+import hashlib
+import hmac
+import json
+import time
+
+CREDIT_FIELDS = ("cab", "ledger", "seq", "credits", "pulses", "session", "ts")
+ACK_FIELDS = ("cab", "ledger", "seq", "result", "reason", "pulses", "last")
+_INT_FIELDS = frozenset(("seq", "credits", "pulses", "ts", "last"))
+
+ACK_RESULTS = ("applied", "duplicate", "rejected")
+REJECT_REASONS = ("bad_signature", "malformed", "wrong_cabinet", "bad_pulses", "stale_seq")
+
+
+def _canonical(kind, fields, msg):
+    parts = [kind]
+    for name in fields:
+        value = msg[name]
+        if name in _INT_FIELDS:
+            # bool is an int in Python; on the wire it is not a number.
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError("%s must be an integer, not %r" % (name, value))
+            parts.append(str(value))
+        else:
+            if not isinstance(value, str):
+                raise ValueError("%s must be a string, not %r" % (name, value))
+            if "\n" in value:
+                raise ValueError("%s must not contain a newline" % name)
+            parts.append(value)
+    return "\n".join(parts).encode("utf-8")
+
+
+def canonical_credit(msg):
+    """The bytes a credit's signature covers. Raises ValueError (or KeyError) on a bad message."""
+    return _canonical("credit", CREDIT_FIELDS, msg)
+
+
+def canonical_ack(msg):
+    """The bytes an ack's signature covers. Raises ValueError (or KeyError) on a bad message."""
+    return _canonical("ack", ACK_FIELDS, msg)
+
+
+def sign(secret, canonical):
+    """64 lower-case hex digits: HMAC-SHA256 keyed with the cabinet secret (ASCII)."""
+    return hmac.new(secret.encode("ascii"), canonical, hashlib.sha256).hexdigest()
+
+
+def _verify(canonical_fn, msg, secret, kind):
+    if not isinstance(msg, dict) or msg.get("t") != kind:
+        return False
+    sig = msg.get("sig")
+    if not isinstance(sig, str):
+        return False
+    try:
+        canonical = canonical_fn(msg)
+    except (KeyError, ValueError):
+        return False
+    # compare_digest on str requires ASCII; a non-ASCII forged sig is simply wrong.
+    try:
+        return hmac.compare_digest(sign(secret, canonical), sig)
+    except TypeError:
+        return False
+
+
+def verify_credit(msg, secret):
+    """True iff `msg` (a parsed credit dict) is well formed and signed with `secret`."""
+    return _verify(canonical_credit, msg, secret, "credit")
+
+
+def verify_ack(msg, secret):
+    """True iff `msg` (a parsed ack dict) is well formed and signed with `secret`."""
+    return _verify(canonical_ack, msg, secret, "ack")
+
+
+def _encode(kind, fields, values, secret, canonical_fn):
+    msg = {"t": kind}
+    msg.update(zip(fields, values))
+    msg["sig"] = sign(secret, canonical_fn(msg))
+    return json.dumps(msg, separators=(",", ":")).encode("utf-8")
+
+
+def build_credit(cab, ledger, seq, credits, pulses, session, secret, ts=None):
+    """The credit message as the bytes to publish (compact JSON, signed)."""
+    if ts is None:
+        ts = int(time.time())
+    return _encode("credit", CREDIT_FIELDS, (cab, ledger, seq, credits, pulses, session, ts), secret,
+                   canonical_credit)
+
+
+def build_ack(cab, ledger, seq, result, reason, pulses, last, secret):
+    """An ack as the bytes a cabinet publishes (used by tests and tools playing a cabinet)."""
+    return _encode("ack", ACK_FIELDS, (cab, ledger, seq, result, reason, pulses, last), secret, canonical_ack)
