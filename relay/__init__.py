@@ -1,1 +1,36 @@
-"""Arcade relay: Stripe webhooks in, signed QoS 1 MQTT credits out."""
+"""Arcade relay: Stripe webhooks in, signed QoS 1 MQTT credits out.
+
+create_app() builds the web side (webhook, health); the dispatcher (relay/dispatcher.py) that
+publishes credits runs beside it in the `arcade relay` process, one per database.
+"""
+import logging
+import threading
+
+from flask import Flask, jsonify
+
+from relay import config
+
+log = logging.getLogger("arcade.relay")
+
+
+def create_app(test_config=None):
+    """The Flask application. Settings come from the environment / .env, or from `test_config`.
+    Raises config.ConfigError (e.g. no STRIPE_WEBHOOK_SECRET): the relay refuses to start."""
+    app = Flask(__name__)
+    settings = config.load() if test_config is None else config.check(test_config)
+    app.config.from_mapping(settings)
+    app.config.setdefault("MAX_CONTENT_LENGTH", 512 * 1024)  # Stripe events are a few KB
+    # wake: set after a credit is committed, so the dispatcher publishes at once (no polling delay).
+    app.extensions["arcade"] = {"wake": threading.Event(), "dispatcher": None}
+
+    from relay import db, health, ledger, webhook
+    db.init_app(app)
+    app.register_blueprint(webhook.bp)
+    app.register_blueprint(health.bp)
+
+    @app.errorhandler(ledger.StorageError)
+    def storage_failed(e):
+        log.error("storage failure: %s", e)
+        return jsonify(error="storage unavailable, retry later"), 503
+
+    return app

@@ -1,0 +1,104 @@
+"""Relay configuration from the environment or a `.env` file.
+
+The environment wins over `.env`. A missing webhook secret stops the relay at start-up with a
+message saying what to do: the relay never runs with signature verification skipped.
+Secrets are never printed; `mask_url` hides the password in MQTT_URL for logs.
+"""
+import os
+from urllib.parse import unquote, urlsplit
+
+from dotenv import dotenv_values
+
+DEFAULTS = {
+    "ARCADE_DB": "./arcade.db",
+    "MQTT_URL": "mqtt://127.0.0.1:1883",
+    "STRIPE_WEBHOOK_SECRET": None,
+    "STRIPE_API_KEY": None,
+    "ARCADE_TOPIC_PREFIX": "arcade",
+    "ARCADE_ACK_TIMEOUT": 10.0,       # seconds before an unacknowledged credit is sent again
+    "ARCADE_ACK_TIMEOUT_MAX": 120.0,  # the backoff doubles up to this
+    "ARCADE_STUCK_AFTER": 60.0,       # a delivery unacknowledged this long is logged as stuck
+    "ARCADE_RESCAN": 2.0,             # dispatcher re-reads the database this often (wakeups from other processes)
+    "ARCADE_MQTT_KEEPALIVE": 30,      # seconds; a dead link is noticed within about two of these
+    "ARCADE_DB_BUSY_TIMEOUT": 5000,   # milliseconds a write waits for the database lock
+}
+_FLOATS = ("ARCADE_ACK_TIMEOUT", "ARCADE_ACK_TIMEOUT_MAX", "ARCADE_STUCK_AFTER", "ARCADE_RESCAN")
+_INTS = ("ARCADE_MQTT_KEEPALIVE", "ARCADE_DB_BUSY_TIMEOUT")
+SECRET_KEYS = ("STRIPE_WEBHOOK_SECRET", "STRIPE_API_KEY")
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or wrong; the message says which and what to do."""
+
+
+def load(environ=None, dotenv_path=".env", require_webhook_secret=True):
+    """Return the configuration as a dict: defaults < .env file < environment."""
+    values = dict(DEFAULTS)
+    if dotenv_path and os.path.exists(dotenv_path):
+        values.update({k: v for k, v in dotenv_values(dotenv_path).items() if k in DEFAULTS and v is not None})
+    env = os.environ if environ is None else environ
+    values.update({k: env[k] for k in DEFAULTS if k in env})
+    return check(values, require_webhook_secret)
+
+
+def check(values, require_webhook_secret=True):
+    """Validate and convert a mapping of settings (missing keys take defaults); raises ConfigError."""
+    out = dict(DEFAULTS)
+    out.update(values)
+    for key in _FLOATS + _INTS:
+        kind = float if key in _FLOATS else int
+        try:
+            out[key] = kind(out[key])
+        except (TypeError, ValueError):
+            raise ConfigError("%s=%r is not a number: set it to a positive %s (default %s)"
+                              % (key, out[key], "number of seconds" if kind is float else "integer", DEFAULTS[key]))
+        if out[key] <= 0:
+            raise ConfigError("%s=%r must be positive (default %s)" % (key, out[key], DEFAULTS[key]))
+    if out["ARCADE_ACK_TIMEOUT_MAX"] < out["ARCADE_ACK_TIMEOUT"]:
+        out["ARCADE_ACK_TIMEOUT_MAX"] = out["ARCADE_ACK_TIMEOUT"]
+    prefix = out["ARCADE_TOPIC_PREFIX"]
+    if not prefix or any(c in prefix for c in "+#\x00") or prefix.startswith("/") or prefix.endswith("/"):
+        raise ConfigError("ARCADE_TOPIC_PREFIX=%r is not a usable MQTT topic prefix: use e.g. 'arcade'" % prefix)
+    parse_mqtt_url(out["MQTT_URL"])  # raises ConfigError with the reason
+    if not out["ARCADE_DB"]:
+        raise ConfigError("ARCADE_DB is empty: set it to the SQLite database path (default ./arcade.db)")
+    for key in SECRET_KEYS:
+        if out[key] is not None and not str(out[key]).strip():
+            out[key] = None
+    if require_webhook_secret and not out["STRIPE_WEBHOOK_SECRET"]:
+        raise ConfigError("STRIPE_WEBHOOK_SECRET is not set: the relay will not accept webhooks it cannot verify. "
+                          "Set it (in the environment or .env) to the endpoint's signing secret from the Stripe "
+                          "dashboard or `stripe listen` (it starts with whsec_).")
+    return out
+
+
+def parse_mqtt_url(url):
+    """mqtt://[user[:password]@]host[:port] (or mqtts://) -> dict(host, port, username, password, tls)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except (ValueError, TypeError) as e:
+        raise ConfigError("MQTT_URL %s is not a valid URL (%s): use mqtt://user:pass@host:1883" % (mask_url(url), e))
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ConfigError("MQTT_URL %s is not an mqtt:// or mqtts:// URL with a host: use mqtt://user:pass@host:1883"
+                          % mask_url(url))
+    tls = parts.scheme == "mqtts"
+    return {
+        "host": parts.hostname,
+        "port": port or (8883 if tls else 1883),
+        "username": unquote(parts.username) if parts.username else None,
+        "password": unquote(parts.password) if parts.password is not None else None,
+        "tls": tls,
+    }
+
+
+def mask_url(url):
+    """The URL with its password replaced by ***, for logs and messages."""
+    try:
+        parts = urlsplit(str(url))
+        if parts.password is None:
+            return str(url)
+        netloc = "%s:***@%s" % (parts.username or "", parts.netloc.rsplit("@", 1)[1])
+        return parts._replace(netloc=netloc).geturl()
+    except ValueError:
+        return "<unparseable URL>"

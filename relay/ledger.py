@@ -1,0 +1,414 @@
+"""The ledger: the one module that owns storage (SQLite in WAL mode today).
+
+Every SQL statement of the relay lives here, behind a narrow interface, written in plain DB-API
+and the SQL that SQLite and PostgreSQL share (ON CONFLICT DO NOTHING, no SQLite-only functions),
+so another backend is a new connection and placeholder style, not a rewrite.
+
+A Ledger wraps one connection and is used by one thread at a time: the web app opens one per
+request, the dispatcher owns one. Writes take the database lock up front (BEGIN IMMEDIATE) so
+that check-then-write sequences (idempotency, sequence allocation) are serialised.
+
+Payment states:
+  pending    checkout completed, payment not yet settled (async methods); no credit yet
+  paid       money received (recorded together with `queued`; kept for backends that split them)
+  queued     credit with its sequence number, waiting to be published
+  sent       the broker acknowledged the publish (PUBACK); waiting for the cabinet's ack
+  applied    the cabinet pulsed it                               (final)
+  duplicate  the cabinet had already applied it                  (final)
+  rejected   the cabinet refused it; `reason` says why            (final)
+  invalid    failed validation (unknown cabinet, wrong amount...) (final, no credit)
+  failed     checkout.session.async_payment_failed                (final, no credit)
+  expired    checkout.session.expired                             (final, no credit)
+"""
+import json
+import re
+import secrets
+import sqlite3
+import time
+from contextlib import contextmanager
+
+CABINET_ID = re.compile(r"[A-Za-z0-9_-]{1,32}\Z")
+PENDING = ("queued", "sent")
+ACKED = ("applied", "duplicate", "rejected")
+FINAL = ACKED + ("invalid", "failed", "expired")
+STATES = ("pending", "paid") + PENDING + FINAL
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE cabinets (
+    id               TEXT PRIMARY KEY,
+    name             TEXT NOT NULL,
+    secret           TEXT NOT NULL,
+    enabled          INTEGER NOT NULL DEFAULT 1,
+    currency         TEXT NOT NULL,
+    price_cents      INTEGER NOT NULL,
+    bundles          TEXT NOT NULL DEFAULT '[]',
+    coins_per_credit INTEGER NOT NULL DEFAULT 1,
+    next_seq         INTEGER NOT NULL DEFAULT 1,
+    last_seq         INTEGER NOT NULL DEFAULT 0,
+    online           INTEGER NOT NULL DEFAULT 0,
+    last_seen        REAL,
+    status           TEXT,
+    created_at       REAL NOT NULL
+);
+CREATE TABLE payments (
+    session_id   TEXT PRIMARY KEY,
+    cabinet_id   TEXT,
+    state        TEXT NOT NULL,
+    reason       TEXT NOT NULL DEFAULT '',
+    credits      INTEGER NOT NULL DEFAULT 0,
+    pulses       INTEGER NOT NULL DEFAULT 0,
+    amount       INTEGER,
+    currency     TEXT,
+    seq          INTEGER,
+    issued_ts    INTEGER,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    ack_pulses   INTEGER,
+    ack_last     INTEGER,
+    event_type   TEXT,
+    created_at   REAL NOT NULL,
+    updated_at   REAL NOT NULL,
+    paid_at      REAL,
+    queued_at    REAL,
+    sent_at      REAL,
+    done_at      REAL
+);
+CREATE UNIQUE INDEX payments_cabinet_seq ON payments (cabinet_id, seq);
+CREATE INDEX payments_pending ON payments (cabinet_id, seq) WHERE state IN ('queued', 'sent');
+CREATE INDEX payments_created ON payments (created_at);
+CREATE TABLE events (
+    event_id    TEXT PRIMARY KEY,
+    session_id  TEXT,
+    type        TEXT NOT NULL,
+    outcome     TEXT NOT NULL,
+    received_at REAL NOT NULL
+);
+"""
+
+_CABINET_COLS = ("id, name, secret, enabled, currency, price_cents, bundles, coins_per_credit, next_seq, "
+                 "last_seq, online, last_seen, status, created_at")
+_PAYMENT_COLS = ("session_id, cabinet_id, state, reason, credits, pulses, amount, currency, seq, issued_ts, "
+                 "attempts, ack_pulses, ack_last, event_type, created_at, updated_at, paid_at, queued_at, "
+                 "sent_at, done_at")
+
+
+# What a storage failure raises (the webhook answers 5xx so that Stripe retries). A PostgreSQL
+# backend would make this its driver's base error.
+StorageError = sqlite3.Error
+
+
+class LedgerError(Exception):
+    """Bad input to the ledger; nothing was changed."""
+
+
+class CabinetExists(LedgerError):
+    pass
+
+
+class UnknownCabinet(LedgerError):
+    pass
+
+
+def valid_cabinet_id(cabinet_id):
+    return isinstance(cabinet_id, str) and bool(CABINET_ID.match(cabinet_id))
+
+
+def open_ledger(path, busy_timeout_ms=5000):
+    """Open (creating if needed) the ledger database at `path`."""
+    return Ledger(path, busy_timeout_ms)
+
+
+class Ledger:
+    def __init__(self, path, busy_timeout_ms=5000):
+        self.path = str(path)
+        # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT) in _write().
+        self._db = sqlite3.connect(self.path, timeout=busy_timeout_ms / 1000.0, isolation_level=None)
+        try:
+            self._db.execute("PRAGMA busy_timeout = %d" % int(busy_timeout_ms))
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = FULL")
+            self.ledger_id = self._meta("ledger_id") or self._create()
+        except BaseException:
+            self._db.close()
+            raise
+
+    def close(self):
+        self._db.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self):
+        """One write transaction holding the database lock from its start."""
+        cur = self._db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            yield cur
+            cur.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+        finally:
+            cur.close()
+
+    def _rows(self, sql, args=()):
+        cur = self._db.execute(sql, args)
+        try:
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row)) for row in cur.fetchall()]
+        finally:
+            cur.close()
+
+    def _meta(self, key):
+        try:
+            rows = self._rows("SELECT value FROM meta WHERE key = ?", (key,))
+        except sqlite3.OperationalError as e:
+            if "no such table" in str(e):
+                return None
+            raise
+        return rows[0]["value"] if rows else None
+
+    def _create(self):
+        with self._write() as cur:
+            # Another process may have created it between our check and our lock.
+            cur.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'meta'")
+            if cur.fetchone() is None:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        cur.execute(statement)
+                ledger_id = secrets.token_hex(16)
+                cur.executemany("INSERT INTO meta (key, value) VALUES (?, ?)",
+                                [("ledger_id", ledger_id), ("schema_version", str(SCHEMA_VERSION)),
+                                 ("created_at", repr(time.time()))])
+        return self._meta("ledger_id")
+
+    def ping(self):
+        """Raise if the database cannot be read."""
+        self._rows("SELECT 1 AS one")
+
+    @property
+    def created_at(self):
+        return float(self._meta("created_at"))
+
+    # -- cabinets ----------------------------------------------------------------------------
+
+    def add_cabinet(self, id, name=None, currency="usd", price_cents=100, bundles=(), coins_per_credit=1):
+        """Register a cabinet; returns its new secret (64 hex digits). Raises LedgerError on bad input."""
+        if not valid_cabinet_id(id):
+            raise LedgerError("cabinet id %r is not valid: use 1 to 32 letters, digits, '-' or '_'" % (id,))
+        currency = str(currency).lower()
+        if not re.fullmatch(r"[a-z]{3}", currency):
+            raise LedgerError("currency %r is not a 3-letter ISO code like usd or eur" % (currency,))
+        if not isinstance(price_cents, int) or isinstance(price_cents, bool) or price_cents <= 0:
+            raise LedgerError("price %r must be a positive whole number of cents" % (price_cents,))
+        if not isinstance(coins_per_credit, int) or not 1 <= coins_per_credit <= 255:
+            raise LedgerError("coins per credit %r must be a whole number from 1 to 255" % (coins_per_credit,))
+        clean = []
+        for bundle in bundles or ():
+            try:
+                credits, cents = bundle
+            except (TypeError, ValueError):
+                raise LedgerError("bundle %r must be a pair (credits, cents)" % (bundle,))
+            if not (isinstance(credits, int) and isinstance(cents, int) and credits > 0 and cents > 0):
+                raise LedgerError("bundle %r needs a positive number of credits and of cents" % (bundle,))
+            if credits * coins_per_credit > 255:
+                raise LedgerError("bundle %r would need %d coin pulses; at most 255 fit in one credit message"
+                                  % (bundle, credits * coins_per_credit))
+            clean.append([credits, cents])
+        if len({c for c, _ in clean}) != len(clean) or len({p for _, p in clean}) != len(clean):
+            raise LedgerError("bundles %r repeat a number of credits or a price" % (bundles,))
+        secret = secrets.token_hex(32)
+        now = time.time()
+        with self._write() as cur:
+            cur.execute("INSERT INTO cabinets (id, name, secret, enabled, currency, price_cents, bundles, "
+                        "coins_per_credit, created_at) VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?) "
+                        "ON CONFLICT (id) DO NOTHING",
+                        (id, name or id, secret, currency, price_cents, json.dumps(clean), coins_per_credit, now))
+            if cur.rowcount != 1:
+                raise CabinetExists("cabinet %r already exists: pick another id, or use `arcade cabinet list`" % id)
+        return secret
+
+    @staticmethod
+    def _cabinet(row):
+        row["enabled"] = bool(row["enabled"])
+        row["online"] = bool(row["online"])
+        row["bundles"] = [tuple(b) for b in json.loads(row["bundles"])]
+        row["status"] = json.loads(row["status"]) if row["status"] else None
+        return row
+
+    def get_cabinet(self, id):
+        rows = self._rows("SELECT %s FROM cabinets WHERE id = ?" % _CABINET_COLS, (id,))
+        return self._cabinet(rows[0]) if rows else None
+
+    def list_cabinets(self):
+        """All cabinets, each with `pending` = credits queued or sent and not yet acknowledged."""
+        rows = self._rows("SELECT %s, (SELECT COUNT(*) FROM payments p WHERE p.cabinet_id = c.id AND "
+                          "p.state IN ('queued', 'sent')) AS pending FROM cabinets c ORDER BY id"
+                          % ", ".join("c." + c.strip() for c in _CABINET_COLS.split(",")))
+        return [self._cabinet(r) for r in rows]
+
+    def set_enabled(self, id, enabled):
+        with self._write() as cur:
+            cur.execute("UPDATE cabinets SET enabled = ? WHERE id = ?", (1 if enabled else 0, id))
+            if cur.rowcount != 1:
+                raise UnknownCabinet("no cabinet %r: see `arcade cabinet list`" % (id,))
+
+    def record_status(self, id, online, status=None, seen_at=None):
+        """The cabinet's retained status (or any sign of life): online flag, last seen, status JSON."""
+        with self._write() as cur:
+            cur.execute("UPDATE cabinets SET online = ?, last_seen = ?, status = COALESCE(?, status) WHERE id = ?",
+                        (1 if online else 0, seen_at or time.time(),
+                         json.dumps(status) if status is not None else None, id))
+            return cur.rowcount == 1
+
+    # -- payments: the webhook side ----------------------------------------------------------
+
+    def record_checkout(self, event_id, event_type, session_id, outcome, cabinet_id=None, amount=None,
+                        currency=None, credits=0, pulses=0, reason=""):
+        """Record one Stripe event about one Checkout Session, idempotently, in one transaction.
+
+        outcome: "credit" (queue a credit of `credits`/`pulses` for `cabinet_id`, allocating its seq),
+                 "pending", "invalid", "failed" or "expired" (no credit).
+        Returns what happened: "queued", "pending", "invalid", "failed", "expired", "duplicate_event"
+        (this event id was seen before) or "duplicate_session" (the session already has an outcome
+        this event cannot change). Only a "pending" session can still change.
+        """
+        if outcome not in ("credit", "pending", "invalid", "failed", "expired"):
+            raise ValueError("unknown outcome %r" % (outcome,))
+        now = time.time()
+        with self._write() as cur:
+            cur.execute("INSERT INTO events (event_id, session_id, type, outcome, received_at) "
+                        "VALUES (?, ?, ?, '', ?) ON CONFLICT (event_id) DO NOTHING",
+                        (event_id, session_id, event_type, now))
+            if cur.rowcount != 1:
+                return "duplicate_event"
+            cur.execute("SELECT state FROM payments WHERE session_id = ?", (session_id,))
+            row = cur.fetchone()
+            if row is not None and (row[0] != "pending" or outcome == "pending"):
+                result = "duplicate_session"
+            else:
+                seq = issued = None
+                state = outcome
+                if outcome == "credit":
+                    state = "queued"
+                    cur.execute("UPDATE cabinets SET next_seq = next_seq + 1 WHERE id = ? RETURNING next_seq - 1",
+                                (cabinet_id,))
+                    got = cur.fetchone()
+                    if got is None:
+                        raise UnknownCabinet("no cabinet %r" % (cabinet_id,))
+                    seq, issued = got[0], int(now)
+                paid_at = now if outcome == "credit" else None
+                queued_at = now if outcome == "credit" else None
+                done_at = now if state in FINAL else None
+                if row is None:
+                    cur.execute("INSERT INTO payments (session_id, cabinet_id, state, reason, credits, pulses, "
+                                "amount, currency, seq, issued_ts, event_type, created_at, updated_at, paid_at, "
+                                "queued_at, done_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                (session_id, cabinet_id, state, reason, credits, pulses, amount, currency, seq,
+                                 issued, event_type, now, now, paid_at, queued_at, done_at))
+                else:
+                    cur.execute("UPDATE payments SET cabinet_id = ?, state = ?, reason = ?, credits = ?, "
+                                "pulses = ?, amount = ?, currency = ?, seq = ?, issued_ts = ?, event_type = ?, "
+                                "updated_at = ?, paid_at = ?, queued_at = ?, done_at = ? WHERE session_id = ?",
+                                (cabinet_id, state, reason, credits, pulses, amount, currency, seq, issued,
+                                 event_type, now, paid_at, queued_at, done_at, session_id))
+                result = state
+            cur.execute("UPDATE events SET outcome = ? WHERE event_id = ?", (result, event_id))
+            return result
+
+    # -- payments: reading -------------------------------------------------------------------
+
+    def get_payment(self, session_id):
+        rows = self._rows("SELECT %s FROM payments WHERE session_id = ?" % _PAYMENT_COLS, (session_id,))
+        return rows[0] if rows else None
+
+    def list_payments(self, limit=50, stuck=False, stuck_after=60.0):
+        """Newest first. stuck=True: only credits queued or sent and unacknowledged for `stuck_after` s."""
+        if stuck:
+            return self._rows("SELECT %s FROM payments WHERE state IN ('queued', 'sent') AND queued_at < ? "
+                              "ORDER BY queued_at LIMIT ?" % _PAYMENT_COLS, (time.time() - stuck_after, int(limit)))
+        return self._rows("SELECT %s FROM payments ORDER BY created_at DESC LIMIT ?" % _PAYMENT_COLS,
+                          (int(limit),))
+
+    def count_pending(self):
+        return self._rows("SELECT COUNT(*) AS n FROM payments WHERE state IN ('queued', 'sent')")[0]["n"]
+
+    # -- deliveries: the dispatcher side -----------------------------------------------------
+
+    def next_deliveries(self, exclude=()):
+        """For each cabinet with unacknowledged credits (and not in `exclude`), its lowest-seq one,
+        with the cabinet's secret and the ledger id: everything needed to build the message."""
+        rows = self._rows("SELECT p.session_id, p.cabinet_id, p.seq, p.credits, p.pulses, p.issued_ts, p.state, "
+                          "c.secret FROM payments p JOIN cabinets c ON c.id = p.cabinet_id "
+                          "WHERE p.state IN ('queued', 'sent') ORDER BY p.cabinet_id, p.seq")
+        heads = {}
+        for row in rows:
+            if row["cabinet_id"] not in heads and row["cabinet_id"] not in exclude:
+                heads[row["cabinet_id"]] = row
+        return list(heads.values())
+
+    def mark_sent(self, session_id, seq):
+        """The broker acknowledged a publish of this credit (PUBACK). Returns True if it was still pending."""
+        now = time.time()
+        with self._write() as cur:
+            cur.execute("UPDATE payments SET state = 'sent', attempts = attempts + 1, "
+                        "sent_at = COALESCE(sent_at, ?), updated_at = ? "
+                        "WHERE session_id = ? AND seq = ? AND state IN ('queued', 'sent')",
+                        (now, now, session_id, seq))
+            return cur.rowcount == 1
+
+    def record_ack(self, session_id, seq, result, reason="", ack_pulses=None, ack_last=None):
+        """A verified ack for this credit: final state applied / duplicate / rejected."""
+        if result not in ACKED:
+            raise ValueError("unknown ack result %r" % (result,))
+        now = time.time()
+        with self._write() as cur:
+            cur.execute("UPDATE payments SET state = ?, reason = ?, ack_pulses = ?, ack_last = ?, done_at = ?, "
+                        "updated_at = ? WHERE session_id = ? AND seq = ? AND state IN ('queued', 'sent') "
+                        "RETURNING cabinet_id",
+                        (result, reason or "", ack_pulses, ack_last, now, now, session_id, seq))
+            row = cur.fetchone()
+            if row is None:
+                return False
+            if ack_last is not None:
+                cur.execute("UPDATE cabinets SET last_seq = ?, last_seen = ? WHERE id = ?", (ack_last, now, row[0]))
+            return True
+
+    def resequence(self, cabinet_id, last):
+        """The cabinet refused a seq as stale (its `last` is ahead of our counter: a database restored
+        from a backup). In one transaction raise its counter past `last` and give every unacknowledged
+        credit of that cabinet numbered at or below `last` a new seq, keeping their order.
+        Returns [(session_id, old_seq, new_seq), ...]."""
+        now = time.time()
+        changed = []
+        with self._write() as cur:
+            cur.execute("UPDATE cabinets SET next_seq = CASE WHEN next_seq > ? THEN next_seq ELSE ? END, "
+                        "last_seq = ? WHERE id = ? RETURNING next_seq", (last, last + 1, last, cabinet_id))
+            got = cur.fetchone()
+            if got is None:
+                raise UnknownCabinet("no cabinet %r" % (cabinet_id,))
+            next_seq = got[0]
+            cur.execute("SELECT session_id, seq FROM payments WHERE cabinet_id = ? AND seq <= ? "
+                        "AND state IN ('queued', 'sent') ORDER BY seq", (cabinet_id, last))
+            for session_id, old in cur.fetchall():
+                changed.append((session_id, old, next_seq))
+                next_seq += 1
+            # Two passes so that the (cabinet_id, seq) unique index never sees a collision midway.
+            for session_id, old, new in changed:
+                cur.execute("UPDATE payments SET seq = ? WHERE session_id = ?", (-new, session_id))
+            for session_id, old, new in changed:
+                cur.execute("UPDATE payments SET seq = ?, state = 'queued', issued_ts = ?, updated_at = ? "
+                            "WHERE session_id = ?", (new, int(now), now, session_id))
+            cur.execute("UPDATE cabinets SET next_seq = ? WHERE id = ?", (next_seq, cabinet_id))
+        return changed

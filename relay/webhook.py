@@ -1,0 +1,104 @@
+"""POST /stripe/webhook: verify the raw body, validate, record the payment and its credit, answer.
+
+Order of work: signature over the raw bytes first (stripe-python), then parse. Stripe is answered
+2xx only after the payment (and, when it buys credits, its sequenced delivery) is committed; a
+storage failure answers 503 so that Stripe retries. A payment that fails validation is recorded
+with its reason and answered 2xx: a retry cannot fix it, the operator sees it in `arcade payments`.
+"""
+import json
+import logging
+
+import stripe
+from flask import Blueprint, current_app, jsonify, request
+
+from relay import pricing
+from relay.db import get_ledger
+from relay.ledger import valid_cabinet_id
+
+log = logging.getLogger("arcade.webhook")
+bp = Blueprint("webhook", __name__)
+
+FULFIL = ("checkout.session.completed", "checkout.session.async_payment_succeeded")
+NO_CREDIT = {"checkout.session.async_payment_failed": "failed", "checkout.session.expired": "expired"}
+
+
+def _refuse(status, why):
+    log.warning("webhook refused (%d): %s", status, why)
+    return jsonify(error=why), status
+
+
+def cabinet_ref(session):
+    """The cabinet a Checkout Session is for: metadata cabinet_id, else metadata machine_id (the
+    seed's example), else client_reference_id. None when it names none."""
+    metadata = session.get("metadata") or {}
+    if isinstance(metadata, dict):
+        for key in ("cabinet_id", "machine_id"):
+            if metadata.get(key):
+                return str(metadata[key])
+    ref = session.get("client_reference_id")
+    return str(ref) if ref else None
+
+
+def assess(ledger, event_type, session):
+    """Decide what a checkout event means: dict(outcome, cabinet_id, amount, currency, credits, pulses, reason)."""
+    ref = cabinet_ref(session)
+    out = {"cabinet_id": ref[:64] if ref else None, "amount": session.get("amount_total"),
+           "currency": session.get("currency"), "credits": 0, "pulses": 0, "reason": ""}
+    if not isinstance(out["amount"], int) or isinstance(out["amount"], bool):
+        out["amount"] = None
+    if not isinstance(out["currency"], str):
+        out["currency"] = None
+    if event_type in NO_CREDIT:
+        return dict(out, outcome=NO_CREDIT[event_type])
+    if event_type == "checkout.session.completed" and session.get("payment_status") != "paid":
+        status = session.get("payment_status")
+        if status == "unpaid":  # an async payment method: async_payment_succeeded/failed follows
+            return dict(out, outcome="pending", reason="awaiting_payment")
+        return dict(out, outcome="invalid", reason="payment_status_%s" % str(status)[:32])
+    if ref is None:
+        return dict(out, outcome="invalid", reason="no_cabinet")
+    cabinet = ledger.get_cabinet(ref) if valid_cabinet_id(ref) else None
+    if cabinet is None:
+        return dict(out, outcome="invalid", reason="unknown_cabinet")
+    if not cabinet["enabled"]:
+        return dict(out, outcome="invalid", reason="cabinet_disabled")
+    credits, reason = pricing.credits_for(cabinet, out["amount"], out["currency"])
+    if reason:
+        return dict(out, outcome="invalid", reason=reason)
+    return dict(out, outcome="credit", credits=credits, pulses=credits * cabinet["coins_per_credit"])
+
+
+@bp.post("/stripe/webhook")
+def stripe_webhook():
+    payload = request.get_data(cache=False)
+    header = request.headers.get("Stripe-Signature")
+    if not header:
+        return _refuse(400, "missing Stripe-Signature header")
+    try:
+        stripe.Webhook.construct_event(payload, header, current_app.config["STRIPE_WEBHOOK_SECRET"])
+    except stripe.SignatureVerificationError as e:
+        return _refuse(400, "signature: %s" % (getattr(e, "user_message", None) or "does not verify"))
+    except ValueError:
+        return _refuse(400, "body is not a JSON Stripe event")
+    event = json.loads(payload)
+    event_type = event.get("type") if isinstance(event, dict) else None
+    if event_type not in FULFIL and event_type not in NO_CREDIT:
+        return jsonify(received=True, ignored=str(event_type)), 200
+    event_id = event.get("id")
+    session = (event.get("data") or {}).get("object") if isinstance(event.get("data"), dict) else None
+    session_id = session.get("id") if isinstance(session, dict) else None
+    if not (isinstance(event_id, str) and event_id and isinstance(session_id, str) and session_id
+            and "\n" not in session_id and len(session_id) <= 255):
+        return _refuse(400, "%s without an event id or a checkout session id" % event_type)
+
+    ledger = get_ledger()  # a storage failure from here on answers 503 (see create_app)
+    verdict = assess(ledger, event_type, session)
+    result = ledger.record_checkout(event_id, event_type, session_id, verdict["outcome"],
+                                    cabinet_id=verdict["cabinet_id"], amount=verdict["amount"],
+                                    currency=verdict["currency"], credits=verdict["credits"],
+                                    pulses=verdict["pulses"], reason=verdict["reason"])
+    if result == "queued":
+        current_app.extensions["arcade"]["wake"].set()
+    log.info("webhook %s %s session %s cabinet %s: %s%s", event_id, event_type, session_id,
+             verdict["cabinet_id"], result, " (%s)" % verdict["reason"] if verdict["reason"] else "")
+    return jsonify(received=True, result=result, session=session_id), 200
