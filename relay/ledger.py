@@ -132,6 +132,7 @@ class Ledger:
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = FULL")
             self.ledger_id = self._meta("ledger_id") or self._create()
+            self._ensure_pay_tables()
         except BaseException:
             self._db.close()
             raise
@@ -412,3 +413,122 @@ class Ledger:
                             "WHERE session_id = ?", (new, int(now), now, session_id))
             cur.execute("UPDATE cabinets SET next_seq = ? WHERE id = ?", (next_seq, cabinet_id))
         return changed
+
+    # -- pay page (issue 5): expected checkouts, promotions, payment links ------------------------
+    # Tables created on open when missing (older databases too); same portable SQL as above.
+
+    _PAY_SCHEMA = """
+    CREATE TABLE IF NOT EXISTS checkouts (
+        session_id      TEXT PRIMARY KEY,
+        cabinet_id      TEXT NOT NULL,
+        option_key      TEXT NOT NULL,
+        credits         INTEGER NOT NULL,
+        amount          INTEGER NOT NULL,
+        currency        TEXT NOT NULL,
+        promo_id        INTEGER,
+        client_key      TEXT NOT NULL,
+        idempotency_key TEXT NOT NULL,
+        created_at      REAL NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS checkouts_rate ON checkouts (cabinet_id, created_at);
+    CREATE TABLE IF NOT EXISTS promotions (
+        id         INTEGER PRIMARY KEY,
+        cabinet_id TEXT,
+        kind       TEXT NOT NULL,
+        value      INTEGER NOT NULL,
+        days       TEXT NOT NULL,
+        start_min  INTEGER NOT NULL,
+        end_min    INTEGER NOT NULL,
+        label      TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS payment_links (
+        link_id    TEXT PRIMARY KEY,
+        cabinet_id TEXT NOT NULL,
+        url        TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL
+    );
+    """
+
+    def _ensure_pay_tables(self):
+        cur = self._db.cursor()
+        try:
+            cur.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'payment_links'")
+            if cur.fetchone() is not None:
+                return
+        finally:
+            cur.close()
+        with self._write() as cur:
+            for statement in self._PAY_SCHEMA.split(";"):
+                if statement.strip():
+                    cur.execute(statement)
+
+    def record_expected_checkout(self, session_id, cabinet_id, option_key, credits, amount, currency, promo_id,
+                                 client_key, idempotency_key):
+        """What a Checkout Session this relay created must pay, and for how many credits. The same
+        session recorded twice (an idempotent retry) keeps its first record."""
+        with self._write() as cur:
+            cur.execute("INSERT INTO checkouts (session_id, cabinet_id, option_key, credits, amount, currency, "
+                        "promo_id, client_key, idempotency_key, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                        "ON CONFLICT (session_id) DO NOTHING",
+                        (session_id, cabinet_id, option_key, credits, amount, currency, promo_id, client_key,
+                         idempotency_key, time.time()))
+            return cur.rowcount == 1
+
+    def get_expected_checkout(self, session_id):
+        rows = self._rows("SELECT session_id, cabinet_id, option_key, credits, amount, currency, promo_id, "
+                          "created_at FROM checkouts WHERE session_id = ?", (session_id,))
+        return rows[0] if rows else None
+
+    def count_checkouts(self, cabinet_id, since, client_key=None):
+        if client_key is None:
+            return self._rows("SELECT COUNT(*) AS n FROM checkouts WHERE cabinet_id = ? AND created_at >= ?",
+                              (cabinet_id, since))[0]["n"]
+        return self._rows("SELECT COUNT(*) AS n FROM checkouts WHERE cabinet_id = ? AND client_key = ? "
+                          "AND created_at >= ?", (cabinet_id, client_key, since))[0]["n"]
+
+    def add_promotion(self, cabinet_id, kind, value, days, start_min, end_min, label=""):
+        """Store a rule (validated by relay/promotions.py first); returns its id."""
+        if cabinet_id is not None and self.get_cabinet(cabinet_id) is None:
+            raise UnknownCabinet("no cabinet %r: see `arcade cabinet list`" % (cabinet_id,))
+        with self._write() as cur:
+            cur.execute("INSERT INTO promotions (cabinet_id, kind, value, days, start_min, end_min, label, "
+                        "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                        (cabinet_id, kind, value, ",".join(str(d) for d in sorted(days)), start_min, end_min,
+                         label or "", time.time()))
+            return cur.fetchone()[0]
+
+    def list_promotions(self):
+        rows = self._rows("SELECT id, cabinet_id, kind, value, days, start_min, end_min, label FROM promotions "
+                          "ORDER BY id")
+        for row in rows:
+            row["days"] = [int(d) for d in row["days"].split(",") if d]
+        return rows
+
+    def remove_promotion(self, promo_id):
+        with self._write() as cur:
+            cur.execute("DELETE FROM promotions WHERE id = ?", (promo_id,))
+            if cur.rowcount != 1:
+                raise LedgerError("no promotion %r: see `arcade promo list`" % (promo_id,))
+
+    def link_payment_link(self, link_id, cabinet_id, url=""):
+        """Map a Stripe Payment Link (plink_...) to a cabinet (replacing an earlier mapping)."""
+        if not re.fullmatch(r"plink_[A-Za-z0-9]{1,200}", str(link_id)):
+            raise LedgerError("payment link id %r is not valid: it looks like plink_1AbC... (from Stripe's "
+                              "dashboard, Payment Links)" % (link_id,))
+        if self.get_cabinet(cabinet_id) is None:
+            raise UnknownCabinet("no cabinet %r: see `arcade cabinet list`" % (cabinet_id,))
+        with self._write() as cur:
+            cur.execute("INSERT INTO payment_links (link_id, cabinet_id, url, created_at) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT (link_id) DO UPDATE SET cabinet_id = excluded.cabinet_id, url = excluded.url",
+                        (link_id, cabinet_id, url or "", time.time()))
+
+    def payment_link_cabinet(self, link_id):
+        rows = self._rows("SELECT cabinet_id FROM payment_links WHERE link_id = ?", (link_id,))
+        return rows[0]["cabinet_id"] if rows else None
+
+    def list_payment_links(self, cabinet_id=None):
+        if cabinet_id is None:
+            return self._rows("SELECT link_id, cabinet_id, url FROM payment_links ORDER BY cabinet_id, link_id")
+        return self._rows("SELECT link_id, cabinet_id, url FROM payment_links WHERE cabinet_id = ? ORDER BY link_id",
+                          (cabinet_id,))
