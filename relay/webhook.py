@@ -11,7 +11,7 @@ import logging
 import stripe
 from flask import Blueprint, current_app, jsonify, request
 
-from relay import pricing
+from relay import checkout, pricing
 from relay.db import get_ledger
 from relay.ledger import valid_cabinet_id
 
@@ -42,6 +42,8 @@ def cabinet_ref(session):
 def assess(ledger, event_type, session):
     """Decide what a checkout event means: dict(outcome, cabinet_id, amount, currency, credits, pulses, reason)."""
     ref = cabinet_ref(session)
+    if ref is None and isinstance(session.get("payment_link"), str):  # Payment Links mode (issue 5)
+        ref = ledger.payment_link_cabinet(session["payment_link"])
     out = {"cabinet_id": ref[:64] if ref else None, "amount": session.get("amount_total"),
            "currency": session.get("currency"), "credits": 0, "pulses": 0, "reason": ""}
     if not isinstance(out["amount"], int) or isinstance(out["amount"], bool):
@@ -62,7 +64,9 @@ def assess(ledger, event_type, session):
         return dict(out, outcome="invalid", reason="unknown_cabinet")
     if not cabinet["enabled"]:
         return dict(out, outcome="invalid", reason="cabinet_disabled")
-    credits, reason = pricing.credits_for(cabinet, out["amount"], out["currency"])
+    # A session the pay page created is owed what was recorded then (promotions change amounts).
+    expected = checkout.expected_credits(ledger, session.get("id"), out["amount"], out["currency"], cabinet["id"])
+    credits, reason = expected or pricing.credits_for(cabinet, out["amount"], out["currency"])
     if reason:
         return dict(out, outcome="invalid", reason=reason)
     return dict(out, outcome="credit", credits=credits, pulses=credits * cabinet["coins_per_credit"])
