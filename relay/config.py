@@ -21,6 +21,11 @@ DEFAULTS = {
     "ARCADE_RESCAN": 2.0,             # dispatcher re-reads the database this often (wakeups from other processes)
     "ARCADE_MQTT_KEEPALIVE": 30,      # seconds; a dead link is noticed within about two of these
     "ARCADE_DB_BUSY_TIMEOUT": 5000,   # milliseconds a write waits for the database lock
+    # The player's side (issue 5): pay page, stickers, promotions.
+    "ARCADE_NAME": "Arcade",          # shown on the pay page and in the Stripe line item
+    "ARCADE_PUBLIC_URL": None,        # the address phones reach the relay at (QR stickers, Stripe return URLs)
+    "ARCADE_TZ": "UTC",               # IANA zone promotions are evaluated in, e.g. Europe/Berlin
+    "STRIPE_API_BASE": None,          # only for tests/demo: a fake Stripe API on loopback
 }
 _FLOATS = ("ARCADE_ACK_TIMEOUT", "ARCADE_ACK_TIMEOUT_MAX", "ARCADE_STUCK_AFTER", "ARCADE_RESCAN")
 _INTS = ("ARCADE_MQTT_KEEPALIVE", "ARCADE_DB_BUSY_TIMEOUT")
@@ -62,6 +67,7 @@ def check(values, require_webhook_secret=True):
     parse_mqtt_url(out["MQTT_URL"])  # raises ConfigError with the reason
     if not out["ARCADE_DB"]:
         raise ConfigError("ARCADE_DB is empty: set it to the SQLite database path (default ./arcade.db)")
+    _check_pay_settings(out)
     for key in SECRET_KEYS:
         if out[key] is not None and not str(out[key]).strip():
             out[key] = None
@@ -70,6 +76,19 @@ def check(values, require_webhook_secret=True):
                           "Set it (in the environment or .env) to the endpoint's signing secret from the Stripe "
                           "dashboard or `stripe listen` (it starts with whsec_).")
     return out
+
+
+def _check_pay_settings(out):
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+    try:
+        ZoneInfo(out["ARCADE_TZ"] or "UTC")
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError("ARCADE_TZ=%r is not a time zone: use an IANA name such as Europe/Berlin" % out["ARCADE_TZ"])
+    for key in ("ARCADE_PUBLIC_URL", "STRIPE_API_BASE"):
+        if out[key] and urlsplit(str(out[key])).scheme not in ("http", "https"):
+            raise ConfigError("%s=%r is not an http(s):// address, e.g. https://pay.my-arcade.com" % (key, out[key]))
+        if out[key]:
+            out[key] = str(out[key]).rstrip("/")
 
 
 def parse_mqtt_url(url):
