@@ -1,0 +1,309 @@
+# The cabinet's main loop: WiFi, one persistent MQTT session (umqtt.simple 1.3.4, unchanged),
+# credits applied by cabinet.Cabinet inside the subscription callback, acks published here,
+# outside it. Link loss of any kind -> reconnect with backoff; the coin line ends idle.
+import gc
+import time
+import select
+import machine
+import network
+from micropython import const
+import umqtt.simple as simple
+from umqtt.simple import MQTTClient, MQTTException
+import protocol
+import config
+from coin import Coin
+from cabinet import Cabinet
+from journal import Journal
+
+gc.collect()
+
+_WDT_MS = const(30000)
+_BACKOFF_MIN = const(500)
+_BACKOFF_MAX = const(30000)
+_OUTBOX = const(8)
+_PID_MAX = const(65535)
+_ETIMEDOUT = const(110)
+_ECONNRESET = const(104)
+
+
+class DeadlineSocket:
+    # umqtt.simple's check_msg()/wait_msg() call setblocking(True): blocking *forever* on a
+    # half-open link. Here it means "blocking with a deadline", so a dead link raises OSError,
+    # including in publish()'s wait for PUBACK. A short read (EOF mid-packet) raises too.
+    def __init__(self, sock, timeout_s):
+        self.sock = sock
+        self.timeout = timeout_s
+        sock.settimeout(timeout_s)
+
+    def setblocking(self, flag):
+        if flag:
+            self.sock.settimeout(self.timeout)
+        else:
+            self.sock.setblocking(False)
+
+    def read(self, n):
+        b = self.sock.read(n)
+        if b is not None and len(b) < n:
+            raise OSError(_ECONNRESET)
+        return b
+
+    def write(self, buf, n=None):
+        if n is None:
+            return self.sock.write(buf)
+        return self.sock.write(buf, n)
+
+    def close(self):
+        self.sock.close()
+
+
+class _TimedSockets:
+    # Stands in for the socket module inside umqtt.simple so that connect() and its CONNACK
+    # read time out too (they run before we can wrap the socket).
+    def __init__(self, mod, timeout_s):
+        self.mod = mod
+        self.timeout = timeout_s
+
+    def socket(self, *a):
+        s = self.mod.socket(*a)
+        s.settimeout(self.timeout)
+        return s
+
+    def getaddrinfo(self, *a):
+        return self.mod.getaddrinfo(*a)
+
+
+def guard_pid(client):
+    """umqtt.simple 1.3.4 never wraps its packet id: at 65536 struct.pack fails. Wrap it."""
+    if client.pid >= _PID_MAX:
+        client.pid = 0
+
+
+def _print(event, data):
+    print(event, data)
+
+
+class App:
+    def __init__(self, cfg, board, coin, root="", emit=None):
+        self.cfg = cfg
+        self.emit = emit or _print
+        self.coin = coin
+        cab = cfg["cabinet"]
+        self.cab = cab
+        base = "%s/%s/" % (cfg["prefix"], cab)
+        self.t_credit = (base + "credit").encode()
+        self.t_ack = (base + "ack").encode()
+        self.t_status = (base + "status").encode()
+        self.ka_ms = cfg["keepalive"] * 1000
+        self.ping_ms = self.ka_ms // 2
+        self.sock_timeout = min(cfg["keepalive"], 10)
+        self.led = None
+        if board["led_pin"] is not None:
+            hi = board["led_active"] == "high"
+            self.led = machine.Signal(machine.Pin(board["led_pin"], machine.Pin.OUT,
+                                                  value=0 if hi else 1), invert=not hi)
+        self.wdt = None
+        self.wlan = network.WLAN(network.STA_IF)
+        self.cabinet = Cabinet(cab, cfg["secret"], Journal(root), coin, tick=self._tick)
+        m = cfg["mqtt"]
+        user = m["user"].encode() if m["user"] is not None else None
+        pswd = m["password"].encode() if m["password"] is not None else None
+        self.client = MQTTClient(cab.encode(), m["host"], m["port"], user, pswd,
+                                 cfg["keepalive"], m["ssl"])
+        self.client.set_callback(self._on_msg)
+        self.client.set_last_will(self.t_status, protocol.status(cab, False), True, 1)
+        self.outbox = []          # (result, ack) for rejected/duplicate; applied acks live in flash
+        self.link_bad = False
+        self.last_rx = self.ping_at = 0
+        self.connects = 0
+        mod = simple.socket
+        if isinstance(mod, _TimedSockets):
+            mod = mod.mod
+        simple.socket = _TimedSockets(mod, self.sock_timeout)
+
+    # -- time and watchdog
+    def _feed(self):
+        if self.wdt is not None:
+            self.wdt.feed()
+
+    def _sleep(self, ms):
+        while ms > 0:
+            self._feed()
+            step = 1000 if ms > 1000 else ms
+            time.sleep_ms(step)
+            ms -= step
+
+    def _tick(self):
+        # before every pulse: a long pulse train must neither starve the WDT nor let the
+        # broker drop us for silence (writing a PINGREQ between packets is safe)
+        self._feed()
+        c = self.client
+        if c.sock is None or self.link_bad:
+            return
+        now = time.ticks_ms()
+        if time.ticks_diff(now, self.ping_at) >= 0:
+            try:
+                c.ping()
+            except OSError:
+                self.link_bad = True
+            self.ping_at = time.ticks_add(now, self.ping_ms)
+
+    # -- MQTT
+    def _on_msg(self, topic, msg):
+        # runs inside umqtt.simple (check_msg or publish's PUBACK wait): never publish here
+        if topic != self.t_credit:
+            return
+        result, ack = self.cabinet.handle(msg)
+        if result != "applied":
+            if len(self.outbox) >= _OUTBOX:
+                self.outbox.pop(0)
+            self.outbox.append(ack)
+
+    def _publish(self, topic, msg, retain=False):
+        c = self.client
+        guard_pid(c)
+        c.sock.setblocking(True)
+        c.publish(topic, msg, retain, 1)
+        self.last_rx = time.ticks_ms()
+
+    def _flush(self):
+        while True:
+            a = self.cabinet.pending_ack()
+            if a is not None:
+                self._publish(self.t_ack, a)
+                self.cabinet.ack_sent(a)
+                self.emit("ack", a)
+                continue
+            if not self.outbox:
+                return
+            a = self.outbox[0]
+            self._publish(self.t_ack, a)
+            if self.outbox and self.outbox[0] is a:
+                self.outbox.pop(0)
+            self.emit("ack", a)
+
+    def _wifi(self):
+        w = self.wlan
+        if w.isconnected():
+            return
+        w.active(True)
+        w.connect(self.cfg["wifi_ssid"], self.cfg["wifi_password"])
+        for _ in range(200):
+            if w.isconnected():
+                return
+            self._feed()
+            time.sleep_ms(100)
+        raise OSError(_ETIMEDOUT)
+
+    def _connect(self):
+        c = self.client
+        self.link_bad = False
+        c.connect(False)
+        c.sock = DeadlineSocket(c.sock, self.sock_timeout)
+        now = time.ticks_ms()
+        self.last_rx = now
+        self.ping_at = time.ticks_add(now, self.ping_ms)
+        guard_pid(c)
+        c.subscribe(self.t_credit, 1)
+        s = self.cabinet.state
+        self._publish(self.t_status, protocol.status(self.cab, True, s["ledger"], s["last"]), True)
+        self.connects += 1
+        if self.led is not None:
+            self.led.on()
+        self.emit("connected", None)
+
+    def _close(self):
+        if self.led is not None:
+            self.led.off()
+        c = self.client
+        if c.sock is not None:
+            try:
+                c.sock.close()
+            except OSError:
+                pass
+            c.sock = None
+
+    def _serve(self):
+        c = self.client
+        poller = select.poll()
+        poller.register(c.sock.sock, select.POLLIN)
+        while True:
+            self._flush()
+            if self.link_bad:
+                raise OSError(_ETIMEDOUT)
+            now = time.ticks_ms()
+            dead_at = time.ticks_add(self.last_rx, self.ka_ms)
+            wait = min(time.ticks_diff(self.ping_at, now), time.ticks_diff(dead_at, now),
+                       _WDT_MS // 4)
+            self._feed()
+            if poller.poll(wait if wait > 0 else 0):
+                self.last_rx = time.ticks_ms()
+                c.check_msg()
+                continue
+            now = time.ticks_ms()
+            if time.ticks_diff(now, time.ticks_add(self.last_rx, self.ka_ms)) >= 0:
+                # nothing from the broker (not even PINGRESP) for a whole keepalive: half-open
+                raise OSError(_ETIMEDOUT)
+            if time.ticks_diff(now, self.ping_at) >= 0:
+                c.sock.setblocking(True)
+                c.ping()
+                self.ping_at = time.ticks_add(now, self.ping_ms)
+
+    def boot(self):
+        """Finish a credit cut by a power loss (its ack is then queued in flash)."""
+        left = self.cabinet.recover()
+        s = self.cabinet.state
+        self.emit("boot", {"recovered": left is not None, "pulses": left or 0,
+                           "journal": self.cabinet.journal.note, "ledger": s["ledger"],
+                           "last": s["last"]})
+
+    def run(self):
+        self.wdt = machine.WDT(timeout=_WDT_MS)
+        self.boot()
+        backoff = _BACKOFF_MIN
+        while True:
+            try:
+                self._wifi()
+                self._connect()
+                backoff = _BACKOFF_MIN
+                self._serve()
+            except (OSError, MQTTException, AssertionError) as e:
+                self.emit("disconnected", repr(e))
+            self._close()
+            gc.collect()
+            self._sleep(backoff)
+            backoff = min(backoff * 2, _BACKOFF_MAX)
+
+    def shutdown(self):
+        """Best effort on a clean stop: say offline (retained) and close."""
+        c = self.client
+        if c.sock is None:
+            return
+        try:
+            c.sock.setblocking(True)
+            c.publish(self.t_status, protocol.status(self.cab, False), True, 0)
+            c.disconnect()
+        except OSError:
+            pass
+        self._close()
+
+
+def main(root="", emit=None):
+    coin = None
+    app = None
+    try:
+        try:
+            board = config.load_board(root)
+            coin = Coin(board["coin_pin"], board["active"] == "high", board["width_ms"],
+                        board["gap_ms"])
+            cfg = config.load_config(root, board)
+        except config.ConfigError as e:
+            print("CONFIG ERROR:", e)
+            return 1
+        gc.collect()
+        app = App(cfg, board, coin, root, emit)
+        app.run()
+    finally:
+        if coin is not None:
+            coin.idle()
+        if app is not None:
+            app.shutdown()

@@ -1,0 +1,35 @@
+# The coin line: active for width_ms, then at least gap_ms idle before the next pulse.
+# The active level comes from the board profile through machine.Signal(invert=...).
+import time
+import machine
+
+
+class Coin:
+    def __init__(self, pin, active_high=True, width_ms=100, gap_ms=150,
+                 ticks_ms=None, sleep_ms=None):
+        self.ticks_ms = ticks_ms or time.ticks_ms
+        self.sleep_ms = sleep_ms or time.sleep_ms
+        idle = 0 if active_high else 1
+        # the latch is set to idle before the output driver is enabled: no glitch
+        self.pin = machine.Pin(pin, machine.Pin.OUT, value=idle)
+        self.line = machine.Signal(self.pin, invert=not active_high)
+        self.line.off()
+        self.width_ms = width_ms
+        self.gap_ms = gap_ms
+        self._idle_since = self.ticks_ms()
+        self.count = 0
+
+    def idle(self):
+        self.line.off()
+
+    def pulse(self):
+        wait = self.gap_ms - time.ticks_diff(self.ticks_ms(), self._idle_since)
+        if wait > 0:
+            self.sleep_ms(wait)
+        self.line.on()
+        try:
+            self.sleep_ms(self.width_ms)
+        finally:
+            self.line.off()
+            self._idle_since = self.ticks_ms()
+        self.count += 1

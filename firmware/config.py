@@ -1,0 +1,182 @@
+# config.json (site and cabinet) and board.json (the board profile, a copy of
+# boards/<name>.json) are checked once, at boot: any bad value is one clear ConfigError
+# naming the key and what is expected. Secrets and passwords never appear in a message.
+import json
+
+DEFAULTS = {"prefix": "arcade", "keepalive": 30, "wifi_password": ""}
+_ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
+
+
+class ConfigError(Exception):
+    pass
+
+
+def _load_json(path, what):
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except OSError:
+        raise ConfigError("%s not found: %s" % (path, what))
+    except ValueError:
+        raise ConfigError("%s is not valid JSON: fix it (%s)" % (path, what))
+    if not isinstance(d, dict):
+        raise ConfigError("%s must hold a JSON object (%s)" % (path, what))
+    return d
+
+
+def _bad(src, key, expected, value=None, show=True):
+    got = ""
+    if show:
+        got = ", got %s" % (json.dumps(value) if value is not None else "nothing")
+    return ConfigError("%s: '%s' must be %s%s" % (src, key, expected, got))
+
+
+def _str(d, src, key, lo, hi, show=True):
+    v = d.get(key)
+    if not isinstance(v, str) or not lo <= len(v) <= hi:
+        raise _bad(src, key, "a string of %d to %d characters" % (lo, hi), v, show)
+    return v
+
+
+def _int(d, src, key, lo, hi):
+    v = d.get(key)
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise _bad(src, key, "an integer from %d to %d" % (lo, hi), v)
+    return v
+
+
+def mask(url):
+    """The URL with its password replaced by ***."""
+    i = url.find("://")
+    at = url.rfind("@")
+    if i < 0 or at < 0:
+        return url
+    cred = url[i + 3:at]
+    c = cred.find(":")
+    if c < 0:
+        return url
+    return url[:i + 3] + cred[:c] + ":***" + url[at:]
+
+
+def parse_broker(url, src="config.json", key="broker"):
+    """mqtt://[user[:password]@]host[:port] or mqtts://... -> dict(host, port, user, password, ssl)."""
+    expected = "mqtt://[user:password@]host[:port] or mqtts://..."
+    if not isinstance(url, str):
+        raise _bad(src, key, expected, url)
+    if url.startswith("mqtt://"):
+        ssl, rest, port = False, url[7:], 1883
+    elif url.startswith("mqtts://"):
+        ssl, rest, port = True, url[8:], 8883
+    else:
+        raise _bad(src, key, expected, mask(url))
+    user = password = None
+    at = rest.rfind("@")
+    if at >= 0:
+        cred, rest = rest[:at], rest[at + 1:]
+        c = cred.find(":")
+        user, password = (cred, "") if c < 0 else (cred[:c], cred[c + 1:])
+        if not user:
+            raise _bad(src, key, expected + " (user name is empty)", mask(url))
+    if rest.endswith("/"):
+        rest = rest[:-1]
+    host = rest
+    c = rest.rfind(":")
+    if c >= 0 and "]" not in rest[c:]:
+        host = rest[:c]
+        try:
+            port = int(rest[c + 1:])
+        except ValueError:
+            port = 0
+        if not 1 <= port <= 65535:
+            raise _bad(src, key, expected + " (port 1..65535)", mask(url))
+    if not host or "/" in host:
+        raise _bad(src, key, expected + " (no host)", mask(url))
+    return {"host": host, "port": port, "user": user, "password": password, "ssl": ssl}
+
+
+def check_id(v, src="config.json", key="cabinet"):
+    ok = isinstance(v, str) and 1 <= len(v) <= 32
+    if ok:
+        for ch in v:
+            if ch not in _ID_CHARS:
+                ok = False
+    if not ok:
+        raise _bad(src, key, "1 to 32 characters from A-Z a-z 0-9 _ -", v)
+    return v
+
+
+def check_config(d, src="config.json"):
+    """Validate a config dict; returns a new dict with defaults filled and `broker` parsed."""
+    c = {}
+    for k in DEFAULTS:
+        c[k] = DEFAULTS[k]
+    for k in d:
+        c[k] = d[k]
+    c["cabinet"] = check_id(c.get("cabinet"), src)
+    s = c.get("secret")
+    ok = isinstance(s, str) and 16 <= len(s) <= 128
+    if ok:
+        for ch in s:
+            if not 33 <= ord(ch) <= 126:
+                ok = False
+    if not ok:
+        raise _bad(src, "secret", "the cabinet's secret from the relay (16 to 128 printable ASCII "
+                   "characters, no spaces; `arcade cabinet add` prints it)", show=False)
+    _str(c, src, "wifi_ssid", 1, 32)
+    _str(c, src, "wifi_password", 0, 64, show=False)
+    c["mqtt"] = parse_broker(c.get("broker"), src)
+    _str(c, src, "board", 1, 64)
+    p = c["prefix"]
+    if (not isinstance(p, str) or not p or len(p) > 64 or p[0] == "/" or p[-1] == "/"
+            or "+" in p or "#" in p or "\n" in p):
+        raise _bad(src, "prefix", "a topic prefix without + # or a leading/trailing / (default "
+                   "\"arcade\")", p)
+    _int(c, src, "keepalive", 1, 3600)
+    return c
+
+
+def check_board(d, src="board.json"):
+    """Validate a board profile; returns it with defaults filled."""
+    b = {"active": "high", "width_ms": 100, "gap_ms": 150, "led_pin": None, "led_active": "high",
+         "unsafe_pins": []}
+    for k in d:
+        b[k] = d[k]
+    _str(b, src, "name", 1, 64)
+    u = b["unsafe_pins"]
+    if not isinstance(u, list):
+        raise _bad(src, "unsafe_pins", "a list of GPIO numbers", u)
+    pin = b.get("coin_pin")
+    if not isinstance(pin, int) or isinstance(pin, bool) or not 0 <= pin <= 48 or pin in u:
+        raise _bad(src, "coin_pin", "a GPIO number 0..48 that is not in unsafe_pins %s "
+                   "(strapping, flash or input-only pins glitch or cannot drive)" % json.dumps(u), pin)
+    for k in ("active", "led_active"):
+        if b[k] not in ("high", "low"):
+            raise _bad(src, k, "\"high\" or \"low\"", b[k])
+    for k in ("width_ms", "gap_ms"):
+        rng = b.get(k + "_range", [20, 2000])
+        if (not isinstance(rng, list) or len(rng) != 2 or not isinstance(rng[0], int)
+                or not isinstance(rng[1], int) or not 1 <= rng[0] <= rng[1] <= 10000):
+            raise _bad(src, k + "_range", "[min, max] in ms with 1 <= min <= max <= 10000", rng)
+        _int(b, src, k, rng[0], rng[1])
+    led = b["led_pin"]
+    if led is not None and (not isinstance(led, int) or isinstance(led, bool) or not 0 <= led <= 48
+                            or led == pin):
+        raise _bad(src, "led_pin", "null or a GPIO number 0..48 other than coin_pin", led)
+    return b
+
+
+def load_board(root=""):
+    """board.json, checked. Read first so the coin line can be driven idle at once."""
+    return check_board(_load_json(root + "board.json", "copy boards/<board>.json to the device "
+                                  "as board.json"), root + "board.json")
+
+
+def load_config(root, board):
+    """config.json, checked against the board profile."""
+    c = check_config(_load_json(root + "config.json", "write it with `arcade provision`"),
+                     root + "config.json")
+    if c["board"] != board["name"]:
+        raise ConfigError("%sconfig.json: 'board' is %s but board.json is the profile for %s: copy "
+                          "boards/%s.json as board.json" % (root, json.dumps(c["board"]),
+                                                            json.dumps(board["name"]), c["board"]))
+    return c

@@ -1,0 +1,145 @@
+# Arcade credit protocol v1, exactly as docs/protocol.md writes it: canonical bytes,
+# HMAC-SHA256 (MicroPython has no hmac module), credit checks, signed acks, status.
+import hashlib
+import json
+from micropython import const
+
+try:
+    from binascii import hexlify
+except ImportError:
+    from ubinascii import hexlify
+
+FW = "0.1.0"
+_BLOCK = const(64)
+MAX_PULSES = const(255)
+
+CREDIT_FIELDS = ("cab", "ledger", "seq", "credits", "pulses", "session", "ts")
+_STR = ("cab", "ledger", "session", "sig")
+_INT = ("seq", "credits", "pulses", "ts")
+_HEX = "0123456789abcdef"
+
+
+def hmac_sha256(key, msg):
+    """RFC 2104 over hashlib.sha256; key and msg are bytes."""
+    if len(key) > _BLOCK:
+        key = hashlib.sha256(key).digest()
+    pad = bytearray(_BLOCK)
+    pad[:len(key)] = key
+    for i in range(_BLOCK):
+        pad[i] ^= 0x36
+    h = hashlib.sha256(bytes(pad))
+    h.update(msg)
+    inner = h.digest()
+    for i in range(_BLOCK):
+        pad[i] ^= 0x36 ^ 0x5C
+    h = hashlib.sha256(bytes(pad))
+    h.update(inner)
+    return h.digest()
+
+
+def sign(key, canon):
+    """64 lower-case hex digits (str)."""
+    return hexlify(hmac_sha256(key, canon)).decode()
+
+
+def equal(a, b):
+    """Constant-time compare of two str/bytes (the length is not secret)."""
+    if isinstance(a, str):
+        a = a.encode()
+    if isinstance(b, str):
+        b = b.encode()
+    if len(a) != len(b):
+        return False
+    acc = 0
+    for i in range(len(a)):
+        acc |= a[i] ^ b[i]
+    return acc == 0
+
+
+def canonical(kind, values):
+    """b"kind\\nv1\\nv2...": ints in decimal, strings verbatim; no value may hold a newline."""
+    parts = [kind]
+    for v in values:
+        v = str(v) if isinstance(v, int) else v
+        if "\n" in v:
+            raise ValueError("newline in a signed field")
+        parts.append(v)
+    return "\n".join(parts).encode()
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_ledger(s):
+    if len(s) != 32:
+        return False
+    for c in s:
+        if c not in _HEX:
+            return False
+    return True
+
+
+def check_credit(payload, cab, key):
+    """Parse and verify a credit payload (bytes) for cabinet `cab` with secret `key` (bytes).
+
+    Returns (reason, msg): reason "" and the message dict when it may be applied, else one of
+    malformed, bad_signature, wrong_cabinet, bad_pulses; msg is None when it could not be parsed.
+    """
+    try:
+        m = json.loads(payload)
+    except (ValueError, TypeError):
+        return "malformed", None
+    if not isinstance(m, dict) or m.get("t") != "credit":
+        return "malformed", None
+    for k in _STR:
+        v = m.get(k)
+        if not isinstance(v, str) or "\n" in v:
+            return "malformed", None
+    for k in _INT:
+        if not _is_int(m.get(k)):
+            return "malformed", None
+    canon = canonical("credit", [m[k] for k in CREDIT_FIELDS])
+    if not equal(sign(key, canon), m["sig"]):
+        return "bad_signature", m
+    if m["cab"] != cab:
+        return "wrong_cabinet", m
+    if not _is_ledger(m["ledger"]) or m["seq"] < 1 or m["credits"] < 1 or not m["session"]:
+        return "malformed", m
+    if not 1 <= m["pulses"] <= MAX_PULSES:
+        return "bad_pulses", m
+    return "", m
+
+
+def credit(key, cab, ledger, seq, credits, pulses, session, ts):
+    """A signed credit payload (the relay's job; here for tests and tools)."""
+    sig = sign(key, canonical("credit", (cab, ledger, seq, credits, pulses, session, ts)))
+    return ('{"t":"credit","cab":%s,"ledger":%s,"seq":%d,"credits":%d,"pulses":%d,'
+            '"session":%s,"ts":%d,"sig":"%s"}' % (json.dumps(cab), json.dumps(ledger), seq, credits,
+                                                  pulses, json.dumps(session), ts, sig)).encode()
+
+
+def ack(key, cab, ledger, seq, result, reason, pulses, last):
+    """A signed ack payload (bytes)."""
+    sig = sign(key, canonical("ack", (cab, ledger, seq, result, reason, pulses, last)))
+    return ('{"t":"ack","cab":%s,"ledger":%s,"seq":%d,"result":"%s","reason":"%s",'
+            '"pulses":%d,"last":%d,"sig":"%s"}' % (json.dumps(cab), json.dumps(ledger), seq, result,
+                                                   reason, pulses, last, sig)).encode()
+
+
+def check_ack(payload, key):
+    """True when an ack payload's signature verifies (the relay's job; here for tests)."""
+    try:
+        m = json.loads(payload)
+        canon = canonical("ack", [m[k] for k in ("cab", "ledger", "seq", "result", "reason",
+                                                 "pulses", "last")])
+        return equal(sign(key, canon), m["sig"])
+    except (ValueError, TypeError, KeyError):
+        return False
+
+
+def status(cab, online, ledger="", last=0):
+    if not online:
+        return ('{"t":"status","cab":%s,"online":false}' % json.dumps(cab)).encode()
+    return ('{"t":"status","cab":%s,"online":true,"fw":"%s","ledger":%s,"last":%d}'
+            % (json.dumps(cab), FW, json.dumps(ledger), last)).encode()

@@ -1,0 +1,161 @@
+# Host fake of MicroPython's `machine`: pins that record every level change
+# against a clock (real ticks by default, a FakeClock in tests), refuse misuse,
+# and a WDT that records feeds. Written in the MicroPython subset so the same
+# fakes serve the WebAssembly MicroPython test run.
+import time
+
+try:
+    import hosttime  # noqa: F401  (CPython: adds ticks_ms & co to time)
+except ImportError:
+    pass
+
+_clock = None
+pins = {}          # id -> the most recently constructed Pin with that id
+watchers = []      # fn(pin, t_ms, value) called after every level change
+wdts = []
+resets = []
+
+
+def set_clock(fn):
+    """Use fn() for timestamps (None: time.ticks_ms)."""
+    global _clock
+    _clock = fn
+
+
+def now():
+    if _clock is None:
+        return time.ticks_ms()
+    return _clock()
+
+
+def clear():
+    """Forget pins, watchers, WDTs and resets (between tests)."""
+    pins.clear()
+    del watchers[:]
+    del wdts[:]
+    del resets[:]
+    set_clock(None)
+
+
+class PinMisuse(Exception):
+    pass
+
+
+class Pin:
+    IN = 1
+    OUT = 3
+    OPEN_DRAIN = 7
+    PULL_UP = 2
+    PULL_DOWN = 1
+    IRQ_RISING = 1
+    IRQ_FALLING = 2
+
+    def __init__(self, id, mode=-1, pull=-1, value=None):
+        if not isinstance(id, int) or id < 0:
+            raise ValueError("invalid pin")
+        self.id = id
+        self.mode = None
+        self.pull = None
+        self._v = 0
+        self.history = []
+        pins[id] = self
+        self.init(mode, pull, value)
+
+    def init(self, mode=-1, pull=-1, value=None):
+        if pull != -1:
+            self.pull = pull
+        if value is not None:
+            # like the real port: the output latch is set before the driver is enabled
+            self._set(1 if value else 0, True)
+        if mode != -1:
+            if mode not in (Pin.IN, Pin.OUT, Pin.OPEN_DRAIN):
+                raise ValueError("invalid pin mode")
+            self.mode = mode
+            if mode != Pin.IN and not self.history:
+                self._set(self._v, True)
+
+    def _set(self, v, force=False):
+        if not force and self.mode == Pin.IN:
+            raise PinMisuse("pin %d is an input: it cannot be written" % self.id)
+        if self.history and self.history[-1][1] == v:
+            return
+        self._v = v
+        t = now()
+        self.history.append((t, v))
+        for fn in watchers:
+            fn(self, t, v)
+
+    def value(self, v=None):
+        if v is None:
+            return self._v
+        self._set(1 if v else 0)
+
+    def __call__(self, v=None):
+        return self.value(v)
+
+    def on(self):
+        self._set(1)
+
+    def off(self):
+        self._set(0)
+
+    def drive(self, v):
+        """Test helper: what the outside world drives on an input pin."""
+        if self.mode != Pin.IN:
+            raise PinMisuse("pin %d is not an input" % self.id)
+        self._set(1 if v else 0, True)
+
+
+class Signal:
+    def __init__(self, pin, invert=False):
+        if not isinstance(pin, Pin):
+            raise TypeError("Signal needs a Pin")
+        self.pin = pin
+        self.invert = bool(invert)
+
+    def value(self, v=None):
+        if v is None:
+            return self.pin.value() ^ self.invert
+        self.pin.value((1 if v else 0) ^ self.invert)
+
+    def __call__(self, v=None):
+        return self.value(v)
+
+    def on(self):
+        self.value(1)
+
+    def off(self):
+        self.value(0)
+
+
+class WDT:
+    def __init__(self, id=0, timeout=5000):
+        if timeout < 1:
+            raise ValueError("WDT timeout")
+        self.timeout = timeout
+        self.feeds = []
+        wdts.append(self)
+
+    def feed(self):
+        self.feeds.append(now())
+
+
+class ResetCalled(Exception):
+    pass
+
+
+def reset():
+    resets.append(now())
+    raise ResetCalled("machine.reset()")
+
+
+def soft_reset():
+    reset()
+
+
+def unique_id():
+    return b"\x24\x0a\xc4\x00\x00\x01"
+
+
+def freq(f=None):
+    return 240000000
