@@ -23,10 +23,11 @@ def create_app(test_config=None):
     # wake: set after a credit is committed, so the dispatcher publishes at once (no polling delay).
     app.extensions["arcade"] = {"wake": threading.Event(), "dispatcher": None}
 
-    from relay import db, health, ledger, webhook
+    from relay import db, health, ledger, pay, webhook
     db.init_app(app)
     app.register_blueprint(webhook.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(pay.bp)  # the player's pages: /pay, /paid, /cancel
 
     @app.errorhandler(ledger.StorageError)
     def storage_failed(e):

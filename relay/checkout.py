@@ -30,6 +30,18 @@ class CheckoutError(Exception):
         self.retry_after = retry_after
 
 
+SYMBOLS = {"usd": "$", "eur": "\u20ac", "gbp": "\u00a3", "jpy": "\u00a5", "cad": "CA$", "aud": "A$"}
+
+
+def money(amount, currency):
+    """Minor units -> '$2.50', '\u20ac1.00', 'CHF 2.00' (zero-decimal currencies as whole units)."""
+    from relay.pricing import ZERO_DECIMAL
+    cur = currency.lower()
+    text = ("%d" % amount) if cur in ZERO_DECIMAL else "%d.%02d" % divmod(amount, 100)
+    sym = SYMBOLS.get(cur)
+    return sym + text if sym else "%s %s" % (cur.upper(), text)
+
+
 def options(cabinet):
     """[(key, credits, amount)]: one play at the price per credit, then the bundles by size."""
     opts = [("1", 1, cabinet["price_cents"])]
@@ -123,11 +135,12 @@ def create_session(cfg, ledger, client, cabinet, offer, who, nonce, base_url):
     except stripe.StripeError as e:
         raise CheckoutError(502, "We could not reach the payment service. Nothing was charged; please try again "
                             "in a moment. (%s)" % type(e).__name__)
-    if not session.get("url") or not str(session.get("id", "")).startswith(SESSION_ID_PREFIXES):
+    sid, url = getattr(session, "id", None), getattr(session, "url", None)
+    if not url or not valid_session_id(sid):
         raise CheckoutError(502, "The payment service gave an unexpected answer. Nothing was charged.")
-    ledger.record_expected_checkout(session["id"], cabinet["id"], offer.key, offer.credits, offer.amount,
+    ledger.record_expected_checkout(sid, cabinet["id"], offer.key, offer.credits, offer.amount,
                                     offer.currency, offer.promo.id if offer.promo else None, who, key)
-    return session["url"]
+    return url
 
 
 def expected_credits(ledger, session_id, amount_total, currency, cabinet_id):

@@ -1,0 +1,234 @@
+"""arcade qr: printable QR stickers that open a cabinet's pay page.
+
+The QR holds the stable URL <ARCADE_PUBLIC_URL>/pay/<ID>, so prices and promotions can change without
+reprinting. A sticker shows the cabinet's name, the QR, "Scan to play" and the lowest price per play.
+
+    arcade qr cab1 --format png --out cab1.png
+    arcade qr --all --format pdf --out stickers.pdf      (A4 sheets, four stickers a page)
+    arcade qr --all --format png --out stickers/          (one file per cabinet)
+"""
+import argparse
+import html
+import io
+import os
+import sys
+
+import segno
+from PIL import Image, ImageDraw, ImageFont
+
+from relay.checkout import money
+
+DPI = 300
+STICKER = (750, 1050)           # 2.5 x 3.5 inches at 300 dpi
+A4 = (2480, 3508)               # A4 at 300 dpi
+FONT_DIRS = ("/usr/share/fonts/truetype/dejavu", "/usr/share/fonts/dejavu")
+
+
+class Sticker:
+    def __init__(self, cabinet_id, name, url, from_text):
+        self.cabinet_id = cabinet_id
+        self.name = name or cabinet_id
+        self.url = url
+        self.from_text = from_text      # e.g. "from $0.83" ("" when the cabinet has no prices)
+
+
+def from_price(options, currency):
+    """'from $0.84': the lowest price per play over the bundles (rounded up to the minor unit)."""
+    if not options:
+        return ""
+    per = min(-(-amount // credits) for _key, credits, amount in options)
+    return "from %s a play" % money(per, currency)
+
+
+def pay_url(public_url, cabinet_id):
+    return "%s/pay/%s" % (public_url.rstrip("/"), cabinet_id)
+
+
+def _font(size, bold=False):
+    name = "DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf"
+    for d in FONT_DIRS:
+        path = os.path.join(d, name)
+        if os.path.exists(path):
+            return ImageFont.truetype(path, size)
+    return ImageFont.load_default(size=size)
+
+
+def _fit(draw, text, width, size, bold=False):
+    """The largest font up to `size` in which `text` fits `width` pixels."""
+    while size > 12:
+        font = _font(size, bold)
+        if draw.textlength(text, font=font) <= width:
+            return font
+        size -= 2
+    return _font(size, bold)
+
+
+def _qr(url):
+    return segno.make(url, error="m", micro=False)
+
+
+def sticker_image(st):
+    w, h = STICKER
+    img = Image.new("RGB", (w, h), "white")
+    d = ImageDraw.Draw(img)
+    d.rounded_rectangle((6, 6, w - 7, h - 7), radius=36, outline="black", width=6)
+    title = _fit(d, st.name, w - 90, 64, bold=True)
+    d.text((w / 2, 100), st.name, font=title, fill="black", anchor="mm")
+    qr = _qr(st.url)
+    rows = list(qr.matrix_iter(scale=1, border=4))
+    n = len(rows)
+    scale = (w - 110) // n
+    side = n * scale
+    x0, y0 = (w - side) // 2, 165
+    for y, row in enumerate(rows):
+        for x, dark in enumerate(row):
+            if dark:
+                d.rectangle((x0 + x * scale, y0 + y * scale, x0 + (x + 1) * scale - 1, y0 + (y + 1) * scale - 1),
+                            fill="black")
+    y = y0 + side + 70
+    d.text((w / 2, y), "Scan to play", font=_font(72, bold=True), fill="black", anchor="mm")
+    if st.from_text:
+        d.text((w / 2, y + 85), st.from_text, font=_fit(d, st.from_text, w - 90, 48), fill="black", anchor="mm")
+    small = _fit(d, st.url, w - 90, 24)
+    d.text((w / 2, h - 45), st.url, font=small, fill="#444444", anchor="mm")
+    return img
+
+
+def png_bytes(img):
+    buf = io.BytesIO()
+    img.save(buf, "PNG", dpi=(DPI, DPI))
+    return buf.getvalue()
+
+
+def pdf_bytes(pages):
+    buf = io.BytesIO()
+    pages[0].save(buf, "PDF", resolution=DPI, save_all=True, append_images=pages[1:])
+    return buf.getvalue()
+
+
+def sheets(stickers):
+    """A4 pages with up to four stickers each (2 x 2), with cut space between them."""
+    pages = []
+    per_page = 4
+    gap_x = (A4[0] - 2 * STICKER[0]) // 3
+    gap_y = (A4[1] - 2 * STICKER[1]) // 3
+    for i in range(0, len(stickers), per_page):
+        page = Image.new("RGB", A4, "white")
+        for j, st in enumerate(stickers[i:i + per_page]):
+            col, row = j % 2, j // 2
+            page.paste(sticker_image(st), (gap_x + col * (STICKER[0] + gap_x), gap_y + row * (STICKER[1] + gap_y)))
+        pages.append(page)
+    return pages
+
+
+def svg_text(st):
+    """The sticker as SVG: the QR as one path of unit squares, text as SVG text (sans-serif)."""
+    w, h = STICKER
+    qr = _qr(st.url)
+    rows = list(qr.matrix_iter(scale=1, border=4))
+    n = len(rows)
+    scale = (w - 110) // n
+    side = n * scale
+    x0, y0 = (w - side) // 2, 165
+    path = []
+    for y, row in enumerate(rows):
+        x = 0
+        while x < n:
+            if row[x]:
+                start = x
+                while x < n and row[x]:
+                    x += 1
+                path.append("M%d %dh%dv1h-%dz" % (start, y, x - start, x - start))
+            else:
+                x += 1
+    esc = html.escape
+    ty = y0 + side + 70
+    parts = [
+        '<svg xmlns="http://www.w3.org/2000/svg" width="%.2fin" height="%.2fin" viewBox="0 0 %d %d">'
+        % (w / DPI, h / DPI, w, h),
+        '<title>%s: scan to play</title>' % esc(st.name),
+        '<rect x="3" y="3" width="%d" height="%d" rx="36" fill="#fff" stroke="#000" stroke-width="6"/>' % (w - 6, h - 6),
+        '<text x="%d" y="100" font-family="DejaVu Sans, sans-serif" font-weight="bold" font-size="60" '
+        'text-anchor="middle" dominant-baseline="middle">%s</text>' % (w // 2, esc(st.name)),
+        '<rect x="%d" y="%d" width="%d" height="%d" fill="#fff"/>' % (x0, y0, side, side),
+        '<path transform="translate(%d %d) scale(%d)" fill="#000" d="%s"/>' % (x0, y0, scale, "".join(path)),
+        '<text x="%d" y="%d" font-family="DejaVu Sans, sans-serif" font-weight="bold" font-size="72" '
+        'text-anchor="middle" dominant-baseline="middle">Scan to play</text>' % (w // 2, ty),
+    ]
+    if st.from_text:
+        parts.append('<text x="%d" y="%d" font-family="DejaVu Sans, sans-serif" font-size="48" text-anchor="middle" '
+                     'dominant-baseline="middle">%s</text>' % (w // 2, ty + 85, esc(st.from_text)))
+    parts.append('<text x="%d" y="%d" font-family="DejaVu Sans, sans-serif" font-size="22" fill="#444" '
+                 'text-anchor="middle" dominant-baseline="middle">%s</text>' % (w // 2, h - 45, esc(st.url)))
+    parts.append("</svg>\n")
+    return "\n".join(parts)
+
+
+def render(stickers, fmt):
+    """bytes of one file: a single sticker (png/svg/pdf) or, for several, A4 PDF sheets or one PNG sheet."""
+    if fmt == "svg":
+        if len(stickers) != 1:
+            raise ValueError("SVG holds one sticker; use --out DIR for one file per cabinet")
+        return svg_text(stickers[0]).encode()
+    if fmt == "png":
+        return png_bytes(sticker_image(stickers[0]) if len(stickers) == 1 else sheets(stickers)[0])
+    if fmt == "pdf":
+        return pdf_bytes([sticker_image(stickers[0])] if len(stickers) == 1 else sheets(stickers))
+    raise ValueError("unknown format %r: png, svg or pdf" % fmt)
+
+
+# -- command line ------------------------------------------------------------------------------------
+
+def stickers_from_ledger(cfg, ids=None):
+    """Stickers for the given cabinet ids (or all enabled cabinets) from the relay's database."""
+    from relay import checkout
+    return checkout.stickers(cfg, ids)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="arcade qr", description="Render printable QR stickers that open a cabinet's "
+                                "pay page (<ARCADE_PUBLIC_URL>/pay/<ID>).")
+    p.add_argument("cabinet", nargs="?", help="cabinet id")
+    p.add_argument("--all", action="store_true", help="every enabled cabinet: A4 sheets (pdf) or one file each "
+                   "(png/svg, --out is a directory)")
+    p.add_argument("--format", choices=("png", "svg", "pdf"), default="png")
+    p.add_argument("--out", help="output file (default <ID>.<format>, or stickers.pdf / ./stickers/ for --all)")
+    p.add_argument("--public-url", help="the relay's public address (default: ARCADE_PUBLIC_URL)")
+    args = p.parse_args(argv)
+    if bool(args.cabinet) == bool(args.all):
+        p.error("give one cabinet id, or --all")
+    from relay import config
+    try:
+        cfg = config.load(require_webhook_secret=False)
+        if args.public_url:
+            cfg["ARCADE_PUBLIC_URL"] = args.public_url
+        stickers = stickers_from_ledger(cfg, None if args.all else [args.cabinet])
+    except (config.ConfigError, LookupError, ValueError) as e:
+        print("arcade qr: %s" % (e.args[0] if e.args else e), file=sys.stderr)
+        return 2
+    if not stickers:
+        print("arcade qr: no enabled cabinets: add one with `arcade cabinet add ID --price 1.00`", file=sys.stderr)
+        return 2
+    if args.all and args.format in ("png", "svg"):
+        out_dir = args.out or "stickers"
+        os.makedirs(out_dir, exist_ok=True)
+        for st in stickers:
+            path = os.path.join(out_dir, "%s.%s" % (st.cabinet_id, args.format))
+            _write(path, render([st], args.format))
+            print(path)
+        return 0
+    out = args.out or ("stickers.pdf" if args.all else "%s.%s" % (args.cabinet, args.format))
+    _write(out, render(stickers, args.format))
+    print(out)
+    return 0
+
+
+def _write(path, data):
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
