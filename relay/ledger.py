@@ -349,15 +349,13 @@ class Ledger:
 
     def next_deliveries(self, exclude=()):
         """For each cabinet with unacknowledged credits (and not in `exclude`), its lowest-seq one,
-        with the cabinet's secret and the ledger id: everything needed to build the message."""
+        with the cabinet's secret: everything needed to build the message."""
         rows = self._rows("SELECT p.session_id, p.cabinet_id, p.seq, p.credits, p.pulses, p.issued_ts, p.state, "
-                          "c.secret FROM payments p JOIN cabinets c ON c.id = p.cabinet_id "
-                          "WHERE p.state IN ('queued', 'sent') ORDER BY p.cabinet_id, p.seq")
-        heads = {}
-        for row in rows:
-            if row["cabinet_id"] not in heads and row["cabinet_id"] not in exclude:
-                heads[row["cabinet_id"]] = row
-        return list(heads.values())
+                          "p.queued_at, c.secret FROM payments p "
+                          "JOIN (SELECT cabinet_id, MIN(seq) AS seq FROM payments WHERE state IN ('queued', 'sent') "
+                          "GROUP BY cabinet_id) h ON h.cabinet_id = p.cabinet_id AND h.seq = p.seq "
+                          "JOIN cabinets c ON c.id = p.cabinet_id ORDER BY p.cabinet_id")
+        return [row for row in rows if row["cabinet_id"] not in exclude]
 
     def mark_sent(self, session_id, seq):
         """The broker acknowledged a publish of this credit (PUBACK). Returns True if it was still pending."""

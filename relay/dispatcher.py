@@ -1,0 +1,326 @@
+"""The dispatcher: turns committed credits into QoS 1 MQTT messages, one in flight per cabinet.
+
+One persistent paho-mqtt session (fixed client id, clean_session False) per database, guarded by an
+exclusive file lock, so however many web workers or relay processes serve webhooks, one client id
+talks to the broker. The database is the source of truth: on every (re)connect and every wake the
+dispatcher reads the lowest unacknowledged credit of each cabinet and (re)publishes it, so a relay
+killed between commit and publish, or between publish and ack, delivers after restart.
+
+Threads: paho's network thread only queues what it hears (connect, PUBACK, messages) and wakes the
+worker; the worker thread does all database work and publishing, so the delivery logic is single
+threaded.
+
+Per cabinet:   queued --publish--> (PUBACK) sent --verified ack--> applied | duplicate | rejected
+               rejected/stale_seq: re-sequence past the cabinet's `last`, publish again.
+An unacknowledged credit is republished (same bytes) after ARCADE_ACK_TIMEOUT, doubling up to
+ARCADE_ACK_TIMEOUT_MAX, at once when its cabinet announces itself online, and on reconnect.
+"""
+import collections
+import fcntl
+import json
+import logging
+import os
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+
+from relay import protocol
+from relay.config import mask_url, parse_mqtt_url
+from relay.ledger import StorageError, open_ledger
+
+log = logging.getLogger("arcade.dispatcher")
+
+
+class _Flight:
+    """The one credit in flight for a cabinet."""
+    __slots__ = ("cab", "session", "seq", "pulses", "payload", "since", "attempts", "next_retry", "warned")
+
+    def __init__(self, row, payload, since):
+        self.cab, self.session, self.seq, self.pulses = row["cabinet_id"], row["session_id"], row["seq"], row["pulses"]
+        self.payload = payload
+        self.since = since          # when the payment was queued (for the stuck warning)
+        self.attempts = 0
+        self.next_retry = None
+        self.warned = False
+
+
+class Dispatcher:
+    def __init__(self, settings, wake=None):
+        self.db_path = settings["ARCADE_DB"]
+        self.mqtt_url = settings["MQTT_URL"]
+        self.prefix = settings["ARCADE_TOPIC_PREFIX"]
+        self.ack_timeout = float(settings["ARCADE_ACK_TIMEOUT"])
+        self.ack_timeout_max = float(settings["ARCADE_ACK_TIMEOUT_MAX"])
+        self.stuck_after = float(settings["ARCADE_STUCK_AFTER"])
+        self.rescan = float(settings["ARCADE_RESCAN"])
+        self.keepalive = int(settings["ARCADE_MQTT_KEEPALIVE"])
+        self.busy_timeout = int(settings["ARCADE_DB_BUSY_TIMEOUT"])
+        self.wake_event = wake if wake is not None else threading.Event()
+        self.lock_path = self.db_path + ".dispatcher.lock"
+        self.connected = False      # the MQTT connection is up (read by /healthz)
+        self.ledger_id = None
+        self._inbox = collections.deque()
+        self._stopping = threading.Event()
+        self._thread = None
+        self._client = None
+        self._lock_file = None
+        self._session_up = False    # the worker has seen the connection and may publish
+        self._flights = {}          # cabinet id -> _Flight
+        self._mids = {}             # paho message id -> _Flight
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def start(self):
+        """Take the database's dispatcher lock and start. False if another process holds it."""
+        lock_file = open(self.lock_path, "a+")
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock_file.close()
+            log.info("another relay process runs the dispatcher for %s; this one only serves webhooks", self.db_path)
+            return False
+        self._lock_file = lock_file
+        try:
+            with open_ledger(self.db_path, self.busy_timeout) as ledger:
+                self.ledger_id = ledger.ledger_id
+            self._client = self._make_client()
+            target = parse_mqtt_url(self.mqtt_url)
+            self._client.connect_async(target["host"], target["port"], keepalive=self.keepalive)
+            self._client.loop_start()
+        except BaseException:
+            self._release()
+            raise
+        self._thread = threading.Thread(target=self._run, name="arcade-dispatcher", daemon=True)
+        self._thread.start()
+        log.info("dispatcher started: client id %s, broker %s", self.client_id, mask_url(self.mqtt_url))
+        return True
+
+    def stop(self, timeout=10.0):
+        self._stopping.set()
+        self.wake_event.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        if self._client is not None:
+            self._client.disconnect()   # a clean disconnect keeps the broker session (clean_session False)
+            self._client.loop_stop()
+            self._client = None
+        self.connected = False
+        self._release()
+
+    def _release(self):
+        if self._lock_file is not None:
+            self._lock_file.close()     # closing the descriptor drops the flock
+            self._lock_file = None
+
+    def wake(self):
+        self.wake_event.set()
+
+    @property
+    def client_id(self):
+        return "arcade-relay-%s" % self.ledger_id[:8]
+
+    def _topic(self, cab, kind):
+        return "%s/%s/%s" % (self.prefix, cab, kind)
+
+    # -- paho's network thread: record and wake, nothing else ----------------------------------
+
+    def _make_client(self):
+        target = parse_mqtt_url(self.mqtt_url)
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=False,
+                             protocol=mqtt.MQTTv311)
+        if target["username"] is not None:
+            client.username_pw_set(target["username"], target["password"])
+        if target["tls"]:
+            client.tls_set()
+        client.reconnect_delay_set(min_delay=1, max_delay=4)
+        client.max_inflight_messages_set(1000)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        return client
+
+    def _post(self, item):
+        self._inbox.append(item)
+        self.wake_event.set()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        if reason_code.is_failure:
+            log.error("broker %s refused the connection: %s", mask_url(self.mqtt_url), reason_code)
+            return
+        client.subscribe([(self._topic("+", "ack"), 1), (self._topic("+", "status"), 1)])
+        self.connected = True
+        self._post(("connected", flags.session_present))
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        self.connected = False
+        self._post(("disconnected", str(reason_code)))
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties):
+        self._post(("puback", mid))
+
+    def _on_message(self, client, userdata, msg):
+        self._post(("message", msg.topic, msg.payload, msg.retain))
+
+    # -- the worker thread --------------------------------------------------------------------
+
+    def _run(self):
+        ledger = None
+        timeout = 0
+        while not self._stopping.is_set():
+            self.wake_event.wait(timeout)
+            self.wake_event.clear()
+            if self._stopping.is_set():
+                break
+            try:
+                if ledger is None:
+                    ledger = open_ledger(self.db_path, self.busy_timeout)
+                self._drain(ledger)
+                if self._session_up:
+                    self._fill(ledger)
+                    self._redeliver_due()
+                timeout = self._next_timeout()
+            except StorageError as e:
+                log.error("storage failure, retrying in 1 s: %s", e)
+                timeout = 1.0
+            except Exception:
+                log.exception("dispatcher error, retrying in 1 s")
+                timeout = 1.0
+        if ledger is not None:
+            ledger.close()
+
+    def _next_timeout(self):
+        now = time.monotonic()
+        deadline = now + self.rescan
+        for f in self._flights.values():
+            if f.next_retry is not None:
+                deadline = min(deadline, f.next_retry)
+        return max(0.0, deadline - now)
+
+    def _drain(self, ledger):
+        while self._inbox:
+            item = self._inbox.popleft()
+            kind = item[0]
+            if kind == "connected":
+                self._session_up = True
+                self._mids.clear()
+                log.info("connected to %s (session %s); resuming %d credit(s) in flight", mask_url(self.mqtt_url),
+                         "kept" if item[1] else "new", len(self._flights))
+                for flight in self._flights.values():
+                    flight.attempts = 0
+                    self._publish(flight)
+            elif kind == "disconnected":
+                if self._session_up:
+                    log.warning("disconnected from the broker (%s); paho reconnects", item[1])
+                self._session_up = False
+            elif kind == "puback":
+                flight = self._mids.pop(item[1], None)
+                if flight is not None and self._flights.get(flight.cab) is flight:
+                    ledger.mark_sent(flight.session, flight.seq)
+            elif kind == "message":
+                self._on_cabinet_message(ledger, *item[1:])
+
+    def _fill(self, ledger):
+        """Put the lowest-seq unacknowledged credit of every idle cabinet in flight."""
+        for row in ledger.next_deliveries(exclude=self._flights):
+            payload = protocol.build_credit(row["cabinet_id"], self.ledger_id, row["seq"], row["credits"],
+                                            row["pulses"], row["session_id"], row["secret"], ts=row["issued_ts"])
+            since = time.monotonic() - max(0.0, time.time() - row["queued_at"])
+            flight = self._flights[row["cabinet_id"]] = _Flight(row, payload, since)
+            self._publish(flight)
+
+    def _publish(self, flight):
+        info = self._client.publish(self._topic(flight.cab, "credit"), flight.payload, qos=1)
+        self._mids[info.mid] = flight
+        flight.attempts += 1
+        delay = min(self.ack_timeout * 2 ** (flight.attempts - 1), self.ack_timeout_max)
+        flight.next_retry = time.monotonic() + delay
+        log.debug("published credit %s seq %d (attempt %d)", flight.cab, flight.seq, flight.attempts)
+
+    def _redeliver_due(self):
+        now = time.monotonic()
+        for flight in self._flights.values():
+            if not flight.warned and now - flight.since > self.stuck_after:
+                flight.warned = True
+                log.warning("stuck: credit seq %d for cabinet %s (session %s) unacknowledged for %.0f s",
+                            flight.seq, flight.cab, flight.session, now - flight.since)
+            if flight.next_retry is not None and flight.next_retry <= now:
+                log.info("no ack from %s for seq %d: sending it again (attempt %d)", flight.cab, flight.seq,
+                         flight.attempts + 1)
+                self._publish(flight)
+
+    # -- what cabinets say ---------------------------------------------------------------------
+
+    def _on_cabinet_message(self, ledger, topic, payload, retained):
+        head, sep, rest = topic.partition(self.prefix + "/")
+        parts = rest.split("/")
+        if head or not sep or len(parts) != 2:
+            return
+        cab, kind = parts
+        try:
+            msg = json.loads(payload) if payload else None
+        except ValueError:
+            msg = None
+        if not isinstance(msg, dict):
+            if payload:
+                log.warning("ignored %s from %s: not a JSON object", kind, cab)
+            return
+        if kind == "status":
+            self._on_status(ledger, cab, msg, retained)
+        elif kind == "ack":
+            self._on_ack(ledger, cab, msg)
+
+    def _on_status(self, ledger, cab, msg, retained):
+        online = msg.get("online") is True
+        if not ledger.record_status(cab, online, msg):
+            log.info("status from unknown cabinet %s ignored", cab)
+            return
+        flight = self._flights.get(cab)
+        # A live (not retained) online status means the cabinet just connected: resend at once.
+        if online and not retained and flight is not None and self._session_up:
+            log.info("cabinet %s is online: sending seq %d again now", cab, flight.seq)
+            flight.attempts = 0
+            self._publish(flight)
+
+    def _on_ack(self, ledger, cab, msg):
+        cabinet = ledger.get_cabinet(cab)
+        if cabinet is None:
+            log.warning("ignored ack on the topic of unknown cabinet %s", cab)
+            return
+        if msg.get("cab") != cab or not protocol.verify_ack(msg, cabinet["secret"]):
+            log.warning("ignored ack for %s: signature does not verify or cabinet differs from the topic", cab)
+            return
+        flight = self._flights.get(cab)
+        if msg["ledger"] != self.ledger_id or flight is None or msg["seq"] != flight.seq:
+            log.info("ignored ack from %s for seq %s of ledger %s: not the credit in flight (%s)", cab, msg["seq"],
+                     msg["ledger"][:8] or '""', "seq %d" % flight.seq if flight else "none")
+            return
+        result, reason = msg["result"], msg["reason"]
+        if result == "applied" and msg["pulses"] != flight.pulses:
+            log.warning("ignored ack from %s: applied seq %d with %d pulses, the credit has %d", cab, flight.seq,
+                        msg["pulses"], flight.pulses)
+            return
+        if result == "rejected" and reason == "stale_seq":
+            changed = ledger.resequence(cab, max(msg["last"], flight.seq))
+            log.warning("cabinet %s has applied up to seq %d of this ledger, beyond seq %d: was the database "
+                        "restored from a backup? re-sequenced %d credit(s): %s", cab, msg["last"], flight.seq,
+                        len(changed), ", ".join("%d->%d" % (old, new) for _, old, new in changed))
+        elif result in protocol.ACK_RESULTS:
+            ledger.record_ack(flight.session, flight.seq, result, reason, msg["pulses"], msg["last"])
+            (log.warning if result == "rejected" else log.info)(
+                "cabinet %s: seq %d %s%s", cab, flight.seq, result, " (%s)" % reason if reason else "")
+        else:
+            log.warning("ignored ack from %s with unknown result %r", cab, result)
+            return
+        del self._flights[cab]
+
+
+def start_for_app(app):
+    """Start the dispatcher for this app's database unless another process runs it. Returns it or None."""
+    dispatcher = Dispatcher(app.config, wake=app.extensions["arcade"]["wake"])
+    if not dispatcher.start():
+        return None
+    app.extensions["arcade"]["dispatcher"] = dispatcher
+    return dispatcher

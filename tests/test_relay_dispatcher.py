@@ -1,0 +1,274 @@
+"""The dispatcher against a real mosquitto, with a small paho client playing the cabinet.
+
+The fake cabinet verifies each credit's signature and applies the cabinet rule of docs/protocol.md
+(duplicate by session, stale_seq by ledger and seq, else apply and adopt), then publishes signed
+acks, or holds them when a test wants to decide.
+"""
+import json
+import secrets
+import threading
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from relay import config, protocol
+from relay.dispatcher import Dispatcher
+from relay.ledger import open_ledger
+from tools.stack import wait_until
+
+
+class FakeCabinet:
+    def __init__(self, broker, cab, secret, auto=True, ledger="", last=0, prefix="arcade"):
+        self.cab, self.secret, self.auto, self.prefix = cab, secret, auto, prefix
+        self.ledger, self.last, self.recent, self.pulses = ledger, last, [], 0
+        self.received = []          # (raw payload, parsed) for every credit delivery, copies included
+        self.outstanding = set()    # seqs received and not yet acked
+        self.max_outstanding = 0
+        self.cond = threading.Condition()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cab)
+        self.client.on_message = self._on_message
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *a: subscribed.set()
+        self.client.connect("127.0.0.1", broker.port)
+        self.client.subscribe("%s/%s/credit" % (prefix, cab), qos=1)
+        self.client.loop_start()
+        assert subscribed.wait(10), "fake cabinet could not subscribe"
+
+    def _on_message(self, client, userdata, msg):
+        credit = json.loads(msg.payload)
+        with self.cond:
+            self.received.append((msg.payload, credit))
+            self.outstanding.add(credit["seq"])
+            self.max_outstanding = max(self.max_outstanding, len(self.outstanding))
+            self.cond.notify_all()
+        if self.auto:
+            self.answer(credit)
+
+    def decide(self, credit):
+        if not protocol.verify_credit(credit, self.secret) or credit["cab"] != self.cab:
+            return "rejected", "bad_signature", 0
+        if credit["session"] in self.recent:
+            return "duplicate", "", 0
+        if credit["ledger"] == self.ledger and credit["seq"] <= self.last:
+            return "rejected", "stale_seq", 0
+        self.ledger, self.last = credit["ledger"], credit["seq"]
+        self.recent.append(credit["session"])
+        self.pulses += credit["pulses"]
+        return "applied", "", credit["pulses"]
+
+    def answer(self, credit):
+        with self.cond:
+            result, reason, pulses = self.decide(credit)
+            self.outstanding.discard(credit["seq"])
+        self.ack(credit["ledger"], credit["seq"], result, reason, pulses, self.last)
+
+    def ack(self, ledger, seq, result, reason, pulses, last, secret=None, cab=None):
+        body = protocol.build_ack(cab or self.cab, ledger, seq, result, reason, pulses, last, secret or self.secret)
+        self.client.publish("%s/%s/ack" % (self.prefix, self.cab), body, qos=1)
+
+    def status(self, online=True):
+        body = json.dumps({"t": "status", "cab": self.cab, "online": online, "fw": "test", "ledger": self.ledger,
+                           "last": self.last})
+        self.client.publish("%s/%s/status" % (self.prefix, self.cab), body, qos=1, retain=True)
+
+    def wait(self, predicate, timeout=15, what="credits"):
+        with self.cond:
+            assert self.cond.wait_for(lambda: predicate(self.received), timeout), \
+                "%s: no %s; got %r" % (self.cab, what, [c for _, c in self.received])
+            return list(self.received)
+
+    def close(self):
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.fixture
+def world(tmp_path, broker):
+    db = str(tmp_path / "arcade.db")
+    ledger = open_ledger(db)
+    secret = ledger.add_cabinet("cab1", price_cents=100, coins_per_credit=2)
+    started = []
+
+    def start(**overrides):
+        settings = config.check(dict({"ARCADE_DB": db, "MQTT_URL": broker.url, "STRIPE_WEBHOOK_SECRET": "x",
+                                      "ARCADE_ACK_TIMEOUT": 30, "ARCADE_RESCAN": 30}, **overrides))
+        d = Dispatcher(settings)
+        assert d.start()
+        started.append(d)
+        wait_until(lambda: d.connected, 10, what="dispatcher connected")
+        return d
+
+    cabinets = []
+
+    def cabinet(**kw):
+        c = FakeCabinet(broker, "cab1", secret, **kw)
+        cabinets.append(c)
+        return c
+
+    yield {"ledger": ledger, "secret": secret, "start": start, "cabinet": cabinet, "db": db, "broker": broker}
+    for d in started:
+        d.stop()
+    for c in cabinets:
+        c.close()
+    ledger.close()
+
+
+def pay(ledger, cab="cab1", credits=1, coins=2):
+    session = "cs_test_" + secrets.token_hex(8)
+    assert ledger.record_checkout("evt_" + secrets.token_hex(8), "checkout.session.completed", session, "credit",
+                                  cabinet_id=cab, amount=100 * credits, currency="usd", credits=credits,
+                                  pulses=credits * coins) == "queued"
+    return session
+
+
+def state(ledger, session):
+    return ledger.get_payment(session)["state"]
+
+
+def test_credit_is_published_at_once_on_wake_and_acked(world):
+    cab = world["cabinet"]()
+    d = world["start"](ARCADE_RESCAN=300)   # no rescan during the test: only the wake can publish
+    ledger = world["ledger"]
+    session = pay(ledger, credits=3)
+    d.wake()
+    raw, credit = cab.wait(lambda r: r)[0]
+    assert protocol.verify_credit(credit, world["secret"])
+    assert (credit["cab"], credit["ledger"], credit["seq"], credit["credits"], credit["pulses"], credit["session"]) \
+        == ("cab1", ledger.ledger_id, 1, 3, 6, session)
+    wait_until(lambda: state(ledger, session) == "applied", 10, what="applied")
+    p = ledger.get_payment(session)
+    assert (p["ack_pulses"], p["ack_last"], p["attempts"]) == (6, 1, 1)
+    assert p["sent_at"] and p["done_at"] and p["sent_at"] <= p["done_at"]
+    assert cab.pulses == 6
+
+
+def test_one_credit_in_flight_per_cabinet(world):
+    ledger = world["ledger"]
+    cab = world["cabinet"](auto=False)
+    sessions = [pay(ledger) for _ in range(3)]
+    world["start"]()
+    for n, session in enumerate(sessions, 1):
+        received = cab.wait(lambda r: len(r) >= n)
+        # The broker acknowledged this one; anything else the relay had published is on its way too.
+        wait_until(lambda: state(ledger, session) == "sent", 10, what="sent")
+        assert [c["seq"] for _, c in received] == list(range(1, n + 1))
+        assert [state(ledger, s) for s in sessions[n:]] == ["queued"] * (3 - n)
+        cab.answer(received[-1][1])
+        wait_until(lambda: state(ledger, session) == "applied", 10, what="applied")
+    assert cab.max_outstanding == 1
+    assert cab.pulses == 6
+
+
+def test_unacknowledged_credit_is_resent_with_the_same_bytes_after_the_timeout(world):
+    ledger = world["ledger"]
+    cab = world["cabinet"](auto=False)
+    session = pay(ledger)
+    world["start"](ARCADE_ACK_TIMEOUT=0.2)
+    received = cab.wait(lambda r: len(r) >= 3, what="three copies")
+    assert len({raw for raw, _ in received}) == 1, "a redelivery changed the message"
+    cab.answer(received[0][1])
+    wait_until(lambda: state(ledger, session) == "applied", 10, what="applied")
+    assert ledger.get_payment(session)["attempts"] >= 3
+
+
+def test_credit_is_resent_at_once_when_the_cabinet_comes_online(world):
+    ledger = world["ledger"]
+    cab = world["cabinet"](auto=False)
+    session = pay(ledger)
+    world["start"]()                     # ack timeout 30 s: only the status can trigger the resend
+    cab.wait(lambda r: len(r) == 1)
+    cab.status(online=True)
+    received = cab.wait(lambda r: len(r) >= 2, what="a resend after the online status")
+    assert received[0][0] == received[1][0]
+    cab.answer(received[0][1])
+    wait_until(lambda: state(ledger, session) == "applied", 10, what="applied")
+    c = ledger.get_cabinet("cab1")
+    assert c["online"] and c["last_seen"] and c["status"]["fw"] == "test"
+    cab.status(online=False)
+    wait_until(lambda: not ledger.get_cabinet("cab1")["online"], 10, what="offline recorded")
+
+
+@pytest.mark.parametrize("forgery", [
+    lambda cab, c, lid: cab.ack(lid, c["seq"], "duplicate", "", 0, c["seq"], secret="0" * 64),
+    lambda cab, c, lid: cab.ack(lid, c["seq"] + 1, "duplicate", "", 0, c["seq"] + 1),
+    lambda cab, c, lid: cab.ack("f" * 32, c["seq"], "duplicate", "", 0, c["seq"]),
+    lambda cab, c, lid: cab.ack(lid, c["seq"], "duplicate", "", 0, c["seq"], cab="cab2"),
+    lambda cab, c, lid: cab.ack(lid, c["seq"], "applied", "", 1, c["seq"]),
+    lambda cab, c, lid: cab.client.publish("arcade/cab1/ack", b"{not json", qos=1),
+], ids=["wrong secret", "wrong seq", "other ledger", "cab differs from topic", "pulses differ", "garbage"])
+def test_acks_that_are_not_for_the_credit_in_flight_are_ignored(world, forgery):
+    ledger = world["ledger"]
+    cab = world["cabinet"](auto=False)
+    session = pay(ledger)
+    world["start"]()
+    credit = cab.wait(lambda r: r)[0][1]
+    forgery(cab, credit, ledger.ledger_id)
+    # Same client, same QoS: the broker delivers the genuine ack after the forgery.
+    cab.answer(credit)
+    wait_until(lambda: state(ledger, session) != "sent" and state(ledger, session) != "queued", 10, what="final")
+    assert state(ledger, session) == "applied"
+
+
+def test_stale_seq_is_resequenced_past_the_cabinets_last(world):
+    ledger = world["ledger"]
+    # A cabinet that applied up to seq 50 of this very ledger: the database came from an old backup.
+    cab = world["cabinet"](ledger=ledger.ledger_id, last=50)
+    first, second = pay(ledger), pay(ledger)
+    world["start"]()
+    wait_until(lambda: state(ledger, second) == "applied", 15, what="second applied")
+    assert (ledger.get_payment(first)["seq"], ledger.get_payment(second)["seq"]) == (51, 52)
+    assert state(ledger, first) == "applied"
+    assert ledger.get_cabinet("cab1")["next_seq"] == 53
+    applied = [c["session"] for _, c in cab.received if c["seq"] > 50]
+    assert applied == [first, second], "order changed or a credit was sent twice"
+    assert cab.pulses == 4
+
+
+def test_other_rejections_are_final_and_the_next_credit_follows(world):
+    ledger = world["ledger"]
+    cab = world["cabinet"](auto=False)
+    bad, good = pay(ledger), pay(ledger)
+    world["start"]()
+    credit = cab.wait(lambda r: r)[0][1]
+    cab.ack(credit["ledger"], credit["seq"], "rejected", "bad_pulses", 0, 0)
+    second = cab.wait(lambda r: len(r) >= 2)[1][1]
+    assert second["session"] == good
+    p = ledger.get_payment(bad)
+    assert (p["state"], p["reason"]) == ("rejected", "bad_pulses")
+
+
+def test_restart_resumes_from_the_database(world):
+    """Killed between commit and publish (queued) and between publish and ack (sent): both delivered once."""
+    ledger = world["ledger"]
+    cab = world["cabinet"](auto=False)
+    first = pay(ledger)
+    d = world["start"]()
+    credit = cab.wait(lambda r: r)[0][1]
+    wait_until(lambda: state(ledger, first) == "sent", 10, what="sent")
+    cab.answer(credit)                    # the cabinet applies and acks...
+    d.stop()                              # ...but the relay is gone before it reads the ack
+    second = pay(ledger)                  # committed, never published by the old process
+    cab.auto = True
+    world["start"]()
+    wait_until(lambda: state(ledger, second) == "applied", 15, what="second applied after restart")
+    assert state(ledger, first) in ("applied", "duplicate")
+    assert cab.pulses == 4, "a credit was pulsed twice or not at all"
+
+
+def test_one_dispatcher_per_database(world):
+    world["start"]()
+    other = Dispatcher(config.check({"ARCADE_DB": world["db"], "MQTT_URL": world["broker"].url,
+                                     "STRIPE_WEBHOOK_SECRET": "x"}))
+    assert other.start() is False
+    other.stop()
+
+
+def test_stuck_delivery_is_logged(world, caplog):
+    ledger = world["ledger"]
+    world["cabinet"](auto=False)
+    session = pay(ledger)
+    with caplog.at_level("WARNING", logger="arcade.dispatcher"):
+        world["start"](ARCADE_STUCK_AFTER=0.1, ARCADE_RESCAN=0.05)
+        wait_until(lambda: any("stuck" in r.getMessage() for r in caplog.records), 10, what="stuck warning")
+    assert any(session in r.getMessage() for r in caplog.records if "stuck" in r.getMessage())
+    assert [p["session_id"] for p in ledger.list_payments(stuck=True, stuck_after=0)] == [session]
