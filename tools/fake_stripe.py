@@ -112,6 +112,7 @@ class FakeStripe:
         self.requests = []            # every Recorded request, in order
         self.sessions = {}            # id -> session dict (Stripe's JSON shape)
         self.payment_links = {}       # plink id -> {"amount", "currency", "metadata", "name"}
+        self.events = []              # every event the fake made (sent or not: no webhook_url)
         self.webhooks = []            # (event, status code or error string) for every webhook sent
         self._order = []              # session ids in creation order
         self._idem = {}               # idempotency key -> (fingerprint, status, body)
@@ -212,6 +213,8 @@ class FakeStripe:
     def send_event(self, obj, type_):
         """Sign and POST an event to webhook_url (if set); returns the event."""
         evt = stripe_events.event(obj, type_=type_)
+        with self._lock:
+            self.events.append(evt)
         if not self.webhook_url:
             return evt
         if not self.webhook_secret:
