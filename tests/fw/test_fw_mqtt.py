@@ -1,0 +1,101 @@
+# The unchanged umqtt.simple 1.3.4 driven through the firmware's guards, over a scripted socket.
+import json
+
+import machine
+import protocol
+import app as fwapp
+from coin import Coin
+from fwutil import (KEY, LEDGER, FakeSock, board, clock, mqtt_publish, puback, pulses, scratch,
+                    write_json)
+from fwutil import config as good_config
+from umqtt.simple import MQTTClient
+
+
+def test_pid_wraps_before_65535():
+    c = MQTTClient(b"cab1", "localhost")
+    c.sock = fwapp.DeadlineSocket(FakeSock(puback(1)), 5)
+    c.pid = 65535
+    fwapp.guard_pid(c)
+    c.publish(b"t", b"m", False, 1)
+    out = c.sock.sock.out
+    # PUBLISH qos1: header, len, topic(2+1), pid, payload
+    assert out[0] == 0x32 and out[5:7] == b"\x00\x01", "the packet id wrapped to 1"
+    assert c.pid == 1
+    c.pid = 65534
+    fwapp.guard_pid(c)
+    assert c.pid == 65534, "65535 itself is still a valid id"
+
+
+def test_deadline_socket_means_blocking_with_a_timeout():
+    raw = FakeSock(b"\xd0\x00")
+    s = fwapp.DeadlineSocket(raw, 7)
+    assert raw.timeout == 7
+    s.setblocking(False)
+    assert raw.blocking is False
+    s.setblocking(True)
+    assert raw.timeout == 7 and raw.blocking
+    assert s.read(2) == b"\xd0\x00"
+    raw.feed(b"\x30")
+    try:
+        s.read(4)        # EOF mid-packet: an error, not a short buffer for umqtt to index
+        assert False
+    except OSError:
+        pass
+    raw.setblocking(False)
+    assert s.read(1) is None, "non-blocking with no data"
+
+
+def _app(root):
+    c = clock()
+    write_json(root + "board.json", board())
+    b = board()
+    coin = Coin(25, True, 100, 150, c.ticks_ms, c.sleep_ms)
+    events = []
+    cfg = fwapp.config.check_config(good_config())
+    a = fwapp.App(cfg, b, coin, root, lambda e, d: events.append((e, d)))
+    return a, events
+
+
+def test_credit_arriving_during_the_puback_wait_is_handled_and_acked_later():
+    root = scratch()
+    a, events = _app(root)
+    credit = protocol.credit(KEY, "cab1", LEDGER, 1, 1, 2, "cs_during", 1764165000)
+    forged = protocol.credit(b"x" * 20, "cab1", LEDGER, 2, 1, 2, "cs_forged", 1764165000)
+    raw = FakeSock()
+    a.client.sock = fwapp.DeadlineSocket(raw, 5)
+    # we publish a (pending) ack with pid 1; before its PUBACK the broker delivers a forged
+    # credit (pid 7) and a good one (pid 8); umqtt calls our callback from inside publish()
+    a.cabinet.state["ack"] = [LEDGER, 0, 0]
+    first = a.cabinet.pending_ack()
+    raw.feed(mqtt_publish(b"arcade/cab1/credit", forged, pid=7)
+             + mqtt_publish(b"arcade/cab1/credit", credit, pid=8) + puback(1))
+
+    def more(b):   # the broker answers each later ack (its payload is the last write) with PUBACK
+        if b.startswith(b'{"t":"ack"') and a.client.pid > 1:
+            raw.feed(puback(a.client.pid))
+
+    raw.on_write = more
+    a._flush()
+    out = bytes(raw.out)
+    assert b"\x40\x02\x00\x07" in out and b"\x40\x02\x00\x08" in out, "both credits PUBACKed"
+    assert [p[1] for p in pulses(machine.pins[25])] == [100, 100]
+    acks = [json.loads(d) for e, d in events if e == "ack"]
+    assert [(x["seq"], x["result"], x["reason"]) for x in acks] == \
+        [(0, "applied", ""), (1, "applied", ""), (2, "rejected", "bad_signature")]
+    assert all(protocol.check_ack(json.dumps(x), KEY) for x in acks)
+    assert acks[0]["seq"] == json.loads(first)["seq"]
+    assert a.cabinet.state["ack"] is None and a.outbox == []
+    # the acks were published on the ack topic, never from inside the callback: the
+    # credit's PUBACK (written when the callback returned) precedes the ack for it
+    assert out.index(b"\x40\x02\x00\x08") < out.index(b'"seq":1,"result":"applied"')
+
+
+def test_app_topics_will_and_client_id():
+    root = scratch()
+    a, events = _app(root)
+    c = a.client
+    assert c.client_id == b"cab1" and c.keepalive == 30
+    assert (c.lw_topic, c.lw_qos, c.lw_retain) == (b"arcade/cab1/status", 1, True)
+    assert json.loads(c.lw_msg) == {"t": "status", "cab": "cab1", "online": False}
+    assert (a.t_credit, a.t_ack) == (b"arcade/cab1/credit", b"arcade/cab1/ack")
+    assert (c.user, c.pswd, c.server, c.port) == (b"cab", b"mqtt-pass-456", "broker.example", 1883)

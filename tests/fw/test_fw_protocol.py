@@ -1,0 +1,113 @@
+# Every vector in tests/vectors.json, valid and invalid, plus HMAC against RFC 4231.
+import json
+
+import protocol
+from fwutil import KEY, LEDGER, vectors
+
+FIELDS = ("cab", "ledger", "seq", "result", "reason", "pulses", "last")
+
+
+def test_hmac_matches_rfc4231():
+    h = protocol.hmac_sha256(b"Jefe", b"what do ya want for nothing?")
+    assert protocol.hexlify(h).decode() == "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+    # a key longer than the 64-byte block is hashed first
+    h = protocol.hmac_sha256(b"\xaa" * 131, b"Test Using Larger Than Block-Size Key - Hash Key First")
+    assert protocol.hexlify(h).decode() == "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+
+
+def test_every_credit_vector():
+    v = vectors()
+    key = v["secret"].encode()
+    assert len(v["credits"]) >= 8
+    for c in v["credits"]:
+        m = c["message"]
+        reason, parsed = protocol.check_credit(json.dumps(m).encode(), "cab1", key)
+        if c["valid"]:
+            assert reason == "", c["name"]
+            assert parsed["seq"] == m["seq"] and parsed["pulses"] == m["pulses"], c["name"]
+            canon = protocol.canonical("credit", [m[k] for k in protocol.CREDIT_FIELDS])
+            assert canon == c["canonical"].encode(), c["name"]
+            assert protocol.sign(key, canon) == m["sig"], c["name"]
+        else:
+            assert reason == "bad_signature", (c["name"], reason)
+
+
+def test_every_ack_vector():
+    v = vectors()
+    key = v["secret"].encode()
+    for a in v["acks"]:
+        m = a["message"]
+        built = protocol.ack(key, *[m[k] for k in FIELDS])
+        assert protocol.check_ack(json.dumps(m), key) == a["valid"], a["name"]
+        if a["valid"]:
+            assert json.loads(built) == m, a["name"]
+            canon = protocol.canonical("ack", [m[k] for k in FIELDS])
+            assert canon == a["canonical"].encode(), a["name"]
+            assert b" " not in built, "compact JSON"
+        else:
+            assert json.loads(built)["sig"] != m["sig"], a["name"]
+
+
+def test_credit_builder_round_trips():
+    p = protocol.credit(KEY, "cab1", LEDGER, 5, 2, 4, "cs_test_rt", 1764165000)
+    reason, m = protocol.check_credit(p, "cab1", KEY)
+    assert reason == "" and m["pulses"] == 4 and m["session"] == "cs_test_rt"
+
+
+def _signed(**kw):
+    m = {"t": "credit", "cab": "cab1", "ledger": LEDGER, "seq": 3, "credits": 1, "pulses": 2,
+         "session": "cs_test_x", "ts": 1764165000}
+    for k in kw:
+        m[k] = kw[k]
+    m["sig"] = protocol.sign(KEY, protocol.canonical("credit", [m[k] for k in protocol.CREDIT_FIELDS]))
+    return json.dumps(m).encode()
+
+
+def _raw(**kw):
+    m = json.loads(_signed())
+    for k in kw:
+        if kw[k] is None:
+            del m[k]
+        else:
+            m[k] = kw[k]
+    return json.dumps(m).encode()
+
+
+def test_bad_credits_one_row_each():
+    rows = [
+        ("not json", b"{nope", "malformed", False),
+        ("json list", b"[1,2]", "malformed", False),
+        ("not a credit", _raw(t="ack"), "malformed", False),
+        ("seq is a string", _raw(seq="3"), "malformed", False),
+        ("seq is a bool", _raw(seq=True), "malformed", False),
+        ("pulses is a float", _raw(pulses=2.0), "malformed", False),
+        ("session missing", _raw(session=None), "malformed", False),
+        ("sig missing", _raw(sig=None), "malformed", False),
+        ("newline in session", _raw(session="cs\nx"), "malformed", False),
+        ("sig of other fields", _raw(seq=4), "bad_signature", True),
+        ("sig truncated", _raw(sig="00"), "bad_signature", True),
+        ("another cabinet, its own valid sig", _signed(cab="cab2"), "wrong_cabinet", True),
+        ("ledger not 32 hex", _signed(ledger="xyz"), "malformed", True),
+        ("seq 0", _signed(seq=0), "malformed", True),
+        ("no credits", _signed(credits=0), "malformed", True),
+        ("empty session", _signed(session=""), "malformed", True),
+        ("zero pulses", _signed(pulses=0), "bad_pulses", True),
+        ("256 pulses", _signed(pulses=256), "bad_pulses", True),
+    ]
+    for name, payload, want, parsed in rows:
+        reason, m = protocol.check_credit(payload, "cab1", KEY)
+        assert reason == want, (name, reason)
+        assert (m is not None) == parsed, name
+    assert protocol.check_credit(_signed(pulses=255), "cab1", KEY)[0] == ""
+
+
+def test_equal_is_exact():
+    assert protocol.equal("ab", "ab") and protocol.equal(b"ab", "ab")
+    assert not protocol.equal("ab", "aB") and not protocol.equal("ab", "abc")
+
+
+def test_status_payloads():
+    assert protocol.status("cab1", False) == b'{"t":"status","cab":"cab1","online":false}'
+    m = json.loads(protocol.status("cab1", True, LEDGER, 7))
+    assert m == {"t": "status", "cab": "cab1", "online": True, "fw": protocol.FW,
+                 "ledger": LEDGER, "last": 7}
