@@ -46,7 +46,7 @@ function parseArgs(argv) {
     const val = () => (i + 1 < argv.length ? argv[++i] : usage(a + " needs a value"));
     if (a === "--script") o.script = val();
     else if (a === "--mpy") o.mpy = val();
-    else if (a === "--tests") o.tests = val();
+    else if (a === "--tests") { o.tests = val(); o.testsGiven = true; }
     else if (a === "--heap") {
       const m = /^(\d+)([km]?)$/i.exec(val());
       if (!m) usage("--heap wants a number of bytes, e.g. 256k or 2m");
@@ -117,7 +117,7 @@ function populate(FS, opts) {
   for (const f of HOSTSIM_MPY) copyFile(FS, r("tools/hostsim/" + f), `${VM_ROOT}/tools/hostsim/${f}`);
   copyInto(FS, r("build/umqtt/umqtt"), VM_ROOT + "/build/umqtt/umqtt", py);
   const tests = path.resolve(ROOT, opts.tests);
-  if (!fs.existsSync(tests)) usage(`--tests ${opts.tests}: no such directory`);
+  if (opts.testsGiven && !fs.existsSync(tests)) usage(`--tests ${opts.tests}: no such directory`);
   copyInto(FS, tests, VM_ROOT + "/tests/fw", (n) => py(n) && n !== "conftest.py", true);
   copyFile(FS, r("tests/vectors.json"), VM_ROOT + "/tests/vectors.json");
   copyInto(FS, HERE, VM_ROOT + "/tools/mpy", py, true);
@@ -157,6 +157,11 @@ mp.globals.set("_argv", [scriptRel, ...opts.args]);
 mp.globals.set("_syspath", sysPath);
 mp.globals.set("_script", `${VM_ROOT}/${scriptRel}`);
 
+// The PyScript build of the WebAssembly port defers gc.collect(): called from Python it only marks a
+// collection as pending, and the collection runs when control is back in JavaScript (the wasm stack
+// cannot be scanned for roots). A script that needs real collections (the footprint) sets a module
+// global STEPS to a generator; it is resumed once per top-level call from here, so a gc.collect()
+// just before a `yield` has really happened when the generator resumes.
 let rc;
 try {
   mp.runPython(`
@@ -165,17 +170,42 @@ sys.path[:] = list(_syspath)
 sys.argv[:] = list(_argv)
 os.chdir(${JSON.stringify(VM_ROOT)})
 _g = {"__name__": "__main__", "__file__": _script}
+
+def _exit_code(e):
+    c = e.args[0] if e.args else 0
+    if c is None:
+        return 0
+    if isinstance(c, int):
+        return c
+    print(c)
+    return 1
+
+def _step():
+    global _rc
+    try:
+        next(_g["STEPS"])
+        return True
+    except StopIteration:
+        return False
+    except SystemExit as e:
+        _rc = _exit_code(e)
+        return False
+
 with open(_script) as _f:
     _src = _f.read()
 try:
     exec(compile(_src, _script, "exec"), _g)
     _rc = 0
 except SystemExit as _e:
-    _c = _e.args[0] if _e.args else 0
-    _rc = 0 if _c is None else (_c if isinstance(_c, int) else 1)
-    if not isinstance(_c, int) and _c is not None:
-        print(_c)
+    _rc = _exit_code(_e)
+del _src
+_has_steps = _rc == 0 and "STEPS" in _g
 `);
+  if (mp.globals.get("_has_steps")) {
+    do {
+      mp.runPython("_more = _step()");   // one top-level call per step
+    } while (mp.globals.get("_more"));
+  }
   rc = mp.globals.get("_rc");
 } catch (e) {
   // An uncaught Python exception: the traceback is in the message.

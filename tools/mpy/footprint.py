@@ -1,0 +1,213 @@
+# Heap footprint of the firmware on MicroPython (run by tools/mpy/run.mjs; `make footprint`).
+#
+# Imports what the device imports (app -> protocol, config, coin, cabinet, journal, umqtt.simple),
+# builds the App from a checked config and board profile, then feeds it N signed credits the way the
+# broker does: a QoS 1 PUBLISH read by umqtt.simple's check_msg() -> the firmware's callback ->
+# journal + pulses on the fake pin with a fake clock -> PUBACK; then the App's own _flush() publishes
+# the signed ack and waits for its PUBACK. The "broker" is an in-memory socket that answers PUBACK
+# and PINGRESP. Heap is gc.mem_alloc() after gc.collect(). The fakes for machine/network (built into
+# the device's firmware, not on its heap) are imported before the baseline so they are not counted
+# as firmware. Last line: FOOTPRINT {json} for tools/mpy_footprint.py.
+#
+# The WebAssembly port only collects garbage between calls from JavaScript (gc.collect() inside a
+# call just marks a collection pending), so the work is a generator, STEPS, that run.mjs resumes once
+# per call: each `gc.collect(); yield` is a real collection, and what is measured after it is what
+# is reachable, as it would be on the device after gc.collect().
+import gc
+import json
+import os
+import sys
+
+
+CREDITS = 100
+PULSES = 2              # per credit
+STEADY_FROM = 40        # credits: by then `recent` (32 sessions) is full and the journal at its size
+ROOT = "/tmp/footprint/"
+SECRET = "footprint-secret-0123456789"
+LEDGER = "0123456789abcdef0123456789abcdef"
+
+
+class LoopbackBroker:
+    # The socket umqtt.simple reads and writes: a byte queue in, a parser of what comes out that
+    # answers each QoS 1 PUBLISH with PUBACK and each PINGREQ with PINGRESP.
+    def __init__(self):
+        self.rx = bytearray()
+        self.tx = bytearray()
+        self.published = 0
+        self.pubacks = 0        # PUBACKs the client sent for our QoS 1 deliveries
+
+    def settimeout(self, t):
+        pass
+
+    def setblocking(self, flag):
+        pass
+
+    def close(self):
+        pass
+
+    def read(self, n):
+        if not self.rx:
+            return None
+        b = bytes(self.rx[:n])
+        self.rx = self.rx[n:]
+        return b
+
+    def write(self, buf, n=None):
+        if n is None:
+            n = len(buf)
+        self.tx.extend(buf[:n])
+        self._parse()
+        return n
+
+    def _parse(self):
+        while len(self.tx) >= 2:
+            size = 0
+            shift = 0
+            i = 1
+            while True:
+                if i >= len(self.tx):
+                    return
+                b = self.tx[i]
+                size |= (b & 0x7F) << shift
+                shift += 7
+                i += 1
+                if not b & 0x80:
+                    break
+            if len(self.tx) < i + size:
+                return
+            op = self.tx[0]
+            body = self.tx[i:i + size]
+            self.tx = self.tx[i + size:]
+            if op & 0xF0 == 0x30:
+                self.published += 1
+                if op & 6:
+                    tlen = body[0] << 8 | body[1]
+                    self.rx.extend(b"\x40\x02" + bytes(body[2 + tlen:4 + tlen]))
+            elif op == 0x40:
+                self.pubacks += 1
+            elif op == 0xC0:
+                self.rx.extend(b"\xd0\x00")
+
+    def deliver(self, topic, payload, pid):
+        # a QoS 1 PUBLISH from the broker
+        n = 2 + len(topic) + 2 + len(payload)
+        head = bytearray([0x32])
+        while True:
+            b = n & 0x7F
+            n >>= 7
+            head.append(b | 0x80 if n else b)
+            if not n:
+                break
+        self.rx.extend(head)
+        self.rx.extend(bytes([len(topic) >> 8, len(topic) & 0xFF]))
+        self.rx.extend(topic)
+        self.rx.extend(bytes([pid >> 8, pid & 0xFF]))
+        self.rx.extend(payload)
+
+
+def rmtree(path):
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return
+    for n in names:
+        os.remove(path + n)
+
+
+def steps():
+    gc.collect()
+    yield
+    bare = gc.mem_alloc()   # interpreter + this script
+    import machine
+    import network  # noqa: F401
+    from fakeclock import FakeClock
+    clock = FakeClock()
+    machine.set_clock(clock.ticks_ms)
+    try:
+        os.mkdir(ROOT[:-1])
+    except OSError:
+        pass
+    rmtree(ROOT)
+    gc.collect()
+    yield
+    base = gc.mem_alloc()
+
+    import app as app_mod
+    import config
+    from coin import Coin
+    gc.collect()
+    yield
+    imported = gc.mem_alloc()
+    mods = sorted(k for k in sys.modules if k in ("app", "protocol", "config", "coin", "cabinet",
+                                                  "journal", "umqtt.simple", "umqtt"))
+
+    board = config.check_board({"name": "footprint", "coin_pin": 25})
+    cfg = config.check_config({"cabinet": "cab1", "secret": SECRET, "wifi_ssid": "arcade",
+                               "broker": "mqtt://cab1:pw@broker.local:1883", "board": "footprint"})
+    coin = Coin(board["coin_pin"], True, board["width_ms"], board["gap_ms"],
+                ticks_ms=clock.ticks_ms, sleep_ms=clock.sleep_ms)
+    app = app_mod.App(cfg, board, coin, ROOT, emit=lambda event, data: None)
+    del cfg, board
+    broker = LoopbackBroker()
+    app.client.sock = app_mod.DeadlineSocket(broker, 10)
+    gc.collect()
+    yield
+    ready = gc.mem_alloc()
+
+    import protocol
+    key = SECRET.encode()
+    topic = app.t_credit
+    after = {1: 0, 10: 0, STEADY_FROM: 0, CREDITS: 0}   # all keys now: no dict growth later
+    acks = 0
+    for seq in range(1, CREDITS + 1):
+        payload = protocol.credit(key, "cab1", LEDGER, seq, 1, PULSES, "cs_test_fp%05d" % seq,
+                                  1764165000 + seq)
+        broker.deliver(topic, payload, seq)
+        del payload
+        for _ in range(4):       # a PINGRESP (the App pings before pulsing) may come first
+            if not broker.rx:
+                break
+            app.client.check_msg()
+        assert app.cabinet.state["last"] == seq and broker.pubacks == seq, \
+            "credit %d: last=%r pubacks=%d rx=%r outbox=%r" % (seq, app.cabinet.state["last"], broker.pubacks, bytes(broker.rx), app.outbox)
+        before = broker.published
+        app._flush()
+        acks += broker.published - before
+        # what the fakes record (pin history, clock sleeps) is host bookkeeping, not firmware
+        del machine.pins[coin.pin.id].history[:-1]
+        del clock.sleeps[:]
+        if seq in (1, 10, STEADY_FROM, CREDITS):
+            gc.collect()
+            yield
+            after[seq] = gc.mem_alloc()
+
+    s = app.cabinet.state
+    assert s["last"] == CREDITS and s["total"] == CREDITS * PULSES, s
+    assert coin.count == CREDITS * PULSES, coin.count
+    assert acks == CREDITS, acks
+    steady = after[CREDITS]
+    r = {
+        "mpy": sys.implementation._mpy,
+        "version": ".".join(str(v) for v in sys.implementation.version[:3]),
+        "modules": [m + (".mpy" if str(getattr(sys.modules[m], "__file__", "")).endswith(".mpy")
+                         else "") for m in mods],
+        "credits": CREDITS, "pulses": coin.count, "acks": acks, "journal_saves": app.cabinet.journal.saves,
+        "bare": bare, "fakes": base - bare, "baseline": base, "imported": imported, "ready": ready,
+        "after_1": after[1], "after_10": after[10], "after_%d" % STEADY_FROM: after[STEADY_FROM],
+        "steady": steady, "growth": steady - after[STEADY_FROM], "steady_from": STEADY_FROM,
+        "firmware": steady - base,
+    }
+    print("heap in use (gc.mem_alloc after gc.collect), MicroPython %s:" % r["version"])
+    print("  interpreter and this script                           %6d B" % bare)
+    print("  + machine/network/clock fakes (built in on a device)  %6d B  (+%d)" % (base, base - bare))
+    print("  after importing the firmware and umqtt.simple        %6d B  (+%d)" % (imported, imported - base))
+    print("  App built (config, board, coin, journal, client)      %6d B  (+%d)" % (ready, ready - imported))
+    for k in (1, 10, STEADY_FROM, CREDITS):
+        print("  after %3d credits                                     %6d B" % (k, after[k]))
+    print("  growth from credit %d to %d: %d B" % (STEADY_FROM, CREDITS, r["growth"]))
+    print("  firmware share at steady state (after %d credits minus the baseline): %d B"
+          % (CREDITS, r["firmware"]))
+    print("FOOTPRINT " + json.dumps(r))
+
+
+STEPS = steps()
