@@ -154,3 +154,53 @@ def test_format_days_round_trips():
         assert format_days(parse_days(text)) == text
     assert happy_hour().describe() == "+1 bonus credit, weekdays 14:00-17:00, all cabinets"
     assert parse_window("22:00-24:00") == (1320, 1440)
+
+
+# -- arcade promo ----------------------------------------------------------------------------------
+
+@pytest.fixture
+def promo_env(tmp_path, monkeypatch):
+    from relay.ledger import open_ledger
+    db = tmp_path / "arcade.db"
+    with open_ledger(db) as led:
+        led.add_cabinet("cab1", price_cents=100)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("ARCADE_DB", str(db))
+    monkeypatch.setenv("ARCADE_TZ", "Europe/Berlin")
+    return db
+
+
+def test_promo_command_add_list_remove(promo_env, capsys):
+    import json
+    from tools import promo_cmd
+    assert promo_cmd.main(["add", "--bonus", "1", "--days", "weekdays", "--window", "14:00-17:00",
+                           "--label", "Happy hour"]) == 0
+    assert "added promotion 1: +1 bonus credit, weekdays 14:00-17:00, all cabinets (Europe/Berlin)" \
+        in capsys.readouterr().out
+    assert promo_cmd.main(["add", "--percent", "20", "--days", "sat,sun", "--window", "22:00-02:00",
+                           "--cabinet", "cab1"]) == 0
+    capsys.readouterr()
+    assert promo_cmd.main(["list", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["id"], r["cabinet"], r["kind"], r["value"], r["days"], r["window"]) for r in rows] == [
+        (1, None, "bonus", 1, "weekdays", "14:00-17:00"), (2, "cab1", "percent", 20, "sat,sun", "22:00-02:00")]
+    assert promo_cmd.main(["remove", "1"]) == 0
+    capsys.readouterr()
+    assert promo_cmd.main(["list", "--json"]) == 0
+    assert [json.loads(line)["id"] for line in capsys.readouterr().out.splitlines()] == [2]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["add", "--percent", "95", "--window", "10:00-11:00"], "between 1 and 90"),
+    (["add", "--bonus", "1", "--window", "10:00"], "bad window"),
+    (["add", "--bonus", "1", "--window", "10:00-11:00", "--days", "funday"], "bad days"),
+    (["add", "--bonus", "1", "--window", "10:00-11:00", "--cabinet", "nope"], "no cabinet 'nope'"),
+    (["remove", "42"], "no promotion 42"),
+])
+def test_promo_command_refuses_bad_input_and_changes_nothing(promo_env, capsys, argv, message):
+    from tools import promo_cmd
+    assert promo_cmd.main(argv) == 2
+    assert message in capsys.readouterr().err
+    from relay.ledger import open_ledger
+    with open_ledger(promo_env) as led:
+        assert led.list_promotions() == []

@@ -12,6 +12,8 @@ COMMANDS = {
     "payments": ("tools.payments_cmd", "list recent payments with their delivery state"),
     "simulate": ("tools.simulate", "run the real firmware on this host with simulated pins"),
     "trigger": ("tools.trigger", "send a correctly signed Stripe checkout event to a relay"),
+    "qr": ("tools.qr_cmd", "print QR stickers that open a cabinet's pay page (png, svg, pdf)"),
+    "promo": ("tools.promo_cmd", "add, list and remove promotions (happy hour bonus, percent off)"),
     "demo": ("tools.demo", "start mosquitto, the relay and a simulated cabinet, pay once, show the pulses"),
 }
 
