@@ -183,7 +183,7 @@ def test_promo_command_add_list_remove(promo_env, capsys):
     assert promo_cmd.main(["list", "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(r["id"], r["cabinet"], r["kind"], r["value"], r["days"], r["window"]) for r in rows] == [
-        (1, None, "bonus", 1, "weekdays", "14:00-17:00"), (2, "cab1", "percent", 20, "sat,sun", "22:00-02:00")]
+        (1, None, "bonus", 1, "weekdays", "14:00-17:00"), (2, "cab1", "percent", 20, "weekends", "22:00-02:00")]
     assert promo_cmd.main(["remove", "1"]) == 0
     capsys.readouterr()
     assert promo_cmd.main(["list", "--json"]) == 0
