@@ -46,6 +46,18 @@ def load(environ=None, dotenv_path=".env", require_webhook_secret=True):
     return check(values, require_webhook_secret)
 
 
+def db_path(environ=None, dotenv_path=".env"):
+    """Just ARCADE_DB (environment, then .env, then the default): for tools that only need the database."""
+    env = os.environ if environ is None else environ
+    if env.get("ARCADE_DB"):
+        return env["ARCADE_DB"]
+    if dotenv_path and os.path.exists(dotenv_path):
+        value = dotenv_values(dotenv_path).get("ARCADE_DB")
+        if value:
+            return value
+    return DEFAULTS["ARCADE_DB"]
+
+
 def check(values, require_webhook_secret=True):
     """Validate and convert a mapping of settings (missing keys take defaults); raises ConfigError."""
     out = dict(DEFAULTS)

@@ -287,8 +287,8 @@ class Ledger:
         """
         if outcome not in ("credit", "pending", "invalid", "failed", "expired"):
             raise ValueError("unknown outcome %r" % (outcome,))
-        now = time.time()
         with self._write() as cur:
+            now = time.time()  # taken under the lock, so times follow commit (and seq) order
             cur.execute("INSERT INTO events (event_id, session_id, type, outcome, received_at) "
                         "VALUES (?, ?, ?, '', ?) ON CONFLICT (event_id) DO NOTHING",
                         (event_id, session_id, event_type, now))

@@ -1,0 +1,181 @@
+"""relay/ledger.py: the storage interface the webhook, the dispatcher and the tools rely on."""
+import sqlite3
+import threading
+
+import pytest
+
+from relay.ledger import CabinetExists, LedgerError, UnknownCabinet, open_ledger
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    with open_ledger(str(tmp_path / "arcade.db")) as ledger:
+        yield ledger
+
+
+def credit(ledger, n, cab="cab1", credits=1):
+    return ledger.record_checkout("evt_%s" % n, "checkout.session.completed", "cs_%s" % n, "credit",
+                                  cabinet_id=cab, amount=100 * credits, currency="usd", credits=credits,
+                                  pulses=credits)
+
+
+def test_database_is_durable_wal_with_a_random_ledger_id(tmp_path, ledger):
+    assert len(ledger.ledger_id) == 32 and int(ledger.ledger_id, 16) >= 0
+    with open_ledger(ledger.path) as again:
+        assert again.ledger_id == ledger.ledger_id
+        assert again._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert again._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    with open_ledger(str(tmp_path / "other.db")) as other:
+        assert other.ledger_id != ledger.ledger_id
+
+
+def test_add_and_get_cabinet(ledger):
+    secret = ledger.add_cabinet("cab1", name="Galaga", currency="USD", price_cents=100, bundles=[(3, 250)],
+                                coins_per_credit=2)
+    assert len(secret) == 64 and int(secret, 16) >= 0
+    cab = ledger.get_cabinet("cab1")
+    assert {k: cab[k] for k in ("id", "name", "secret", "enabled", "currency", "price_cents", "bundles",
+                                "coins_per_credit", "online", "last_seen")} == {
+        "id": "cab1", "name": "Galaga", "secret": secret, "enabled": True, "currency": "usd", "price_cents": 100,
+        "bundles": [(3, 250)], "coins_per_credit": 2, "online": False, "last_seen": None}
+    assert ledger.get_cabinet("nope") is None
+    assert ledger.add_cabinet("cab2") != secret
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"id": "bad id"}, "not valid"),
+    ({"id": "x" * 33}, "not valid"),
+    ({"id": ""}, "not valid"),
+    ({"id": "c", "currency": "dollars"}, "3-letter"),
+    ({"id": "c", "price_cents": 0}, "positive"),
+    ({"id": "c", "price_cents": 1.5}, "positive"),
+    ({"id": "c", "coins_per_credit": 0}, "1 to 255"),
+    ({"id": "c", "bundles": [(3,)]}, "pair"),
+    ({"id": "c", "bundles": [(0, 250)]}, "positive"),
+    ({"id": "c", "bundles": [(3, 250), (3, 200)]}, "repeat"),
+    ({"id": "c", "coins_per_credit": 100, "bundles": [(3, 250)]}, "255"),
+], ids=["space", "too long", "empty", "currency", "zero price", "float price", "zero coins", "bundle shape",
+        "bundle zero credits", "bundle repeated", "bundle too many pulses"])
+def test_bad_cabinet_is_refused_and_nothing_stored(ledger, kwargs, message):
+    with pytest.raises(LedgerError, match=message):
+        ledger.add_cabinet(**kwargs)
+    assert ledger.list_cabinets() == []
+
+
+def test_duplicate_cabinet_is_refused_and_keeps_its_secret(ledger):
+    secret = ledger.add_cabinet("cab1")
+    with pytest.raises(CabinetExists, match="already exists"):
+        ledger.add_cabinet("cab1", price_cents=5)
+    assert ledger.get_cabinet("cab1")["secret"] == secret and ledger.get_cabinet("cab1")["price_cents"] == 100
+
+
+def test_enable_disable(ledger):
+    ledger.add_cabinet("cab1")
+    ledger.set_enabled("cab1", False)
+    assert ledger.get_cabinet("cab1")["enabled"] is False
+    ledger.set_enabled("cab1", True)
+    assert ledger.get_cabinet("cab1")["enabled"] is True
+    with pytest.raises(UnknownCabinet):
+        ledger.set_enabled("nope", False)
+
+
+def test_seqs_are_per_cabinet_and_start_at_one(ledger):
+    ledger.add_cabinet("cab1")
+    ledger.add_cabinet("cab2")
+    for n in range(3):
+        credit(ledger, "a%d" % n, "cab1")
+        credit(ledger, "b%d" % n, "cab2")
+    assert [ledger.get_payment("cs_a%d" % n)["seq"] for n in range(3)] == [1, 2, 3]
+    assert [ledger.get_payment("cs_b%d" % n)["seq"] for n in range(3)] == [1, 2, 3]
+
+
+def test_concurrent_writers_on_separate_connections_get_distinct_increasing_seqs(ledger):
+    ledger.add_cabinet("cab1")
+    errors = []
+
+    def writer(k):
+        try:
+            with open_ledger(ledger.path) as mine:
+                for n in range(10):
+                    credit(mine, "%d-%d" % (k, n))
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    rows = ledger.list_payments(limit=100)
+    assert sorted(r["seq"] for r in rows) == list(range(1, 41))
+    by_time = sorted(rows, key=lambda r: (r["queued_at"], r["seq"]))
+    assert [r["seq"] for r in by_time] == sorted(r["seq"] for r in by_time), "seq not increasing with commit order"
+    assert ledger.get_cabinet("cab1")["next_seq"] == 41
+
+
+def test_a_failed_transaction_changes_nothing(ledger):
+    with pytest.raises(UnknownCabinet):
+        credit(ledger, 1, cab="nope")
+    assert ledger.get_payment("cs_1") is None
+    # The event id was not kept either: Stripe's retry will be processed.
+    ledger.add_cabinet("nope")
+    assert credit(ledger, 1, cab="nope") == "queued"
+
+
+def test_delivery_life_cycle(ledger):
+    ledger.add_cabinet("cab1")
+    credit(ledger, 1)
+    credit(ledger, 2)
+    heads = ledger.next_deliveries()
+    assert [(h["session_id"], h["seq"]) for h in heads] == [("cs_1", 1)]
+    assert ledger.next_deliveries(exclude={"cab1"}) == []
+    assert ledger.mark_sent("cs_1", 1) and ledger.mark_sent("cs_1", 1)
+    assert not ledger.mark_sent("cs_1", 2), "a PUBACK for another seq moved the payment"
+    p = ledger.get_payment("cs_1")
+    assert (p["state"], p["attempts"]) == ("sent", 2)
+    assert ledger.record_ack("cs_1", 1, "applied", "", 1, 1)
+    assert not ledger.record_ack("cs_1", 1, "duplicate", "", 0, 1), "a final state changed"
+    assert ledger.get_payment("cs_1")["state"] == "applied"
+    assert [h["session_id"] for h in ledger.next_deliveries()] == ["cs_2"]
+    assert [c["pending"] for c in ledger.list_cabinets()] == [1]
+
+
+def test_resequence_moves_the_counter_past_last_and_keeps_order(ledger):
+    ledger.add_cabinet("cab1")
+    for n in range(3):
+        credit(ledger, n)
+    ledger.mark_sent("cs_0", 1)
+    changed = ledger.resequence("cab1", 50)
+    assert changed == [("cs_0", 1, 51), ("cs_1", 2, 52), ("cs_2", 3, 53)]
+    assert [(ledger.get_payment("cs_%d" % n)["seq"], ledger.get_payment("cs_%d" % n)["state"]) for n in range(3)] \
+        == [(51, "queued"), (52, "queued"), (53, "queued")]
+    credit(ledger, 3)
+    assert ledger.get_payment("cs_3")["seq"] == 54
+
+
+def test_stuck_lists_only_old_unacknowledged_credits(ledger):
+    ledger.add_cabinet("cab1")
+    credit(ledger, 1)
+    assert ledger.list_payments(stuck=True, stuck_after=3600) == []
+    assert [p["session_id"] for p in ledger.list_payments(stuck=True, stuck_after=0)] == ["cs_1"]
+
+
+def test_status_is_recorded(ledger):
+    ledger.add_cabinet("cab1")
+    assert ledger.record_status("cab1", True, {"fw": "0.1.0"}, seen_at=123.0)
+    cab = ledger.get_cabinet("cab1")
+    assert (cab["online"], cab["last_seen"], cab["status"]) == (True, 123.0, {"fw": "0.1.0"})
+    assert not ledger.record_status("nope", True)
+
+
+def test_storage_error_is_a_sqlite_error_the_webhook_can_catch(ledger):
+    from relay.ledger import StorageError
+    locker = sqlite3.connect(ledger.path, isolation_level=None)
+    try:
+        locker.execute("BEGIN IMMEDIATE")
+        with open_ledger(ledger.path, busy_timeout_ms=50) as busy, pytest.raises(StorageError):
+            busy.add_cabinet("cab9")
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()

@@ -1,0 +1,71 @@
+"""arcade relay: serve the webhook under waitress and run the dispatcher in this process.
+
+Configuration comes from the environment or .env (see relay/config.py). SIGTERM or Ctrl-C stops
+it cleanly: the web server stops taking requests, the dispatcher disconnects from the broker
+(keeping its session), and the database is closed.
+"""
+import argparse
+import logging
+import signal
+import sys
+
+import waitress
+
+from relay import create_app
+from relay.config import ConfigError, db_path, mask_url
+from relay.dispatcher import start_for_app
+from relay.ledger import StorageError
+
+
+def _stop(signum, frame):
+    raise SystemExit(0)  # waitress's run() catches it and returns; cleanup follows in main()
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="arcade relay", description="Run the relay: POST /stripe/webhook, "
+                                "GET /healthz, and the MQTT dispatcher. Settings: ARCADE_DB, MQTT_URL, "
+                                "STRIPE_WEBHOOK_SECRET (required), STRIPE_API_KEY, ARCADE_TOPIC_PREFIX, "
+                                "ARCADE_ACK_TIMEOUT, from the environment or .env.")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default %(default)s; 0 = any free)")
+    p.add_argument("--threads", type=int, default=8, help="web worker threads (default %(default)s)")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    args = p.parse_args(argv)
+    if args.threads < 1:
+        p.error("--threads %d: give at least 1" % args.threads)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        app = create_app()
+    except ConfigError as e:
+        print("arcade relay: %s" % e, file=sys.stderr)
+        return 2
+    except StorageError as e:
+        print("arcade relay: cannot open the database ARCADE_DB=%s: %s (check the path and its directory's "
+              "permissions)" % (db_path(), e), file=sys.stderr)
+        return 2
+    try:
+        server = waitress.create_server(app, host=args.host, port=args.port, threads=args.threads,
+                                        ident="arcade-relay")
+    except OSError as e:
+        print("arcade relay: cannot listen on %s:%d: %s (is another relay running? try --port)"
+              % (args.host, args.port, e), file=sys.stderr)
+        return 2
+    dispatcher = None
+    try:
+        dispatcher = start_for_app(app)
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        print("arcade relay: listening on http://%s:%d (POST /stripe/webhook, GET /healthz); broker %s; "
+              "database %s (ledger %s); dispatcher %s"
+              % (args.host, int(server.effective_port), mask_url(app.config["MQTT_URL"]), app.config["ARCADE_DB"],
+                 app.config["ARCADE_LEDGER_ID"][:8],
+                 "running" if dispatcher else "in another relay process on this database"), flush=True)
+        server.run()
+    finally:
+        server.close()
+        if dispatcher is not None:
+            dispatcher.stop()
+        logging.getLogger("arcade.relay").info("stopped")
+    return 0
+
