@@ -4,9 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo mosquitto umqtt clean
+.PHONY: setup test demo mosquitto umqtt browser clean
 
-setup: $(STAMP) umqtt mosquitto
+setup: $(STAMP) umqtt mosquitto browser
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,6 +20,12 @@ mosquitto:
 	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || \
 	  { echo "installing mosquitto with apt..."; \
 	    $$(command -v sudo) apt-get update -q && $$(command -v sudo) apt-get install -y -q mosquitto; }
+
+# zbarimg decodes the QR stickers in tests; headless chromium + chromedriver run the pay-page browser test.
+browser:
+	@{ command -v zbarimg && command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || \
+	  { echo "installing zbar-tools, chromium, chromium-driver with apt..."; $$(command -v sudo) apt-get update -q && \
+	    $$(command -v sudo) apt-get install -y -q zbar-tools chromium chromium-driver; }
 
 test: setup
 	$(BIN)/python -m pytest -q
