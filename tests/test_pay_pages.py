@@ -330,3 +330,14 @@ def test_bad_payment_link_mapping_is_refused(ledger, link, cab, message):
     with pytest.raises(LedgerError, match=message):
         ledger.link_payment_link(link, cab)
     assert ledger.list_payment_links() == []
+
+
+def test_cabinet_link_command_maps_a_payment_link(app, ledger, capsys):
+    from tools import cabinet_cmd
+    db = app.config["ARCADE_DB"]
+    assert cabinet_cmd.main(["--db", db, "link", "cab2", "plink_1AbCdE"]) == 0
+    assert "payment link plink_1AbCdE now credits cabinet cab2" in capsys.readouterr().out
+    assert ledger.payment_link_cabinet("plink_1AbCdE") == "cab2"
+    assert cabinet_cmd.main(["--db", db, "link", "nope", "plink_2"]) == 2
+    assert "no cabinet 'nope'" in capsys.readouterr().err
+    assert ledger.payment_link_cabinet("plink_2") is None

@@ -3,6 +3,7 @@
   arcade cabinet add ID --price 1.00 [--currency usd] [--bundle 3:2.50 ...] [--coins-per-credit N] [--name TEXT]
   arcade cabinet list [--json]
   arcade cabinet enable ID | disable ID
+  arcade cabinet link ID plink_... [--url URL]   (Payment Links mode: sessions from that link credit ID)
 
 The database is ARCADE_DB (environment or .env; default ./arcade.db) unless --db is given.
 """
@@ -103,6 +104,18 @@ def cmd_enable(args, enabled):
     return 0
 
 
+def cmd_link(args):
+    """Payment Links mode (issue 5): sessions from this link credit this cabinet unless their metadata
+    or client_reference_id name another."""
+    try:
+        with open_ledger(args.db) as ledger:
+            ledger.link_payment_link(args.link_id, args.id, args.url)
+    except LedgerError as e:
+        return _fail(str(e))
+    print("payment link %s now credits cabinet %s" % (args.link_id, args.id))
+    return 0
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="arcade cabinet", description="Manage cabinets and their prices.")
     p.add_argument("--db", default=None, help="ledger database (default: ARCADE_DB or ./arcade.db)")
@@ -122,6 +135,10 @@ def main(argv=None):
     for name in ("enable", "disable"):
         sp = sub.add_parser(name, help="%s taking payments" % ("resume" if name == "enable" else "stop"))
         sp.add_argument("id", metavar="ID")
+    lk = sub.add_parser("link", help="map a Stripe Payment Link (plink_...) to a cabinet")
+    lk.add_argument("id", metavar="ID")
+    lk.add_argument("link_id", metavar="PLINK", help="the Payment Link id from Stripe's dashboard, plink_...")
+    lk.add_argument("--url", default="", help="the link's address, offered on the pay page when no API key is set")
     args = p.parse_args(argv)
     args.db = args.db or db_path()
     if args.command != "add" and not os.path.exists(args.db):
@@ -132,6 +149,8 @@ def main(argv=None):
             return cmd_add(args)
         if args.command == "list":
             return cmd_list(args)
+        if args.command == "link":
+            return cmd_link(args)
         return cmd_enable(args, args.command == "enable")
     except StorageError as e:
         return _fail("database %s: %s" % (args.db, e))
