@@ -1,0 +1,100 @@
+"""`arcade relay` as the process operators (and the end-to-end tests) run."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+
+from relay.ledger import open_ledger
+from tools import stack, trigger
+from tools.broker import free_port
+
+SECRET = "whsec_test_cli"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def relay_env(tmp_path, **extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ARCADE_", "STRIPE_", "MQTT_"))}
+    env.update(PYTHONUNBUFFERED="1", PYTHONPATH=ROOT, **extra)
+    return env
+
+
+def test_refuses_to_start_without_the_webhook_secret(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "tools.cli", "relay", "--port", str(free_port())], cwd=str(tmp_path),
+                       env=relay_env(tmp_path, ARCADE_DB=str(tmp_path / "a.db")), capture_output=True, timeout=30)
+    assert r.returncode == 2
+    assert b"STRIPE_WEBHOOK_SECRET is not set" in r.stderr and b"Traceback" not in r.stderr
+
+
+def health(url):
+    try:
+        with urllib.request.urlopen(url + "/healthz", timeout=5) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as e:
+        with e:
+            return e.code, json.load(e)
+
+
+@pytest.fixture
+def relays(tmp_path, broker):
+    db = str(tmp_path / "arcade.db")
+    with open_ledger(db) as ledger:
+        ledger.add_cabinet("cab1", price_cents=100)
+    # A password in the URL that must never be printed (mosquitto allows anonymous, so it is ignored).
+    url = "mqtt://relay:hunter2pw@127.0.0.1:%d" % broker.port
+    started = []
+
+    def start(name="relay"):
+        r = stack.Relay(tmp_path / name, db, url, SECRET, extra_env={"ARCADE_RESCAN": "0.2"}).start()
+        started.append(r)
+        return r
+
+    yield {"db": db, "start": start}
+    for r in started:
+        r.stop()
+
+
+def test_serves_prints_where_and_stops_cleanly_on_sigterm(relays):
+    relay = relays["start"]()
+    line = relay.wait_for(lambda ls: [x["text"] for x in ls if "listening on" in x.get("text", "")], 20,
+                          "start-up line")[0]
+    assert "http://127.0.0.1:%d" % relay.port in line
+    assert "mqtt://relay:***@127.0.0.1" in line and "hunter2pw" not in line
+    stack.wait_until(lambda: health(relay.url)[1]["broker"] == "ok", 20, what="broker ok")
+    status, body = health(relay.url)
+    assert status == 200 and body["db"] == "ok" and body["dispatcher"] == "running"
+    relay.proc.send_signal(signal.SIGTERM)
+    assert relay.proc.wait(15) == 0
+    log = relay.log_path.read_text()
+    assert "hunter2pw" not in log and SECRET not in log
+    assert "stopped" in log
+
+
+def test_second_relay_on_one_database_serves_webhooks_without_a_second_dispatcher(relays):
+    first = relays["start"]("first")
+    stack.wait_until(lambda: health(first.url)[1]["broker"] == "ok", 20, what="first on the broker")
+    second = relays["start"]("second")
+    line = second.wait_for(lambda ls: [x["text"] for x in ls if "listening on" in x.get("text", "")], 20,
+                           "start-up line")[0]
+    assert "dispatcher in another relay process" in line
+    assert health(second.url)[1]["dispatcher"] == "elsewhere"
+    # A payment taken by the second is published by the first's dispatcher (its fallback re-scan).
+    session, _, statuses = trigger.send(second.webhook_url, SECRET, "cab1", 100)
+    assert statuses[0][0] == 200
+    with open_ledger(relays["db"]) as ledger:
+        stack.wait_until(lambda: ledger.get_payment(session)["state"] == "sent", 20, what="published by first")
+    assert "client id arcade-relay-" not in second.log_path.read_text()
+
+
+def test_killed_after_commit_delivers_on_restart(relays):
+    relay = relays["start"]("one")
+    stack.wait_until(lambda: health(relay.url)[1]["broker"] == "ok", 20, what="broker ok")
+    relay.kill()                                   # SIGKILL: no clean shutdown, lock dropped by the kernel
+    with open_ledger(relays["db"]) as ledger:      # a payment committed that no dispatcher published
+        ledger.record_checkout("evt_k", "checkout.session.completed", "cs_test_k", "credit", cabinet_id="cab1",
+                               amount=100, currency="usd", credits=1, pulses=1)
+        relays["start"]("two")
+        stack.wait_until(lambda: ledger.get_payment("cs_test_k")["state"] == "sent", 20, what="sent on restart")
