@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup test demo mosquitto umqtt browser clean
 
-setup: $(STAMP) umqtt mosquitto browser
+setup: $(STAMP) umqtt mosquitto browser node_modules/.package-lock.json
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -35,3 +35,16 @@ demo: setup
 
 clean:
 	rm -rf $(VENV) build .pytest_cache
+
+# MicroPython 1.27 (WebAssembly, from npm) runs tests/fw under node; mpy-cross builds what is flashed.
+.PHONY: mpy footprint
+node_modules/.package-lock.json: package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "installing nodejs and npm with apt..."; $$(command -v sudo) apt-get update -q && $$(command -v sudo) apt-get install -y -q nodejs npm; } || { echo "make setup: npm is missing and could not be installed: install Node.js 18+ with npm, then run make setup again" >&2; exit 1; }
+	@npm ci --no-audit --no-fund || { echo "make setup: npm ci failed (offline? the npm registry must be reachable once to fetch @micropython/micropython-webassembly-pyscript)" >&2; exit 1; }
+	@touch $@
+
+mpy: $(STAMP)
+	$(BIN)/python tools/mpy_build.py
+
+footprint: $(STAMP) umqtt node_modules/.package-lock.json
+	$(BIN)/python tools/mpy_footprint.py

@@ -8,7 +8,7 @@
 //
 // The repository is mirrored into the VM's in-memory filesystem under /repo (only the parts that run
 // on a device: firmware/, the MicroPython fakes from tools/hostsim/, the pinned umqtt.simple, tests/fw/,
-// tests/vectors.json, tools/mpy/*.py), so a test that finds files relative to __file__ works the same
+// tests/vectors.json, boards/*.json, tools/mpy/*.py), so a test that finds files relative to __file__ works the same
 // as on the host. Modules that the PyScript build freezes but an ESP32 build does not have (hmac,
 // logging, pathlib, ...) are shadowed by guards that raise ImportError, so "passes here" means
 // "imports only what an ESP32 has". Exit status: the script's (0 = all passed), 2 on a harness error.
@@ -120,6 +120,7 @@ function populate(FS, opts) {
   if (opts.testsGiven && !fs.existsSync(tests)) usage(`--tests ${opts.tests}: no such directory`);
   copyInto(FS, tests, VM_ROOT + "/tests/fw", (n) => py(n) && n !== "conftest.py", true);
   copyFile(FS, r("tests/vectors.json"), VM_ROOT + "/tests/vectors.json");
+  copyInto(FS, r("boards"), VM_ROOT + "/boards", (n) => n.endsWith(".json"));
   copyInto(FS, HERE, VM_ROOT + "/tools/mpy", py, true);
   if (opts.guard) {
     FS.mkdirTree("/esp32guard");

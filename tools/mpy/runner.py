@@ -87,6 +87,14 @@ def main(argv):
         ".".join(str(v) for v in sys.implementation.version[:3]),
         sys.platform, sys.implementation._mpy & 0xFF, sys.implementation._mpy >> 8 & 3))
     passed, failed = run(_TEST_DIR, pattern)
+    # which firmware files the tests ran (.py from source, .mpy when run with --mpy)
+    loaded = []
+    for name in sys.modules:
+        f = getattr(sys.modules[name], "__file__", "")
+        if f and "/firmware/" in f:
+            loaded.append(f.rsplit("/", 1)[-1])
+    loaded.sort()
+    print("firmware loaded: " + " ".join(loaded))
     print("micropython: %d passed, %d failed" % (passed, failed))
     if passed + failed == 0:
         print("micropython: no tests found in %s" % _TEST_DIR)

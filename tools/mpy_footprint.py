@@ -1,0 +1,165 @@
+"""Measure the firmware's heap footprint on MicroPython and write it into docs/hardware.md.
+
+Builds the .mpy files (tools/mpy_build.py), runs tools/mpy/footprint.py on the MicroPython 1.27 VM
+(node tools/mpy/run.mjs --mpy build/mpy), checks the budget and rewrites the "Footprint" section of
+docs/hardware.md between its markers (the rest of the file is left alone).
+"""
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tools import mpy_build  # noqa: E402
+
+BUDGET = 32 * 1024          # heap the firmware may hold at steady state (issue 4)
+MAX_GROWTH = 256            # bytes between credit 40 and 100: "no growth", give or take a GC block
+DOC = ROOT / "docs" / "hardware.md"
+BEGIN = "<!-- footprint:begin (written by `make footprint`; edits inside are overwritten) -->"
+END = "<!-- footprint:end -->"
+
+
+class FootprintError(Exception):
+    pass
+
+
+def node_cmd():
+    node = shutil.which("node")
+    if node is None:
+        raise FootprintError("node is not installed: install Node.js 18+ (apt-get install nodejs npm), "
+                             "then `make setup`")
+    return [node, str(ROOT / "tools" / "mpy" / "run.mjs")]
+
+
+def measure(mpy_dir, timeout=120):
+    """Run the footprint script on MicroPython; returns its FOOTPRINT dict and its report lines."""
+    cmd = node_cmd() + ["--script", "tools/mpy/footprint.py"]
+    if mpy_dir is not None:
+        cmd += ["--mpy", str(mpy_dir)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        raise FootprintError("the footprint run did not finish within %d s" % timeout)
+    lines = proc.stdout.splitlines()
+    found = [ln for ln in lines if ln.startswith("FOOTPRINT ")]
+    if proc.returncode != 0 or not found:
+        raise FootprintError("the footprint run failed (exit %d):\n%s%s"
+                             % (proc.returncode, proc.stdout, proc.stderr))
+    return json.loads(found[-1][len("FOOTPRINT "):]), [ln for ln in lines if ln not in found]
+
+
+def check(r):
+    """Problems with a footprint result, as sentences (empty: within budget)."""
+    bad = []
+    if r["firmware"] > BUDGET:
+        bad.append("the firmware holds %d B of heap at steady state, over the %d B budget"
+                   % (r["firmware"], BUDGET))
+    if r["growth"] > MAX_GROWTH:
+        bad.append("the heap grew %d B between credit %d and %d: something keeps every credit"
+                   % (r["growth"], r["steady_from"], r["credits"]))
+    return bad
+
+
+def section(r, rows, src):
+    kb = lambda n: "%.1f KB" % (n / 1024.0)  # noqa: E731
+    out = [BEGIN, "## Footprint", "",
+           "Measured by `make footprint` on MicroPython %s (the WebAssembly port from npm, a 32-bit VM "
+           "like the ESP32's: same object and GC block sizes), firmware loaded from the .mpy files "
+           "that get flashed. Heap is `gc.mem_alloc()` after `gc.collect()`. The run imports what "
+           "`main.py` imports (the firmware modules and the pinned umqtt.simple), builds the App from "
+           "a checked config and board profile, then feeds it %d signed QoS 1 credits of %d pulses "
+           "through umqtt.simple's `check_msg()` over an in-memory broker socket: callback, journal "
+           "writes, pulses on the fake pin with a fake clock, PUBACK, and the signed ack published "
+           "by the App's own loop code." % (r["version"], r["credits"], r["pulses"] // r["credits"]),
+           "",
+           "| heap in use | bytes | |",
+           "|---|---:|---|",
+           "| interpreter and the measuring script | %d | not on a device |" % r["bare"],
+           "| + host fakes of `machine`/`network` | %d | built in (not on the heap) on a device |"
+           % r["fakes"],
+           "| + firmware and umqtt.simple imported | %d | %s |" % (r["imported"] - r["baseline"],
+                                                                kb(r["imported"] - r["baseline"])),
+           "| + App built (config, board, coin line, journal, MQTT client) | %d | |"
+           % (r["ready"] - r["imported"]),
+           "| firmware after 1 credit | %d | %s |" % (r["after_1"] - r["baseline"],
+                                                   kb(r["after_1"] - r["baseline"])),
+           "| firmware after %d credits | %d | %s |" % (r["steady_from"],
+                                                      r["after_%d" % r["steady_from"]] - r["baseline"],
+                                                      kb(r["after_%d" % r["steady_from"]] - r["baseline"])),
+           "| **firmware after %d credits (steady state)** | **%d** | **%s** of the %s budget |"
+           % (r["credits"], r["firmware"], kb(r["firmware"]), kb(BUDGET)),
+           "| growth from credit %d to %d | %d | |" % (r["steady_from"], r["credits"], r["growth"]),
+           "",
+           "The state grows until the journal's `recent` list holds its 32 sessions, then stays flat. "
+           "An ESP32 without PSRAM has roughly 110 KB free after boot, so about %s remain for "
+           "WiFi/TLS buffers and fragmentation. Peaks while a message is parsed are not in these "
+           "numbers (they are garbage after each credit)." % kb(110 * 1024 - r["firmware"]),
+           "",
+           "### .mpy sizes",
+           "",
+           "Compiled by mpy-cross %s, bytecode only (no `-march`), so one set of files serves every "
+           "board. MicroPython loads a bytecode-only .mpy when the major version matches (6: "
+           "MicroPython 1.19 and later); the test suite runs from these files on 1.27. `boot.py` "
+           "and `main.py` stay source on the device. Sizes in bytes." % src,
+           "",
+           "| module | source | .mpy |",
+           "|---|---:|---:|"]
+    for name, py, mpy in rows:
+        out.append("| %s | %d | %d |" % (name, py, mpy))
+    out.append("| **total** | %d | **%d** |" % (sum(r_[1] for r_ in rows), sum(r_[2] for r_ in rows)))
+    out += ["", END]
+    return "\n".join(out) + "\n"
+
+
+def write_doc(doc, text):
+    doc = Path(doc)
+    if doc.exists():
+        old = doc.read_text()
+        if BEGIN in old and END in old:
+            head, rest = old.split(BEGIN, 1)
+            tail = rest.split(END, 1)[1].lstrip("\n")
+            new = head + text + ("\n" + tail if tail else "")
+        else:
+            new = old.rstrip("\n") + "\n\n" + text
+    else:
+        new = "# Hardware\n\n" + text
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(new)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="mpy_footprint", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--doc", default=str(DOC), help="file whose Footprint section is rewritten "
+                    "(default docs/hardware.md)")
+    ap.add_argument("--no-doc", action="store_true", help="only print the numbers")
+    ap.add_argument("--out", default=str(mpy_build.OUT), help=".mpy directory (default build/mpy)")
+    args = ap.parse_args(argv)
+    try:
+        src = mpy_build.compiler_version()
+        rows = mpy_build.build(mpy_build.SRC, Path(args.out))
+        r, report = measure(Path(args.out))
+    except (mpy_build.BuildError, FootprintError) as e:
+        print("footprint: %s" % e, file=sys.stderr)
+        return 1
+    print("\n".join(report))
+    print("  .mpy total: %d B in %d files" % (sum(x[2] for x in rows), len(rows)))
+    bad = check(r)
+    if not args.no_doc:
+        m = re.search(r"v(\d+\.\d+\.\d+)", src)
+        write_doc(args.doc, section(r, rows, m.group(1) if m else src))
+        print("footprint: wrote the Footprint section of %s" % args.doc)
+    if bad:
+        print("footprint: " + "; ".join(bad), file=sys.stderr)
+        return 1
+    print("footprint: %d B at steady state, within the %d B budget" % (r["firmware"], BUDGET))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
