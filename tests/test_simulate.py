@@ -1,0 +1,267 @@
+"""`arcade simulate` as a subprocess against a real mosquitto: pulses, signed acks, restart."""
+import hashlib
+import hmac
+import json
+import os
+import queue
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET = "5e1f0c2a9b7d4e6f8a1b3c5d7e9f0a2b4c6d8e0f1a3b5c7d9e1f2a4b6c8d0e2f"
+LEDGER = "0123456789abcdef0123456789abcdef"
+WAIT = 15.0
+
+pytestmark = pytest.mark.skipif(not (ROOT / "build/umqtt/umqtt/simple.py").exists(),
+                                reason="pinned umqtt.simple not fetched (make umqtt)")
+
+
+def sign(secret, kind, values):
+    """A tiny local signer, independent of firmware/protocol.py."""
+    canon = "\n".join([kind] + [str(v) for v in values]).encode()
+    return hmac.new(secret.encode(), canon, hashlib.sha256).hexdigest()
+
+
+def credit(seq, pulses, session, secret=SECRET, cab="cab1"):
+    m = {"t": "credit", "cab": cab, "ledger": LEDGER, "seq": seq, "credits": pulses, "pulses": pulses,
+         "session": session, "ts": int(time.time())}
+    m["sig"] = sign(secret, "credit", [m[k] for k in ("cab", "ledger", "seq", "credits", "pulses",
+                                                      "session", "ts")])
+    return json.dumps(m, separators=(",", ":")).encode()
+
+
+def ack_verifies(m):
+    want = sign(SECRET, "ack", [m[k] for k in ("cab", "ledger", "seq", "result", "reason", "pulses", "last")])
+    return hmac.compare_digest(want, m["sig"])
+
+
+class Sim:
+    """One `arcade simulate` process; its stdout JSON lines are collected by a thread."""
+
+    def __init__(self, tmp_path, url, state, *extra):
+        self.lines = queue.Queue()
+        self.seen = []
+        self.log = open(tmp_path / ("sim-%d.log" % time.monotonic_ns()), "w")
+        env = dict(os.environ, MQTT_URL=url)
+        env.pop("ARCADE_DB", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tools.cli", "simulate", "cab1", "--state", str(state),
+             "--secret", SECRET, "--keepalive", "5", *extra],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=self.log, text=True)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for raw in self.proc.stdout:
+            self.lines.put(json.loads(raw))
+        self.lines.put(None)
+
+    def next(self, event, timeout=WAIT):
+        """Lines up to and including the next `event` one (bounded wait)."""
+        got = []
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            assert left > 0, "no %r line within %ss; got %r" % (event, timeout, got)
+            try:
+                item = self.lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            assert item is not None, "simulator exited early; got %r" % got
+            got.append(item)
+            self.seen.append(item)
+            if item["event"] == event:
+                return got
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(WAIT)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(WAIT)
+            self.reader.join(WAIT)
+            self.proc.stdout.close()
+            self.log.close()
+        return rc
+
+
+class Observer:
+    """A paho client that records acks and statuses and publishes credits."""
+
+    def __init__(self, port):
+        self.msgs = queue.Queue()
+        self.subscribed = threading.Event()
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-observer")
+        self.c.on_message = lambda c, u, msg: self.msgs.put((msg.topic, json.loads(msg.payload)))
+        self.c.on_subscribe = lambda *a: self.subscribed.set()
+        self.c.connect("127.0.0.1", port)
+        self.c.loop_start()
+        self.c.subscribe([("arcade/cab1/ack", 1), ("arcade/cab1/status", 1)])
+        assert self.subscribed.wait(WAIT)
+
+    def publish(self, payload):
+        info = self.c.publish("arcade/cab1/credit", payload, qos=1)
+        info.wait_for_publish(WAIT)
+
+    def next(self, topic, pred=lambda m: True, timeout=WAIT):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                t, m = self.msgs.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if t == topic and pred(m):
+                return m
+        raise AssertionError("no matching message on %s within %ss" % (topic, timeout))
+
+    def close(self):
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+def test_simulated_cabinet_pulses_acks_and_remembers_after_restart(broker, tmp_path):
+    state = tmp_path / "flash"
+    obs = Observer(broker.port)
+    sim = Sim(tmp_path, broker.url, state)
+    try:
+        boot = sim.next("boot")[-1]
+        assert (boot["recovered"], boot["journal"], boot["last"]) == (False, "fresh", 0)
+        sim.next("connected")
+        status = obs.next("arcade/cab1/status", lambda m: m["online"])
+        assert (status["cab"], status["ledger"], status["last"]) == ("cab1", "", 0)
+
+        good = credit(1, 3, "cs_test_sim_1")
+        obs.publish(good)
+        lines = sim.next("ack")
+        pulses = [x for x in lines if x["event"] == "pulse"]
+        assert [p["n"] for p in pulses] == [1, 2, 3]
+        assert all(p["seq"] == 1 and p["of"] == 3 and p["width_ms"] >= 100 for p in pulses)
+        assert lines[-1]["result"] == "applied"
+        ack = obs.next("arcade/cab1/ack")
+        assert ack_verifies(ack)
+        assert (ack["result"], ack["seq"], ack["pulses"], ack["last"], ack["ledger"]) == \
+            ("applied", 1, 3, 1, LEDGER)
+
+        obs.publish(credit(2, 5, "cs_test_forged", secret="f" * 64))
+        lines = sim.next("ack")
+        assert [x["event"] for x in lines] == ["ack"], "a forged credit gives no pulse"
+        ack = obs.next("arcade/cab1/ack")
+        assert ack_verifies(ack)
+        assert (ack["result"], ack["reason"], ack["seq"], ack["pulses"], ack["last"]) == \
+            ("rejected", "bad_signature", 2, 0, 1)
+
+        assert sim.stop() == 0
+        assert sim.lines.get(timeout=WAIT)["event"] == "stopped", "clean stop on SIGTERM"
+        flash = json.loads((state / "state.json").read_text())
+        assert (flash["last"], flash["recent"], flash["cur"], flash["total"]) == (1, ["cs_test_sim_1"], None, 3)
+        assert oct((state / "config.json").stat().st_mode & 0o777) == "0o600"
+
+        sim = Sim(tmp_path, broker.url, state)
+        boot = sim.next("boot")[-1]
+        assert (boot["recovered"], boot["journal"], boot["last"], boot["ledger"]) == (False, "loaded", 1, LEDGER)
+        sim.next("connected")
+        obs.publish(good)          # the same credit delivered again
+        lines = sim.next("ack")
+        assert [x["event"] for x in lines] == ["ack"], "duplicate: no pulse"
+        ack = obs.next("arcade/cab1/ack", lambda m: m["result"] != "applied")
+        assert ack_verifies(ack)
+        assert (ack["result"], ack["seq"], ack["pulses"], ack["last"]) == ("duplicate", 1, 0, 1)
+    finally:
+        sim.stop()
+        obs.close()
+
+
+def test_unknown_board_and_missing_secret_are_clear_errors(tmp_path):
+    env = dict(os.environ)
+    env.pop("ARCADE_DB", None)
+    run = lambda *a: subprocess.run([sys.executable, "-m", "tools.cli", "simulate", *a], cwd=ROOT, env=env,
+                                    capture_output=True, text=True, timeout=WAIT)
+    r = run("cab1", "--state", str(tmp_path / "s"))
+    assert r.returncode == 2 and "--secret" in r.stderr and "ARCADE_DB" in r.stderr and r.stdout == ""
+    r = run("cab1", "--state", str(tmp_path / "s"), "--secret", SECRET, "--board", "nope")
+    assert r.returncode == 2 and "esp32-devkitc" in r.stderr
+    r = run("cab/1", "--state", str(tmp_path / "s"), "--secret", SECRET)
+    assert r.returncode == 2 and "'cabinet'" in r.stderr and SECRET not in r.stderr + r.stdout
+
+
+def _packet(conn):
+    """One MQTT packet (type byte, body) read from a socket."""
+    head = conn.recv(1)
+    if not head:
+        return None, b""
+    n, shift = 0, 0
+    while True:
+        b = conn.recv(1)[0]
+        n |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            break
+    body = b""
+    while len(body) < n:
+        chunk = conn.recv(n - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return head[0], body
+
+
+def test_half_open_link_is_noticed_and_redialled(tmp_path):
+    """A 'broker' that completes the handshake and then goes silent without closing."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    srv.settimeout(WAIT)
+    accepted = queue.Queue()
+    conns = []
+
+    def serve():
+        try:
+            while True:
+                conn, _ = srv.accept()
+                conns.append(conn)
+                accepted.put(time.monotonic())
+                while True:
+                    kind, body = _packet(conn)
+                    if kind is None:
+                        break
+                    if kind >> 4 == 1:
+                        conn.sendall(b"\x20\x02\x00\x00")
+                    elif kind >> 4 == 8:
+                        conn.sendall(b"\x90\x03" + body[:2] + b"\x01")
+                    elif kind >> 4 == 3 and kind & 0x06:
+                        tlen = struct.unpack("!H", body[:2])[0]
+                        conn.sendall(b"\x40\x02" + body[2 + tlen:4 + tlen])
+                        break          # from now on: silence, socket left open
+        except OSError:
+            pass
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    sim = Sim(tmp_path, "mqtt://127.0.0.1:%d" % srv.getsockname()[1], tmp_path / "flash", "--keepalive", "1")
+    try:
+        sim.next("connected")
+        first = accepted.get(timeout=WAIT)
+        lost = sim.next("disconnected", timeout=WAIT)[-1]
+        assert "110" in lost["error"] or "timed out" in lost["error"]
+        again = accepted.get(timeout=WAIT)
+        assert again > first, "the simulator dialled again after the dead link"
+    finally:
+        sim.stop()
+        srv.shutdown(socket.SHUT_RDWR)   # wakes the accept() in the server thread
+        srv.close()
+        t.join(WAIT)
+        assert not t.is_alive()
+        for c in conns:
+            c.close()

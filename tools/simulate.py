@@ -1,0 +1,184 @@
+"""arcade simulate: the real cabinet firmware on this host, with simulated pins, against MQTT_URL.
+
+The firmware in firmware/ runs unchanged on CPython through the fakes in tools/hostsim and the
+pinned umqtt.simple in build/umqtt. Its flash is the --state directory (config.json, board.json,
+state.json), so a restarted simulator remembers what it applied.
+
+stdout carries only JSON lines, one per event, flushed:
+  {"event":"boot","cab":ID,"recovered":bool,"pulses":N,"journal":"fresh|loaded|corrupt ...","ledger":L,"last":S,"t":T}
+  {"event":"connected","cab":ID,"t":T}
+  {"event":"pulse","cab":ID,"n":k,"of":P,"seq":S,"session":ID,"width_ms":W,"t":T}   (T: when the line went active)
+  {"event":"ack","cab":ID,"ledger":L,"seq":S,"result":R,"reason":X,"pulses":N,"last":S,"t":T}  (after PUBACK)
+  {"event":"disconnected","cab":ID,"error":"...","t":T}
+  {"event":"stopped","cab":ID,"t":T}
+T is Unix time (float seconds). Human messages go to stderr.
+"""
+import argparse
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MQTT_URL = "mqtt://127.0.0.1:1883"
+
+
+def fail(msg):
+    print("arcade simulate: " + msg, file=sys.stderr)
+    return 2
+
+
+def boards():
+    return sorted(p.stem for p in (ROOT / "boards").glob("*.json"))
+
+
+def secret_from_db(cab_id, db):
+    """The cabinet's secret from the relay database (relay.ledger), or raise LookupError."""
+    try:
+        from relay.ledger import open_ledger
+    except ImportError as e:
+        raise LookupError("cannot read the relay database (%s); pass --secret instead" % e)
+    ledger = open_ledger(db)
+    try:
+        cab = ledger.get_cabinet(cab_id)
+    finally:
+        close = getattr(ledger, "close", None)
+        if close:
+            close()
+    if cab is None:
+        raise LookupError("cabinet %r is not in the relay database %s: add it with "
+                          "`arcade cabinet add %s --price ...` or pass --secret" % (cab_id, db, cab_id))
+    return cab["secret"]
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        prog="arcade simulate",
+        description="Run the real cabinet firmware on this host with simulated pins against the "
+                    "broker in MQTT_URL (default %s). Prints one JSON line per coin pulse, ack and "
+                    "connection event on stdout." % DEFAULT_MQTT_URL)
+    p.add_argument("cabinet", metavar="ID", help="cabinet id (as registered in the relay)")
+    p.add_argument("--state", required=True, metavar="DIR",
+                   help="the simulated flash: config.json, board.json and state.json live here")
+    p.add_argument("--secret", metavar="HEX",
+                   help="the cabinet's secret (default: read from the relay database in ARCADE_DB)")
+    p.add_argument("--board", default="esp32-devkitc", help="board profile from boards/ (default %(default)s)")
+    p.add_argument("--prefix", default="arcade", help="topic prefix (default %(default)s)")
+    p.add_argument("--keepalive", type=int, default=30, metavar="N",
+                   help="MQTT keepalive in seconds (default %(default)s)")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    url = os.environ.get("MQTT_URL") or DEFAULT_MQTT_URL
+    secret = args.secret
+    if not secret:
+        db = os.environ.get("ARCADE_DB")
+        if not db:
+            return fail("no secret: pass --secret HEX or set ARCADE_DB to the relay database")
+        try:
+            secret = secret_from_db(args.cabinet, db)
+        except LookupError as e:
+            return fail(str(e))
+    profile = ROOT / "boards" / (args.board + ".json")
+    if not profile.is_file():
+        return fail("unknown board %r: choose one of %s" % (args.board, ", ".join(boards())))
+    umqtt = ROOT / "build" / "umqtt"
+    if not (umqtt / "umqtt" / "simple.py").is_file():
+        return fail("the pinned umqtt.simple is missing from %s: run `make umqtt`" % umqtt)
+
+    state = Path(args.state)
+    state.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(profile, state / "board.json")
+    cfg = {"wifi_ssid": "hostsim", "wifi_password": "", "broker": url, "cabinet": args.cabinet,
+           "secret": secret, "board": args.board, "prefix": args.prefix, "keepalive": args.keepalive}
+    cfg_path = state / "config.json"
+    fd = os.open(cfg_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(cfg, f)
+    os.chmod(cfg_path, 0o600)
+
+    # the firmware's modules are top-level names on the device: put them first on the path
+    for p in (umqtt, ROOT / "firmware", ROOT / "tools" / "hostsim"):
+        sys.path.insert(0, str(p))
+    import hosttime  # noqa: F401
+    import machine
+    import app as firmware
+    from config import mask
+
+    out = sys.stdout
+    sys.stdout = sys.stderr          # anything the firmware prints is for people
+    cab = args.cabinet
+    board = json.loads(profile.read_text())
+    active = 1 if board.get("active", "high") == "high" else 0
+    journal_path = str(state / "state.json")
+    pulse = {"on": None, "t": None}
+    stop = {"requested": False}
+
+    def line(event, fields=None):
+        d = {"event": event, "cab": cab}
+        if fields:
+            d.update(fields)
+        d.setdefault("t", time.time())
+        out.write(json.dumps(d, separators=(",", ":")) + "\n")
+        out.flush()
+
+    def watch(pin, t, v):
+        if pin.id != board["coin_pin"]:
+            return
+        if v == active:
+            pulse["on"], pulse["t"] = t, time.time()
+            return
+        if pulse["on"] is None:
+            return
+        width = time.ticks_diff(t, pulse["on"])
+        pulse["on"] = None
+        # what is in flash at the end of pulse k: cur with done = k - 1
+        with open(journal_path) as f:
+            cur = json.load(f).get("cur") or {}
+        line("pulse", {"n": cur.get("done", 0) + 1, "of": cur.get("pulses"), "seq": cur.get("seq"),
+                       "session": cur.get("session"), "width_ms": width, "t": pulse["t"]})
+        if stop["requested"]:
+            raise SystemExit(0)      # finish the pulse on the line, then stop (line idle)
+
+    def emit(event, data):
+        if event == "ack":
+            m = json.loads(data)
+            line("ack", {k: m[k] for k in ("ledger", "seq", "result", "reason", "pulses", "last")})
+        elif event == "boot":
+            line("boot", data)
+            print("booted from %s (journal: %s)" % (state, data["journal"]), file=sys.stderr)
+        elif event == "connected":
+            line("connected")
+            print("connected to %s as %s" % (mask(url), cab), file=sys.stderr)
+        elif event == "disconnected":
+            line("disconnected", {"error": str(data)})
+            print("link lost (%s): reconnecting" % data, file=sys.stderr)
+
+    def on_signal(signum, frame):
+        stop["requested"] = True
+        if pulse["on"] is None:
+            raise SystemExit(0)
+
+    machine.watchers.append(watch)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        rc = firmware.main(str(state) + os.sep, emit)
+    except SystemExit as e:
+        rc = e.code or 0
+    finally:
+        sys.stdout = out
+    if rc:
+        print("arcade simulate: the firmware refused its configuration (see above)", file=sys.stderr)
+        return 2
+    line("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
