@@ -8,8 +8,11 @@
 //
 // The repository is mirrored into the VM's in-memory filesystem under /repo (only the parts that run
 // on a device: firmware/, the MicroPython fakes from tools/hostsim/, the pinned umqtt.simple, tests/fw/,
-// tests/vectors.json, boards/*.json, tools/mpy/*.py), so a test that finds files relative to __file__ works the same
-// as on the host. Modules that the PyScript build freezes but an ESP32 build does not have (hmac,
+// tests/vectors.json, boards/*.json, tools/mpy/*.py), so a test that finds files relative to __file__
+// works the same as on the host. Port quirks: files live on Emscripten's FS, whose OSErrors carry
+// Emscripten errno numbers (ENOENT is 44, while errno.ENOENT is 2 as on an ESP32), so code should catch
+// OSError rather than compare errno for files; there are no sockets, ssl or tls (tools/mpy/port/
+// usocket.py only lets umqtt.simple import); gc.collect() is deferred (see STEPS below). Modules that the PyScript build freezes but an ESP32 build does not have (hmac,
 // logging, pathlib, ...) are shadowed by guards that raise ImportError, so "passes here" means
 // "imports only what an ESP32 has". Exit status: the script's (0 = all passed), 2 on a harness error.
 import fs from "node:fs";
