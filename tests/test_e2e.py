@@ -83,9 +83,11 @@ def test_paid_checkout_pulses_the_coin_line_and_is_acked(world):
         payment = final_state(world["ledger"], session_id)
         assert payment["state"] == "applied"
         assert (payment["credits"], payment["pulses"]) == (3, 6)
-        # Exactly 6 pulses, each as wide as the board profile says (timing measured on the fake pin).
+        # Exactly 6 pulses, none shorter than the board profile's 100 ms (exact widths are asserted
+        # with a fake clock in tests/fw; here the clock is real, so only the lower bound is exact).
         assert len(cab.pulses()) == 6
-        assert [p["width_ms"] for p in pulses] == [100] * 6
+        assert [p["n"] for p in pulses] == [1, 2, 3, 4, 5, 6]
+        assert all(p["width_ms"] >= 100 for p in pulses)
         got = acks.wait(lambda xs: any(a["seq"] == payment["seq"] for _, a in xs))
         topic, ack = got[0]
         assert topic == "arcade/cab-a/ack"
