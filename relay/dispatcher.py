@@ -19,7 +19,7 @@ import collections
 import fcntl
 import json
 import logging
-import os
+import socket
 import threading
 import time
 
@@ -136,6 +136,7 @@ class Dispatcher:
             client.tls_set()
         client.reconnect_delay_set(min_delay=1, max_delay=4)
         client.max_inflight_messages_set(1000)
+        client.on_socket_open = self._on_socket_open
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -145,6 +146,13 @@ class Dispatcher:
     def _post(self, item):
         self._inbox.append(item)
         self.wake_event.set()
+
+    def _on_socket_open(self, client, userdata, sock):
+        # Credits are tiny and latency matters: don't let Nagle hold one back behind a PUBACK.
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):
+            pass  # not a TCP socket (e.g. a TLS wrapper that refuses): correct, only slower
 
     def _on_connect(self, client, userdata, flags, reason_code, properties):
         if reason_code.is_failure:

@@ -75,6 +75,7 @@ class Mosquitto:
             "log_type notice",
             "log_type information",
             "connection_messages true",
+            "set_tcp_nodelay true",  # credits are tiny: Nagle + delayed ACK would add ~40 ms per hop
             self.extra_conf,
         ]
         self.conf_path.write_text("\n".join(lines) + "\n")
