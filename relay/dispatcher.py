@@ -46,7 +46,8 @@ class _Flight:
 
 
 class Dispatcher:
-    def __init__(self, settings, wake=None):
+    def __init__(self, settings, wake=None, clock=time.monotonic):
+        self.clock = clock          # injectable, so delivery logic can be driven step by step in tests
         self.db_path = settings["ARCADE_DB"]
         self.mqtt_url = settings["MQTT_URL"]
         self.prefix = settings["ARCADE_TOPIC_PREFIX"]
@@ -185,11 +186,7 @@ class Dispatcher:
             try:
                 if ledger is None:
                     ledger = open_ledger(self.db_path, self.busy_timeout)
-                self._drain(ledger)
-                if self._session_up:
-                    self._fill(ledger)
-                    self._redeliver_due()
-                timeout = self._next_timeout()
+                timeout = self.step(ledger)
             except StorageError as e:
                 log.error("storage failure, retrying in 1 s: %s", e)
                 timeout = 1.0
@@ -199,8 +196,17 @@ class Dispatcher:
         if ledger is not None:
             ledger.close()
 
+    def step(self, ledger):
+        """One round of delivery work: handle what paho reported, put idle cabinets' next credits in
+        flight, resend what is due. Returns the seconds until the next round is due."""
+        self._drain(ledger)
+        if self._session_up:
+            self._fill(ledger)
+            self._redeliver_due()
+        return self._next_timeout()
+
     def _next_timeout(self):
-        now = time.monotonic()
+        now = self.clock()
         deadline = now + self.rescan
         for f in self._flights.values():
             if f.next_retry is not None:
@@ -235,7 +241,7 @@ class Dispatcher:
         for row in ledger.next_deliveries(exclude=self._flights):
             payload = protocol.build_credit(row["cabinet_id"], self.ledger_id, row["seq"], row["credits"],
                                             row["pulses"], row["session_id"], row["secret"], ts=row["issued_ts"])
-            since = time.monotonic() - max(0.0, time.time() - row["queued_at"])
+            since = self.clock() - max(0.0, time.time() - row["queued_at"])
             flight = self._flights[row["cabinet_id"]] = _Flight(row, payload, since)
             self._publish(flight)
 
@@ -244,11 +250,11 @@ class Dispatcher:
         self._mids[info.mid] = flight
         flight.attempts += 1
         delay = min(self.ack_timeout * 2 ** (flight.attempts - 1), self.ack_timeout_max)
-        flight.next_retry = time.monotonic() + delay
+        flight.next_retry = self.clock() + delay
         log.debug("published credit %s seq %d (attempt %d)", flight.cab, flight.seq, flight.attempts)
 
     def _redeliver_due(self):
-        now = time.monotonic()
+        now = self.clock()
         for flight in self._flights.values():
             if not flight.warned and now - flight.since > self.stuck_after:
                 flight.warned = True

@@ -78,8 +78,8 @@ class FakeCabinet:
             return list(self.received)
 
     def close(self):
-        self.client.loop_stop()
         self.client.disconnect()
+        self.client.loop_stop()
 
 
 @pytest.fixture
@@ -272,3 +272,40 @@ def test_stuck_delivery_is_logged(world, caplog):
         wait_until(lambda: any("stuck" in r.getMessage() for r in caplog.records), 10, what="stuck warning")
     assert any(session in r.getMessage() for r in caplog.records if "stuck" in r.getMessage())
     assert [p["session_id"] for p in ledger.list_payments(stuck=True, stuck_after=0)] == [session]
+
+
+class RecordingClient:
+    """Stands in for paho's client when the delivery logic is driven step by step with a fake clock."""
+
+    class Info:
+        def __init__(self, mid):
+            self.mid = mid
+
+    def __init__(self):
+        self.published = []
+
+    def publish(self, topic, payload, qos):
+        self.published.append((topic, payload, qos))
+        return self.Info(len(self.published))
+
+
+def test_redelivery_backoff_doubles_up_to_the_cap(world):
+    ledger = world["ledger"]
+    now = [1000.0]
+    d = Dispatcher(config.check({"ARCADE_DB": world["db"], "STRIPE_WEBHOOK_SECRET": "x", "ARCADE_ACK_TIMEOUT": 10,
+                                 "ARCADE_ACK_TIMEOUT_MAX": 40, "ARCADE_RESCAN": 5}), clock=lambda: now[0])
+    d._client, d.ledger_id = RecordingClient(), ledger.ledger_id
+    d._inbox.append(("connected", False))
+    session = pay(ledger)
+    sends = []
+    for _ in range(200):                     # 200 s of fake time in 1 s steps
+        d.step(ledger)
+        if len(d._client.published) > len(sends):
+            sends.append(now[0])
+        now[0] += 1.0
+    assert [b - a for a, b in zip(sends, sends[1:])][:5] == [10, 20, 40, 40, 40], sends
+    assert {p for _, p, _ in d._client.published} == {d._flights["cab1"].payload}
+    assert d._client.published[0][0] == "arcade/cab1/credit" and d._client.published[0][2] == 1
+    d._inbox.append(("puback", 1))
+    d.step(ledger)
+    assert state(ledger, session) == "sent"
