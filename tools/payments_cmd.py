@@ -37,7 +37,7 @@ def main(argv=None):
                    "--stuck-after seconds")
     p.add_argument("--stuck-after", type=float, default=None,
                    help="seconds (default ARCADE_STUCK_AFTER or %s)" % DEFAULTS["ARCADE_STUCK_AFTER"])
-    p.add_argument("--json", action="store_true", help="JSON lines-free array with every field and timestamp")
+    p.add_argument("--json", action="store_true", help="a JSON array with every field; timestamps in Unix seconds")
     args = p.parse_args(argv)
     if args.limit < 1:
         p.error("--limit %d: give at least 1" % args.limit)
