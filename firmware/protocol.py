@@ -9,7 +9,7 @@ try:
 except ImportError:
     from ubinascii import hexlify
 
-FW = "0.1.0"
+FW = "0.2.0"
 _BLOCK = const(64)
 MAX_PULSES = const(255)
 
@@ -138,8 +138,81 @@ def check_ack(payload, key):
         return False
 
 
-def status(cab, online, ledger="", last=0):
+def _fields(m, strs, ints):
+    for k in strs:
+        v = m.get(k)
+        if not isinstance(v, str) or "\n" in v:
+            return False
+    for k in ints:
+        if not _is_int(m.get(k)):
+            return False
+    return True
+
+
+def _check_signed(payload, kind, fields, cab, key):
+    # (reason, msg) like check_credit, for messages whose fields are cab, ints..., sig
+    try:
+        m = json.loads(payload)
+    except (ValueError, TypeError):
+        return "malformed", None
+    if not isinstance(m, dict) or m.get("t") != kind or not _fields(m, ("cab", "sig"), fields[1:]):
+        return "malformed", None
+    if not equal(sign(key, canonical(kind, [m[k] for k in fields])), m["sig"]):
+        return "bad_signature", m
+    if m["cab"] != cab:
+        return "wrong_cabinet", m
+    return "", m
+
+
+CONFIG_FIELDS = ("cab", "ver", "width_ms", "gap_ms", "coins_per_credit", "ts")
+TEST_FIELDS = ("cab", "n", "pulses", "ts")
+MAX_TEST = const(10)
+
+
+def check_config(payload, cab, key):
+    """A config payload -> (reason, msg); ranges against the board are the caller's job."""
+    reason, m = _check_signed(payload, "config", CONFIG_FIELDS, cab, key)
+    if not reason and (m["ver"] < 1 or m["width_ms"] < 0 or m["gap_ms"] < 0
+                       or not 1 <= m["coins_per_credit"] <= MAX_PULSES):
+        reason = "malformed"
+    return reason, m
+
+
+def check_test(payload, cab, key):
+    """A test-pulse payload -> (reason, msg)."""
+    reason, m = _check_signed(payload, "test", TEST_FIELDS, cab, key)
+    if not reason and (m["n"] < 1 or not 1 <= m["pulses"] <= MAX_TEST):
+        reason = "malformed"
+    return reason, m
+
+
+def config(key, cab, ver, width_ms, gap_ms, coins_per_credit, ts):
+    """A signed config payload (the relay's job; here for tests and tools)."""
+    sig = sign(key, canonical("config", (cab, ver, width_ms, gap_ms, coins_per_credit, ts)))
+    return ('{"t":"config","cab":%s,"ver":%d,"width_ms":%d,"gap_ms":%d,"coins_per_credit":%d,'
+            '"ts":%d,"sig":"%s"}' % (json.dumps(cab), ver, width_ms, gap_ms, coins_per_credit, ts,
+                                     sig)).encode()
+
+
+def test(key, cab, n, pulses, ts):
+    """A signed test-pulse payload (the relay's job; here for tests and tools)."""
+    sig = sign(key, canonical("test", (cab, n, pulses, ts)))
+    return ('{"t":"test","cab":%s,"n":%d,"pulses":%d,"ts":%d,"sig":"%s"}'
+            % (json.dumps(cab), n, pulses, ts, sig)).encode()
+
+
+STATUS_KEYS = ("uptime", "heap", "rssi", "total", "inhibited", "held", "cfg", "width_ms",
+               "gap_ms", "cfg_error", "test", "test_error")
+
+
+def status(cab, online, ledger="", last=0, info=None):
+    """Status payload; `info` holds the fields of STATUS_KEYS (written in that order)."""
     if not online:
         return ('{"t":"status","cab":%s,"online":false}' % json.dumps(cab)).encode()
-    return ('{"t":"status","cab":%s,"online":true,"fw":"%s","ledger":%s,"last":%d}'
-            % (json.dumps(cab), FW, json.dumps(ledger), last)).encode()
+    extra = ""
+    if info:
+        for k in STATUS_KEYS:
+            if k in info:
+                extra += ',"%s":%s' % (k, json.dumps(info[k]))
+    return ('{"t":"status","cab":%s,"online":true,"fw":"%s","ledger":%s,"last":%d%s}'
+            % (json.dumps(cab), FW, json.dumps(ledger), last, extra)).encode()

@@ -111,3 +111,61 @@ def test_status_payloads():
     m = json.loads(protocol.status("cab1", True, LEDGER, 7))
     assert m == {"t": "status", "cab": "cab1", "online": True, "fw": protocol.FW,
                  "ledger": LEDGER, "last": 7}
+
+
+def _compact(m):
+    return json.dumps(m, separators=(",", ":")).encode()
+
+
+def test_every_config_vector():
+    v = vectors()
+    key = v["secret"].encode()
+    assert len(v["configs"]) >= 8
+    for c in v["configs"]:
+        m = c["message"]
+        reason, parsed = protocol.check_config(_compact(m), "cab1", key)
+        if c["valid"]:
+            assert reason == "", (c["name"], reason)
+            assert parsed["width_ms"] == m["width_ms"] and parsed["ver"] == m["ver"], c["name"]
+            canon = protocol.canonical("config", [m[k] for k in protocol.CONFIG_FIELDS])
+            assert canon == c["canonical"].encode(), c["name"]
+            built = protocol.config(key, *[m[k] for k in protocol.CONFIG_FIELDS])
+            assert built == _compact(m), "byte for byte, in the documented field order"
+        else:
+            assert reason == c["reason"], (c["name"], reason)
+
+
+def test_every_test_pulse_vector():
+    v = vectors()
+    key = v["secret"].encode()
+    for c in v["test_pulses"]:
+        m = c["message"]
+        reason, parsed = protocol.check_test(_compact(m), "cab1", key)
+        if c["valid"]:
+            assert reason == "" and parsed["pulses"] == m["pulses"], (c["name"], reason)
+            assert protocol.canonical("test", [m[k] for k in protocol.TEST_FIELDS]) == \
+                c["canonical"].encode(), c["name"]
+            assert protocol.test(key, *[m[k] for k in protocol.TEST_FIELDS]) == _compact(m)
+        else:
+            assert reason == c["reason"], (c["name"], reason)
+
+
+def test_config_and_test_messages_that_do_not_parse():
+    rows = [b"", b"{", b"[]", b'{"t":"credit"}', b'{"t":"config","cab":"cab1"}',
+            b'{"t":"config","cab":"cab1","ver":true,"width_ms":1,"gap_ms":1,"coins_per_credit":1,'
+            b'"ts":1,"sig":"00"}']
+    for p in rows:
+        assert protocol.check_config(p, "cab1", KEY) == ("malformed", None), p
+        assert protocol.check_test(p, "cab1", KEY) == ("malformed", None), p
+
+
+def test_status_with_device_fields_in_documented_order():
+    info = {"test_error": "", "uptime": 5, "inhibited": True, "heap": 1000, "rssi": -60,
+            "total": 3, "held": 0, "cfg": 0, "width_ms": 100, "gap_ms": 150, "cfg_error": "",
+            "test": 0}
+    p = protocol.status("cab1", True, LEDGER, 7, info)
+    m = json.loads(p)
+    assert m["inhibited"] is True and m["last"] == 7 and m["fw"] == protocol.FW
+    # MicroPython dicts are unordered: check the bytes
+    pos = [p.find(('"%s":' % k).encode()) for k in protocol.STATUS_KEYS]
+    assert all(i > 0 for i in pos) and pos == sorted(pos), pos
