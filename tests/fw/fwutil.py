@@ -76,7 +76,7 @@ def exists(path):
 
 
 def board(**kw):
-    b = {"name": "test-board", "coin_pin": 25, "active": "high", "width_ms": 100, "gap_ms": 150,
+    b = {"name": "test-board", "chip": "esp32", "coin_pin": 25, "active": "high", "width_ms": 100, "gap_ms": 150,
          "width_ms_range": [20, 500], "gap_ms_range": [20, 2000], "led_pin": None,
          "unsafe_pins": [0, 2, 5, 12, 15, 6, 7, 8, 9, 10, 11, 34, 35, 36, 37, 38, 39]}
     for k in kw:

@@ -47,6 +47,7 @@ def test_bad_config_values_one_row_each():
         ("board", None), ("board", ""),
         ("prefix", ""), ("prefix", "arcade/"), ("prefix", "a/#"), ("prefix", 3),
         ("keepalive", 0), ("keepalive", "30"), ("keepalive", 3601), ("keepalive", True),
+        ("ca", "ca.pem"), ("ca", 5),
     ]
     for key, value in rows:
         d = good_config()
@@ -67,7 +68,9 @@ def test_bad_board_values_one_row_each():
         ("coin_pin", 6), ("coin_pin", 34), ("coin_pin", 49), ("coin_pin", True), ("coin_pin", "25"),
         ("active", "up"), ("width_ms", 10), ("width_ms", 501), ("gap_ms", 0), ("gap_ms", "150"),
         ("width_ms_range", [500, 20]), ("gap_ms_range", 5), ("led_pin", 25), ("led_pin", "2"),
-        ("led_active", 1), ("unsafe_pins", "0,2"),
+        ("led_active", 1), ("unsafe_pins", "0,2"), ("chip", None), ("chip", "esp32c6"),
+        ("inhibit_pin", 2), ("inhibit_pin", 25), ("meter_pin", 6), ("safe_pin", 49),
+        ("inhibit_pull", "sideways"), ("safe_window_ms", 20000),
     ]
     for key, value in rows:
         b = board()
@@ -78,8 +81,9 @@ def test_bad_board_values_one_row_each():
         msg = _err(config.check_board, b)
         assert msg is not None, (key, value)
         assert ("'%s'" % key) in msg, (key, value, msg)
-    b = config.check_board({"name": "minimal", "coin_pin": 25})
+    b = config.check_board({"name": "minimal", "chip": "esp32", "coin_pin": 25})
     assert (b["active"], b["width_ms"], b["gap_ms"], b["led_pin"]) == ("high", 100, 150, None)
+    assert (b["inhibit_pin"], b["meter_pin"], b["safe_pin"]) == (None, None, None)
 
 
 def test_shipped_devkitc_profile_is_boot_safe():
@@ -107,3 +111,19 @@ def test_files_missing_unreadable_or_for_another_board():
     assert "'board'" in msg and "esp32-devkitc" in msg
     write_json(root + "config.json", good_config())
     assert config.load_config(root, b)["cabinet"] == "cab1"
+
+
+def test_tls_needs_a_ca_file_on_the_device():
+    root = scratch()
+    write_json(root + "board.json", board())
+    b = config.load_board(root)
+    tls = "mqtts://cab:mqtt-pass-456@broker.example"
+    msg = _err(config.check_config, good_config(broker=tls))
+    assert "'ca'" in msg and "mqtt-pass-456" not in msg
+    write_json(root + "config.json", good_config(broker=tls, ca="ca.pem"))
+    msg = _err(config.load_config, root, b)
+    assert "'ca'" in msg and "ca.pem" in msg and "missing or empty" in msg
+    with open(root + "ca.pem", "w") as f:
+        f.write("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    c = config.load_config(root, b)
+    assert c["ca"] == root + "ca.pem" and c["mqtt"]["ssl"] and c["mqtt"]["port"] == 8883

@@ -141,7 +141,7 @@ def steps():
     mods = sorted(k for k in sys.modules if k in ("app", "protocol", "config", "coin", "cabinet",
                                                   "journal", "umqtt.simple", "umqtt"))
 
-    board = config.check_board({"name": "footprint", "coin_pin": 25})
+    board = config.check_board({"name": "footprint", "chip": "esp32", "coin_pin": 25})
     cfg = config.check_config({"cabinet": "cab1", "secret": SECRET, "wifi_ssid": "arcade",
                                "broker": "mqtt://cab1:pw@broker.local:1883", "board": "footprint"})
     coin = Coin(board["coin_pin"], True, board["width_ms"], board["gap_ms"],
