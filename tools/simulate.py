@@ -69,6 +69,10 @@ def parse_args(argv):
     p.add_argument("--prefix", default="arcade", help="topic prefix (default %(default)s)")
     p.add_argument("--keepalive", type=int, default=30, metavar="N",
                    help="MQTT keepalive in seconds (default %(default)s)")
+    p.add_argument("--pulse-ms", type=int, metavar="MS",
+                   help="coin pulse width in ms instead of the board's (fast soak and benchmark runs)")
+    p.add_argument("--gap-ms", type=int, metavar="MS",
+                   help="idle time between pulses in ms instead of the board's")
     return p.parse_args(argv)
 
 
@@ -94,6 +98,11 @@ def main(argv=None):
     state = Path(args.state)
     state.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(profile, state / "board.json")
+    if args.pulse_ms is not None or args.gap_ms is not None:
+        # the flashed board profile with other timing; the firmware checks it against its ranges
+        custom = json.loads(profile.read_text())
+        custom.update({k: v for k, v in (("width_ms", args.pulse_ms), ("gap_ms", args.gap_ms)) if v is not None})
+        (state / "board.json").write_text(json.dumps(custom))
     cfg = {"wifi_ssid": "hostsim", "wifi_password": "", "broker": url, "cabinet": args.cabinet,
            "secret": secret, "board": args.board, "prefix": args.prefix, "keepalive": args.keepalive}
     cfg_path = state / "config.json"
