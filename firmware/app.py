@@ -24,22 +24,26 @@ _OUTBOX = const(8)
 _PID_MAX = const(65535)
 _ETIMEDOUT = const(110)
 _ECONNRESET = const(104)
+_INHIBIT_POLL = const(200)   # ms: how soon a change of the inhibit line is noticed
 
 
 class DeadlineSocket:
     # umqtt.simple's check_msg()/wait_msg() call setblocking(True): blocking *forever* on a
     # half-open link. Here it means "blocking with a deadline", so a dead link raises OSError,
     # including in publish()'s wait for PUBACK. A short read (EOF mid-packet) raises too.
-    def __init__(self, sock, timeout_s):
+    # Over TLS, `sock` is the SSLSocket (no settimeout; its setblocking goes to the TCP socket)
+    # and `raw` the TCP socket under it, which carries the timeout.
+    def __init__(self, sock, timeout_s, raw=None):
         self.sock = sock
+        self.raw = raw or sock
         self.timeout = timeout_s
-        sock.settimeout(timeout_s)
+        self.raw.settimeout(timeout_s)
 
     def setblocking(self, flag):
         if flag:
-            self.sock.settimeout(self.timeout)
+            self.raw.settimeout(self.timeout)
         else:
-            self.sock.setblocking(False)
+            self.raw.setblocking(False)
 
     def read(self, n):
         b = self.sock.read(n)
@@ -62,10 +66,12 @@ class _TimedSockets:
     def __init__(self, mod, timeout_s):
         self.mod = mod
         self.timeout = timeout_s
+        self.last = None
 
     def socket(self, *a):
         s = self.mod.socket(*a)
         s.settimeout(self.timeout)
+        self.last = s
         return s
 
     def getaddrinfo(self, *a):
@@ -82,6 +88,11 @@ def _print(event, data):
     print(event, data)
 
 
+def _mem_free():
+    f = getattr(gc, "mem_free", None)
+    return f() if f else 0
+
+
 class App:
     def __init__(self, cfg, board, coin, root="", emit=None):
         self.cfg = cfg
@@ -93,6 +104,8 @@ class App:
         self.t_credit = (base + "credit").encode()
         self.t_ack = (base + "ack").encode()
         self.t_status = (base + "status").encode()
+        self.t_config = (base + "config").encode()
+        self.t_test = (base + "test").encode()
         self.ka_ms = cfg["keepalive"] * 1000
         self.ping_ms = self.ka_ms // 2
         self.sock_timeout = min(cfg["keepalive"], 10)
@@ -101,14 +114,27 @@ class App:
             hi = board["led_active"] == "high"
             self.led = machine.Signal(machine.Pin(board["led_pin"], machine.Pin.OUT,
                                                   value=0 if hi else 1), invert=not hi)
+        inhibit = None
+        self.poll_cap = _WDT_MS // 4
+        if board["inhibit_pin"] is not None:
+            pull = {"up": machine.Pin.PULL_UP, "down": machine.Pin.PULL_DOWN}.get(
+                board["inhibit_pull"], -1)
+            inhibit = machine.Signal(machine.Pin(board["inhibit_pin"], machine.Pin.IN, pull),
+                                     invert=board["inhibit_active"] == "low").value
+            self.poll_cap = _INHIBIT_POLL
         self.wdt = None
         self.wlan = network.WLAN(network.STA_IF)
-        self.cabinet = Cabinet(cab, cfg["secret"], Journal(root), coin, tick=self._tick)
+        self.cabinet = Cabinet(cab, cfg["secret"], Journal(root), coin, self._tick, board, inhibit)
         m = cfg["mqtt"]
         user = m["user"].encode() if m["user"] is not None else None
         pswd = m["password"].encode() if m["password"] is not None else None
+        # TLS: umqtt.simple calls ussl.wrap_socket(sock, **ssl_params); firmware/ussl.py maps it
+        # to MicroPython's ssl with CERT_REQUIRED, the CA file and the broker's name (SNI + check)
+        tls = {"cafile": cfg.get("ca"), "server_hostname": m["host"]} if m["ssl"] else {}
         self.client = MQTTClient(cab.encode(), m["host"], m["port"], user, pswd,
-                                 cfg["keepalive"], m["ssl"])
+                                 cfg["keepalive"], m["ssl"], tls)
+        self.booted = time.time()
+        self.sent = None          # the status fields last published (to publish on change)
         self.client.set_callback(self._on_msg)
         self.client.set_last_will(self.t_status, protocol.status(cab, False), True, 1)
         self.outbox = []          # (result, ack) for rejected/duplicate; applied acks live in flash
@@ -150,9 +176,20 @@ class App:
     # -- MQTT
     def _on_msg(self, topic, msg):
         # runs inside umqtt.simple (check_msg or publish's PUBACK wait): never publish here
+        if topic == self.t_config:
+            r = self.cabinet.handle_config(msg)
+            self.emit("config", (r, self.cabinet.cfg_error or self.cabinet.cfg["ver"]))
+            return
+        if topic == self.t_test:
+            r = self.cabinet.handle_test(msg)
+            self.emit("test", (r, self.cabinet.test_error or self.cabinet.cfg["test"]))
+            return
         if topic != self.t_credit:
             return
         result, ack = self.cabinet.handle(msg)
+        if result == "held":
+            self.emit("held", self.cabinet.held())
+            return
         if result != "applied":
             if len(self.outbox) >= _OUTBOX:
                 self.outbox.pop(0)
@@ -181,6 +218,31 @@ class App:
                 self.outbox.pop(0)
             self.emit("ack", a)
 
+    def info(self):
+        """The status fields beyond the protocol's first ones (docs/protocol.md, Status)."""
+        cab = self.cabinet
+        try:
+            rssi = self.wlan.status("rssi")
+        except (OSError, ValueError, TypeError):
+            rssi = 0
+        return {"uptime": time.time() - self.booted, "heap": _mem_free(), "rssi": rssi,
+                "total": cab.state["total"], "inhibited": cab.inhibited(), "held": cab.held(),
+                "cfg": cab.cfg["ver"], "width_ms": self.coin.width_ms, "gap_ms": self.coin.gap_ms,
+                "cfg_error": cab.cfg_error, "test": cab.cfg["test"], "test_error": cab.test_error}
+
+    def _status(self, force=False):
+        # publish (retained) on connect and whenever a field other than uptime/heap/rssi changed
+        cab = self.cabinet
+        s = cab.state
+        key = (s["ledger"], s["last"], s["total"], cab.inhibited(), cab.held(), cab.cfg["ver"],
+               cab.cfg_error, cab.cfg["test"], cab.test_error)
+        if not force and key == self.sent:
+            return
+        self._publish(self.t_status, protocol.status(self.cab, True, s["ledger"], s["last"],
+                                                     self.info()), True)
+        self.sent = key
+        self.emit("status", key)
+
     def _wifi(self):
         w = self.wlan
         if w.isconnected():
@@ -198,14 +260,17 @@ class App:
         c = self.client
         self.link_bad = False
         c.connect(False)
-        c.sock = DeadlineSocket(c.sock, self.sock_timeout)
+        c.sock = DeadlineSocket(c.sock, self.sock_timeout, simple.socket.last)
         now = time.ticks_ms()
         self.last_rx = now
         self.ping_at = time.ticks_add(now, self.ping_ms)
         guard_pid(c)
+        c.subscribe(self.t_config, 1)     # first: the retained timing before anything pulses
+        guard_pid(c)
+        c.subscribe(self.t_test, 1)
+        guard_pid(c)
         c.subscribe(self.t_credit, 1)
-        s = self.cabinet.state
-        self._publish(self.t_status, protocol.status(self.cab, True, s["ledger"], s["last"]), True)
+        self._status(True)
         self.connects += 1
         if self.led is not None:
             self.led.on()
@@ -227,13 +292,16 @@ class App:
         poller = select.poll()
         poller.register(c.sock.sock, select.POLLIN)
         while True:
+            if self.cabinet.resume() is not None:
+                self.emit("resumed", self.cabinet.state["last"])
             self._flush()
+            self._status()
             if self.link_bad:
                 raise OSError(_ETIMEDOUT)
             now = time.ticks_ms()
             dead_at = time.ticks_add(self.last_rx, self.ka_ms)
             wait = min(time.ticks_diff(self.ping_at, now), time.ticks_diff(dead_at, now),
-                       _WDT_MS // 4)
+                       self.poll_cap)
             self._feed()
             if poller.poll(wait if wait > 0 else 0):
                 self.last_rx = time.ticks_ms()

@@ -38,6 +38,7 @@ def _valid(s):
 
 class Journal:
     def __init__(self, root=""):
+        self.root = root
         self.path = root + "state.json"
         self.tmp = root + "state.tmp"
         self.bad = root + "state.bad"
@@ -71,15 +72,38 @@ class Journal:
         return s
 
     def save(self, state):
-        with open(self.tmp, "w") as f:
-            json.dump(state, f)
-            f.flush()
-            if hasattr(os, "fsync"):
-                os.fsync(f.fileno())
-        try:
-            os.rename(self.tmp, self.path)
-        except OSError:
-            # FAT cannot rename over an existing file; load() falls back to state.tmp
-            os.remove(self.path)
-            os.rename(self.tmp, self.path)
+        _atomic(state, self.tmp, self.path)
         self.saves += 1
+
+    def load_cfg(self):
+        """cfg.json: the applied config override and the last test-pulse number (docs/protocol.md)."""
+        c = None
+        for path in (self.root + "cfg.json", self.root + "cfg.tmp"):
+            try:
+                c = self._read(path)
+                break
+            except (OSError, ValueError):
+                pass
+        d = {"ver": 0, "width_ms": 0, "gap_ms": 0, "cpc": 0, "test": 0}
+        if isinstance(c, dict):
+            for k in d:
+                if isinstance(c.get(k), int):
+                    d[k] = c[k]
+        return d
+
+    def save_cfg(self, cfg):
+        _atomic(cfg, self.root + "cfg.tmp", self.root + "cfg.json")
+
+
+def _atomic(obj, tmp, path):
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+        f.flush()
+        if hasattr(os, "fsync"):
+            os.fsync(f.fileno())
+    try:
+        os.rename(tmp, path)
+    except OSError:
+        # FAT cannot rename over an existing file; load() falls back to the .tmp
+        os.remove(path)
+        os.rename(tmp, path)

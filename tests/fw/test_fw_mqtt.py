@@ -48,7 +48,7 @@ def test_deadline_socket_means_blocking_with_a_timeout():
 def _app(root):
     c = clock()
     write_json(root + "board.json", board())
-    b = board()
+    b = fwapp.config.check_board(board())
     coin = Coin(25, True, 100, 150, c.ticks_ms, c.sleep_ms)
     events = []
     cfg = fwapp.config.check_config(good_config())

@@ -11,6 +11,7 @@ except ImportError:
 
 _clock = None
 pins = {}          # id -> the most recently constructed Pin with that id
+sources = {}       # id -> fn() giving the level the outside world drives on that input
 watchers = []      # fn(pin, t_ms, value) called after every level change
 wdts = []
 resets = []
@@ -31,6 +32,7 @@ def now():
 def clear():
     """Forget pins, watchers, WDTs and resets (between tests)."""
     pins.clear()
+    sources.clear()
     del watchers[:]
     del wdts[:]
     del resets[:]
@@ -71,6 +73,9 @@ class Pin:
             if mode not in (Pin.IN, Pin.OUT, Pin.OPEN_DRAIN):
                 raise ValueError("invalid pin mode")
             self.mode = mode
+            if mode == Pin.IN and not self.history and self.pull in (Pin.PULL_UP, Pin.PULL_DOWN):
+                # an undriven input reads what its pull resistor says
+                self._set(1 if self.pull == Pin.PULL_UP else 0, True)
             if mode != Pin.IN and not self.history:
                 self._set(self._v, True)
 
@@ -87,6 +92,9 @@ class Pin:
 
     def value(self, v=None):
         if v is None:
+            src = sources.get(self.id)
+            if src is not None and self.mode == Pin.IN:
+                self._set(1 if src() else 0, True)
             return self._v
         self._set(1 if v else 0)
 
