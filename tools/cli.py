@@ -10,11 +10,13 @@ COMMANDS = {
     "relay": ("tools.relay_cmd", "run the relay (webhook, dispatcher) under a production WSGI server"),
     "cabinet": ("tools.cabinet_cmd", "add, list, enable/disable cabinets and set their prices"),
     "payments": ("tools.payments_cmd", "list recent payments with their delivery state"),
+    "reconcile": ("tools.reconcile_cmd", "compare Stripe's paid sessions with the ledger, fulfil what was missed"),
     "simulate": ("tools.simulate", "run the real firmware on this host with simulated pins"),
     "trigger": ("tools.trigger", "send a correctly signed Stripe checkout event to a relay"),
     "qr": ("tools.qr_cmd", "print QR stickers that open a cabinet's pay page (png, svg, pdf)"),
     "promo": ("tools.promo_cmd", "add, list and remove promotions (happy hour bonus, percent off)"),
     "demo": ("tools.demo", "start mosquitto, the relay and a simulated cabinet, pay once, show the pulses"),
+    "bench": ("tools.bench", "benchmark the relay against the naive design on loopback (latency, rate, recovery)"),
 }
 
 
