@@ -26,6 +26,9 @@ DEFAULTS = {
     "ARCADE_PUBLIC_URL": None,        # the address phones reach the relay at (QR stickers, Stripe return URLs)
     "ARCADE_TZ": "UTC",               # IANA zone promotions are evaluated in, e.g. Europe/Berlin
     "STRIPE_API_BASE": None,          # only for tests/demo: a fake Stripe API on loopback
+    # Reconciliation with Stripe (relay/reconcile.py): durations like 15m, 72h; EVERY 0 = off.
+    "ARCADE_RECONCILE_EVERY": "15m",  # the relay's periodic job; off anyway without STRIPE_API_KEY
+    "ARCADE_RECONCILE_WINDOW": "72h", # how far back each run lists Checkout Sessions
 }
 _FLOATS = ("ARCADE_ACK_TIMEOUT", "ARCADE_ACK_TIMEOUT_MAX", "ARCADE_STUCK_AFTER", "ARCADE_RESCAN")
 _INTS = ("ARCADE_MQTT_KEEPALIVE", "ARCADE_DB_BUSY_TIMEOUT")

@@ -342,6 +342,14 @@ class Ledger:
         return self._rows("SELECT %s FROM payments ORDER BY created_at DESC LIMIT ?" % _PAYMENT_COLS,
                           (int(limit),))
 
+    def list_payments_since(self, since, states=None):
+        """Payments recorded at or after `since` (Unix seconds), oldest first; only `states` if given."""
+        if states:
+            return self._rows("SELECT %s FROM payments WHERE created_at >= ? AND state IN (%s) ORDER BY created_at"
+                              % (_PAYMENT_COLS, ", ".join("?" * len(states))), (since,) + tuple(states))
+        return self._rows("SELECT %s FROM payments WHERE created_at >= ? ORDER BY created_at" % _PAYMENT_COLS,
+                          (since,))
+
     def count_pending(self):
         return self._rows("SELECT COUNT(*) AS n FROM payments WHERE state IN ('queued', 'sent')")[0]["n"]
 

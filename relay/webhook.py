@@ -72,6 +72,18 @@ def assess(ledger, event_type, session):
     return dict(out, outcome="credit", credits=credits, pulses=credits * cabinet["coins_per_credit"])
 
 
+def fulfil(ledger, event_id, event_type, session):
+    """Validate a Checkout Session and record it, in one transaction: the one fulfilment path, used
+    by the webhook and by reconciliation (relay/reconcile.py). Returns (result, verdict): result
+    from Ledger.record_checkout ("queued", "invalid", "duplicate_session", ...)."""
+    verdict = assess(ledger, event_type, session)
+    result = ledger.record_checkout(event_id, event_type, session["id"], verdict["outcome"],
+                                    cabinet_id=verdict["cabinet_id"], amount=verdict["amount"],
+                                    currency=verdict["currency"], credits=verdict["credits"],
+                                    pulses=verdict["pulses"], reason=verdict["reason"])
+    return result, verdict
+
+
 @bp.post("/stripe/webhook")
 def stripe_webhook():
     payload = request.get_data(cache=False)
@@ -96,11 +108,7 @@ def stripe_webhook():
         return _refuse(400, "%s without an event id or a checkout session id" % event_type)
 
     ledger = get_ledger()  # a storage failure from here on answers 503 (see create_app)
-    verdict = assess(ledger, event_type, session)
-    result = ledger.record_checkout(event_id, event_type, session_id, verdict["outcome"],
-                                    cabinet_id=verdict["cabinet_id"], amount=verdict["amount"],
-                                    currency=verdict["currency"], credits=verdict["credits"],
-                                    pulses=verdict["pulses"], reason=verdict["reason"])
+    result, verdict = fulfil(ledger, event_id, event_type, session)
     if result == "queued":
         current_app.extensions["arcade"]["wake"].set()
     log.info("webhook %s %s session %s cabinet %s: %s%s", event_id, event_type, session_id,

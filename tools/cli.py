@@ -15,6 +15,8 @@ COMMANDS = {
     "trigger": ("tools.trigger", "send a correctly signed Stripe checkout event to a relay"),
     "qr": ("tools.qr_cmd", "print QR stickers that open a cabinet's pay page (png, svg, pdf)"),
     "promo": ("tools.promo_cmd", "add, list and remove promotions (happy hour bonus, percent off)"),
+    "provision": ("tools.provision_cmd", "write a cabinet's config.json and board profile for flashing"),
+    "flash": ("tools.flash_cmd", "copy the firmware, umqtt.simple and a cabinet's config to a board (mpremote)"),
     "demo": ("tools.demo", "start mosquitto, the relay and a simulated cabinet, pay once, show the pulses"),
     "bench": ("tools.bench", "benchmark the relay against the naive design on loopback (latency, rate, recovery)"),
 }

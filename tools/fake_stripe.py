@@ -196,6 +196,13 @@ class FakeStripe:
             self.send_event(obj, "checkout.session.completed")
         return self._success_url(obj)
 
+    def update_session(self, session_id, **fields):
+        """Change a stored session's fields as Stripe would on its side (e.g. status="complete",
+        payment_status="unpaid" for an async payment still processing), sending no event."""
+        with self._lock:
+            self.sessions[session_id].update(fields)
+            return self._public(self.sessions[session_id])
+
     def expire(self, session_id):
         with self._lock:
             s = self.sessions.get(session_id)

@@ -11,7 +11,7 @@ import sys
 
 import waitress
 
-from relay import create_app
+from relay import create_app, reconcile
 from relay.config import ConfigError, db_path, mask_url
 from relay.dispatcher import start_for_app
 from relay.ledger import StorageError
@@ -25,7 +25,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="arcade relay", description="Run the relay: POST /stripe/webhook, "
                                 "GET /healthz, and the MQTT dispatcher. Settings: ARCADE_DB, MQTT_URL, "
                                 "STRIPE_WEBHOOK_SECRET (required), STRIPE_API_KEY, ARCADE_TOPIC_PREFIX, "
-                                "ARCADE_ACK_TIMEOUT, from the environment or .env.")
+                                "ARCADE_ACK_TIMEOUT, ARCADE_RECONCILE_EVERY (e.g. 15m; 0: off), ARCADE_RECONCILE_WINDOW "
+                                "(e.g. 72h), from the environment or .env.")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default %(default)s; 0 = any free)")
     p.add_argument("--threads", type=int, default=8, help="web worker threads (default %(default)s)")
@@ -45,15 +46,22 @@ def main(argv=None):
               "permissions)" % (db_path(), e), file=sys.stderr)
         return 2
     try:
+        reconcile.settings(app.config)   # a bad ARCADE_RECONCILE_* stops the relay before it listens
+    except ConfigError as e:
+        print("arcade relay: %s" % e, file=sys.stderr)
+        return 2
+    try:
         server = waitress.create_server(app, host=args.host, port=args.port, threads=args.threads,
                                         ident="arcade-relay")
     except OSError as e:
         print("arcade relay: cannot listen on %s:%d: %s (is another relay running? try --port)"
               % (args.host, args.port, e), file=sys.stderr)
         return 2
-    dispatcher = None
+    dispatcher = reconciler = None
     try:
         dispatcher = start_for_app(app)
+        # the process that runs the dispatcher also reconciles with Stripe (when STRIPE_API_KEY is set)
+        reconciler = reconcile.start_for_app(app) if dispatcher else None
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
         print("arcade relay: listening on http://%s:%d (POST /stripe/webhook, GET /healthz); broker %s; "
@@ -64,6 +72,8 @@ def main(argv=None):
         server.run()
     finally:
         server.close()
+        if reconciler is not None:
+            reconciler.stop()
         if dispatcher is not None:
             dispatcher.stop()
         logging.getLogger("arcade.relay").info("stopped")
