@@ -48,3 +48,8 @@ mpy: $(STAMP)
 
 footprint: $(STAMP) umqtt node_modules/.package-lock.json
 	$(BIN)/python tools/mpy_footprint.py
+
+# Flash a provisioned cabinet's board: make flash PORT=/dev/ttyUSB0 CABINET=galaga-1 (docs/flashing.md)
+.PHONY: flash
+flash: $(STAMP) umqtt
+	$(BIN)/arcade flash "$(CABINET)" --port "$(PORT)"

@@ -1,0 +1,214 @@
+"""arcade provision: write a cabinet's config.json (and its board profile) for flashing.
+
+  arcade provision ID --board B --wifi-ssid S --wifi-password P [--broker URL] [--ca FILE] [--out build/]
+
+Writes <out>/<ID>/config.json (mode 0600, directory 0700) with the cabinet's secret from the relay
+database (ARCADE_DB), <out>/<ID>/board.json (a copy of boards/<B>.json) and, with --ca, ca.pem.
+The result is checked by the firmware's own validation (firmware/config.py: load_board and
+load_config, the code the board runs at boot) before anything is put in place: bad input is a
+clear error and leaves an earlier provisioning untouched. The secret and the WiFi password are
+never printed; the broker URL is shown with its password masked.
+"""
+import argparse
+import functools
+import importlib.util
+import ipaddress
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+from relay.config import db_path, mask_url
+from relay.ledger import LedgerError, StorageError, open_ledger, valid_cabinet_id
+
+ROOT = Path(__file__).resolve().parents[1]
+BOARDS = ROOT / "boards"
+FIRMWARE = ROOT / "firmware"
+DEFAULT_OUT = ROOT / "build"
+CA_NAME = "ca.pem"          # where --ca lands on the device (config.json "ca", relative to /)
+
+
+class ProvisionError(Exception):
+    """Bad input: the message says what and what to do; nothing was written."""
+
+
+@functools.lru_cache(maxsize=None)
+def fw_config():
+    """firmware/config.py, loaded under its own name (the board's validation, one code path)."""
+    spec = importlib.util.spec_from_file_location("arcade_fw_config", FIRMWARE / "config.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def board_names(boards=BOARDS):
+    return sorted(p.stem for p in Path(boards).glob("*.json"))
+
+
+def load_profile(name, boards=BOARDS):
+    """boards/<name>.json checked by the firmware's check_board; raises ProvisionError."""
+    path = Path(boards) / (name + ".json")
+    if not name or "/" in name or not path.is_file():
+        raise ProvisionError("unknown board %r: choose one of %s (profiles in %s)"
+                             % (name, ", ".join(board_names(boards)) or "none", boards))
+    fw = fw_config()
+    try:
+        profile = fw.check_board(json.loads(path.read_text()), "boards/%s.json" % name)
+    except ValueError as e:
+        raise ProvisionError("boards/%s.json is not valid JSON: %s" % (name, e))
+    except fw.ConfigError as e:
+        raise ProvisionError(str(e))
+    if profile["name"] != name:
+        raise ProvisionError("boards/%s.json names itself %r: its 'name' must equal the file name"
+                             % (name, profile["name"]))
+    return profile
+
+
+def default_broker(environ=None, dotenv_path=".env"):
+    env = os.environ if environ is None else environ
+    if env.get("MQTT_URL"):
+        return env["MQTT_URL"]
+    if dotenv_path and os.path.exists(dotenv_path):
+        return dotenv_values(dotenv_path).get("MQTT_URL") or None
+    return None
+
+
+def _loopback(host):
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _write_private(path, data):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(path, 0o600)
+
+
+def provision(cab, board, wifi_ssid, wifi_password, broker, db, out=DEFAULT_OUT, ca=None, prefix="arcade",
+              keepalive=30, boards=BOARDS):
+    """Write <out>/<cab>/{config.json, board.json[, ca.pem]}; returns the directory.
+    Raises ProvisionError (nothing changed) on bad input."""
+    if not valid_cabinet_id(cab):
+        raise ProvisionError("cabinet id %r is not valid: use 1 to 32 letters, digits, '-' or '_'" % (cab,))
+    profile = load_profile(board, boards)
+    if not broker:
+        raise ProvisionError("no broker: pass --broker mqtt://user:pass@host:1883 (the address the board "
+                             "reaches the broker at) or set MQTT_URL")
+    fw = fw_config()
+    try:
+        mqtt = fw.parse_broker(broker, "--broker", "broker")
+    except fw.ConfigError as e:
+        raise ProvisionError(str(e))
+    if _loopback(mqtt["host"]):
+        raise ProvisionError("--broker %s points at %s, which on the board is the board itself: use the "
+                             "broker's LAN address or host name" % (mask_url(broker), mqtt["host"]))
+    if ca is not None:
+        if not mqtt["ssl"]:
+            raise ProvisionError("--ca %s is only used with an mqtts:// broker; %s is plain mqtt://"
+                                 % (ca, mask_url(broker)))
+        try:
+            ca_data = Path(ca).read_bytes()
+        except OSError as e:
+            raise ProvisionError("--ca %s cannot be read: %s" % (ca, e.strerror or e))
+        if not (b"-----BEGIN CERTIFICATE-----" in ca_data or ca_data[:1] == b"\x30"):
+            raise ProvisionError("--ca %s is not a certificate (PEM '-----BEGIN CERTIFICATE-----' or DER)" % ca)
+    elif mqtt["ssl"]:
+        raise ProvisionError("%s is mqtts://: pass --ca FILE, the CA certificate that signed the broker's "
+                             "certificate, so the board can verify it" % mask_url(broker))
+    if not os.path.exists(db):
+        raise ProvisionError("no relay database at %s: set ARCADE_DB (or --db) to the relay's database" % db)
+    with open_ledger(db) as ledger:
+        cabinet = ledger.get_cabinet(cab)
+        if cabinet is None:
+            raise ProvisionError("cabinet %r is not in the relay database %s: add it with `arcade cabinet add "
+                                 "%s --price ...` first" % (cab, db, cab))
+        config = {"wifi_ssid": wifi_ssid, "wifi_password": wifi_password, "broker": broker, "cabinet": cab,
+                  "secret": cabinet["secret"], "board": profile["name"], "prefix": prefix,
+                  "keepalive": keepalive}
+        if ca is not None:
+            config["ca"] = CA_NAME
+
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        target = out / cab
+        # Build everything in a private staging directory and check it with the firmware's loaders
+        # there, so a rejected provisioning never touches an earlier good one.
+        stage = Path(tempfile.mkdtemp(prefix=".%s." % cab, dir=out))
+        try:
+            _write_private(stage / "config.json", (json.dumps(config, indent=1) + "\n").encode())
+            shutil.copyfile(Path(boards) / (board + ".json"), stage / "board.json")
+            if ca is not None:
+                _write_private(stage / CA_NAME, ca_data)
+            root = str(stage) + "/"
+            try:
+                fw.load_config(root, fw.load_board(root))
+            except fw.ConfigError as e:
+                # the firmware's messages never contain the secret or the WiFi password
+                raise ProvisionError(str(e).replace(root, ""))
+            target.mkdir(mode=0o700, exist_ok=True)
+            os.chmod(target, 0o700)
+            if ca is None and (target / CA_NAME).exists():
+                (target / CA_NAME).unlink()
+            for name in ("board.json", CA_NAME, "config.json"):
+                if (stage / name).exists():
+                    os.replace(stage / name, target / name)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+        ledger.set_board(cab, profile["name"])
+    return target
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(
+        prog="arcade provision",
+        description="Write a cabinet's config.json (with its secret from the relay database), its board "
+                    "profile as board.json and the broker's CA into OUT/ID/ for `arcade flash`.")
+    p.add_argument("cabinet", metavar="ID", help="cabinet id, as registered with `arcade cabinet add`")
+    p.add_argument("--board", required=True, help="board profile: %s" % ", ".join(board_names()))
+    p.add_argument("--wifi-ssid", required=True, metavar="SSID")
+    p.add_argument("--wifi-password", required=True, metavar="PASSWORD",
+                   help="WiFi password ('' for an open network; '-' reads it from standard input, "
+                        "keeping it out of the shell history)")
+    p.add_argument("--broker", metavar="URL",
+                   help="mqtt://user:pass@host:1883 or mqtts://... as the board reaches it (default: MQTT_URL)")
+    p.add_argument("--ca", metavar="FILE", help="CA certificate (PEM or DER) of an mqtts:// broker")
+    p.add_argument("--prefix", default=None, help="topic prefix (default: ARCADE_TOPIC_PREFIX or arcade)")
+    p.add_argument("--keepalive", type=int, default=30, metavar="S", help="MQTT keepalive (default %(default)s)")
+    p.add_argument("--out", default=str(DEFAULT_OUT), metavar="DIR", help="output directory (default build/)")
+    p.add_argument("--db", default=None, help="relay database (default: ARCADE_DB or ./arcade.db)")
+    args = p.parse_args(argv)
+    password = args.wifi_password
+    if password == "-":
+        password = sys.stdin.readline().rstrip("\r\n")
+    prefix = args.prefix or os.environ.get("ARCADE_TOPIC_PREFIX") or "arcade"
+    broker = args.broker or default_broker()
+    db = args.db or db_path()
+    try:
+        target = provision(args.cabinet, args.board, args.wifi_ssid, password, broker, db, args.out,
+                           args.ca, prefix, args.keepalive)
+    except ProvisionError as e:
+        print("arcade provision: %s" % e, file=sys.stderr)
+        return 2
+    except (LedgerError, StorageError) as e:
+        print("arcade provision: database %s: %s" % (db, e), file=sys.stderr)
+        return 2
+    shown = os.path.relpath(target) if not os.path.relpath(target).startswith("..") else str(target)
+    files = ["config.json (0600)", "board.json"] + ([CA_NAME] if args.ca else [])
+    print("provisioned %s for %s in %s/: %s" % (args.cabinet, args.board, shown, ", ".join(files)))
+    print("  broker %s, topic prefix %s, WiFi %r; the secret and the WiFi password are in config.json only"
+          % (mask_url(broker), prefix, args.wifi_ssid))
+    print("next: make mpy, then `arcade flash %s --port /dev/ttyUSB0`" % args.cabinet)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
