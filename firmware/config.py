@@ -2,6 +2,7 @@
 # boards/<name>.json) are checked once, at boot: any bad value is one clear ConfigError
 # naming the key and what is expected. Secrets and passwords never appear in a message.
 import json
+import sys
 
 DEFAULTS = {"prefix": "arcade", "keepalive": 30, "wifi_password": ""}
 _ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
@@ -142,84 +143,14 @@ def check_config(d, src="config.json"):
     return c
 
 
-# Per chip: (GPIOs that exist, strapping pins, reserved pins: flash/PSRAM, USB-JTAG, the UART0
-# console, input-only pins). The coin line must avoid all of them; other inputs avoid the
-# reserved ones and the strapping ones (an outside circuit on a strapping pin can change the boot mode).
-_CHIPS = {
-    "esp32": (tuple(range(0, 20)) + (21, 22, 23, 25, 26, 27) + tuple(range(32, 40)),
-              (0, 2, 5, 12, 15), (1, 3, 6, 7, 8, 9, 10, 11), (34, 35, 36, 37, 38, 39)),
-    "esp32c3": (tuple(range(0, 22)), (2, 8, 9), tuple(range(11, 22)), ()),
-    # S3: 33..37 carry octal flash/PSRAM on the N8R8/N16R8 modules, so they count as reserved
-    "esp32s3": (tuple(range(0, 22)) + tuple(range(26, 49)), (0, 3, 45, 46),
-                (19, 20) + tuple(range(26, 38)) + (43, 44), ()),
-}
-_PINS = (("coin_pin", "output"), ("led_pin", "led"), ("inhibit_pin", "input"),
-         ("meter_pin", "input"), ("safe_pin", "safe"))
-
-
-def _level(b, src, k):
-    if b[k] not in ("high", "low"):
-        raise _bad(src, k, "\"high\" or \"low\"", b[k])
-
-
 def check_board(d, src="board.json"):
-    """Validate a board profile; returns it with defaults filled."""
-    b = {"active": "high", "width_ms": 100, "gap_ms": 150, "led_pin": None, "led_active": "high",
-         "inhibit_pin": None, "inhibit_active": "low", "inhibit_pull": "up", "meter_pin": None,
-         "meter_active": "low", "safe_pin": None, "safe_active": "low", "safe_window_ms": 1000,
-         "unsafe_pins": []}
-    for k in d:
-        b[k] = d[k]
-    _str(b, src, "name", 1, 64)
-    chip = b.get("chip")
-    if chip not in _CHIPS:
-        raise _bad(src, "chip", "one of %s" % ", ".join(sorted(_CHIPS)), chip)
-    exist, strap, reserved, in_only = _CHIPS[chip]
-    u = b["unsafe_pins"]
-    if not isinstance(u, list):
-        raise _bad(src, "unsafe_pins", "a list of GPIO numbers", u)
-    used = []
-    for k, kind in _PINS:
-        pin = b.get(k)
-        if pin is None and kind != "output":
-            continue
-        why = ""
-        if not isinstance(pin, int) or isinstance(pin, bool) or pin not in exist:
-            why = "not a GPIO of the %s" % chip
-        elif pin in reserved:
-            why = "reserved on the %s (flash/PSRAM, USB or the serial console)" % chip
-        elif kind == "output" and pin in strap:
-            why = "a strapping pin of the %s: it is sampled and may glitch at reset" % chip
-        elif kind == "output" and pin in in_only:
-            why = "input-only on the %s" % chip
-        elif kind == "output" and pin in u:
-            why = "listed in this board's unsafe_pins %s" % json.dumps(u)
-        elif kind == "led" and pin in in_only:
-            why = "input-only on the %s" % chip
-        elif kind == "input" and pin in strap:
-            why = "a strapping pin of the %s: a circuit on it can change the boot mode" % chip
-        elif pin in used:
-            why = "already used by another pin key"
-        if why:
-            raise ConfigError("%s: '%s' %s is %s; choose another GPIO" % (src, k, json.dumps(pin), why))
-        used.append(pin)
-    for k in ("active", "led_active", "inhibit_active", "meter_active", "safe_active"):
-        _level(b, src, k)
-    p = b["inhibit_pull"]
-    if p not in ("up", "down", None):
-        raise _bad(src, "inhibit_pull", "\"up\", \"down\" or null (external resistor)", p)
-    if p is not None and b["inhibit_pin"] in in_only:
-        raise _bad(src, "inhibit_pull", "null: GPIO %d has no internal pull resistor, fit an "
-                   "external one" % b["inhibit_pin"], p)
-    for k in ("width_ms", "gap_ms"):
-        rng = b.get(k + "_range", [20, 2000])
-        if (not isinstance(rng, list) or len(rng) != 2 or not isinstance(rng[0], int)
-                or not isinstance(rng[1], int) or not 1 <= rng[0] <= rng[1] <= 10000):
-            raise _bad(src, k + "_range", "[min, max] in ms with 1 <= min <= max <= 10000", rng)
-        b[k + "_range"] = rng
-        _int(b, src, k, rng[0], rng[1])
-    _int(b, src, "safe_window_ms", 0, 10000)
-    return b
+    """Validate a board profile; returns it with defaults filled. The checks live in
+    boardcheck.py, loaded for this and dropped again: boot-only code stays off the heap."""
+    import boardcheck
+    try:
+        return boardcheck.check(d, src)
+    finally:
+        sys.modules.pop("boardcheck", None)
 
 
 def load_board(root=""):

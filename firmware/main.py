@@ -1,4 +1,5 @@
-# Runs after boot.py. Everything lives in app.main(), which leaves the coin line idle.
-import app
+# Runs after boot.py. Skipped in safe mode; an uncaught exception is logged to crash.log and the
+# board resets. app.main() leaves the coin line idle whatever happens.
+import safemode
 
-app.main()
+safemode.run()
