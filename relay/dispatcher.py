@@ -69,6 +69,8 @@ class Dispatcher:
         self._session_up = False    # the worker has seen the connection and may publish
         self._flights = {}          # cabinet id -> _Flight
         self._mids = {}             # paho message id -> _Flight
+        self._cfg_mids = {}         # paho message id -> (cabinet id, config ver) of a retained config publish
+        self._cfg_sent = {}         # cabinet id -> config ver published in this connection (PUBACK pending)
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -202,6 +204,7 @@ class Dispatcher:
         self._drain(ledger)
         if self._session_up:
             self._fill(ledger)
+            self._publish_configs(ledger)
             self._redeliver_due()
         return self._next_timeout()
 
@@ -220,6 +223,8 @@ class Dispatcher:
             if kind == "connected":
                 self._session_up = True
                 self._mids.clear()
+                self._cfg_mids.clear()
+                self._cfg_sent.clear()      # unacknowledged configs are published again below
                 log.info("connected to %s (session %s); resuming %d credit(s) in flight", mask_url(self.mqtt_url),
                          "kept" if item[1] else "new", len(self._flights))
                 for flight in self._flights.values():
@@ -230,6 +235,11 @@ class Dispatcher:
                     log.warning("disconnected from the broker (%s); paho reconnects", item[1])
                 self._session_up = False
             elif kind == "puback":
+                if item[1] in self._cfg_mids:
+                    cab, ver = self._cfg_mids.pop(item[1])
+                    ledger.mark_config_published(cab, ver)
+                    log.info("config ver %d for %s is on the broker (retained)", ver, cab)
+                    continue
                 flight = self._mids.pop(item[1], None)
                 if flight is not None and self._flights.get(flight.cab) is flight:
                     ledger.mark_sent(flight.session, flight.seq)
@@ -252,6 +262,20 @@ class Dispatcher:
         delay = min(self.ack_timeout * 2 ** (flight.attempts - 1), self.ack_timeout_max)
         flight.next_retry = self.clock() + delay
         log.debug("published credit %s seq %d (attempt %d)", flight.cab, flight.seq, flight.attempts)
+
+    def _publish_configs(self, ledger):
+        """Publish each cabinet's newest issued config (signed, retained, QoS 1) until the broker has it."""
+        for row in ledger.pending_configs():
+            cab, ver = row["cabinet_id"], row["ver"]
+            if self._cfg_sent.get(cab) == ver:
+                continue
+            payload = protocol.build_config(cab, ver, row["pulse_ms"], row["gap_ms"], row["coins_per_credit"],
+                                            row["secret"], ts=row["ts"])
+            info = self._client.publish(self._topic(cab, "config"), payload, qos=1, retain=True)
+            self._cfg_mids[info.mid] = (cab, ver)
+            self._cfg_sent[cab] = ver
+            log.info("published config ver %d for %s: pulse %s ms, gap %s ms, %d coin(s) per credit", ver, cab,
+                     row["pulse_ms"] or "default", row["gap_ms"] or "default", row["coins_per_credit"])
 
     def _redeliver_due(self):
         now = self.clock()

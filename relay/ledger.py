@@ -133,6 +133,7 @@ class Ledger:
             self._db.execute("PRAGMA synchronous = FULL")
             self.ledger_id = self._meta("ledger_id") or self._create()
             self._ensure_pay_tables()
+            self._ensure_config_table()
         except BaseException:
             self._db.close()
             raise
@@ -538,3 +539,116 @@ class Ledger:
             return self._rows("SELECT link_id, cabinet_id, url FROM payment_links ORDER BY cabinet_id, link_id")
         return self._rows("SELECT link_id, cabinet_id, url FROM payment_links WHERE cabinet_id = ? ORDER BY link_id",
                           (cabinet_id,))
+
+    # -- per-cabinet pulse timing and test pulses (issue 4) --------------------------------------
+    # One row per cabinet that was ever configured, provisioned or test-pulsed; created on open when
+    # missing. `ver` is the config version the relay issued last, `published_ver` the highest one the
+    # broker has acknowledged (retained); ver > published_ver means the dispatcher still owes a publish.
+
+    _CONFIG_SCHEMA = """
+    CREATE TABLE IF NOT EXISTS cabinet_config (
+        cabinet_id       TEXT PRIMARY KEY,
+        pulse_ms         INTEGER NOT NULL DEFAULT 0,
+        gap_ms           INTEGER NOT NULL DEFAULT 0,
+        coins_per_credit INTEGER NOT NULL DEFAULT 1,
+        ver              INTEGER NOT NULL DEFAULT 0,
+        ts               INTEGER NOT NULL DEFAULT 0,
+        published_ver    INTEGER NOT NULL DEFAULT 0,
+        test_n           INTEGER NOT NULL DEFAULT 0,
+        board            TEXT,
+        updated_at       REAL NOT NULL
+    );
+    """
+    TIMING_MAX_MS = 10000   # the firmware's hard limit for any profile's range (firmware/config.py)
+
+    def _ensure_config_table(self):
+        cur = self._db.cursor()
+        try:
+            cur.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'cabinet_config'")
+            if cur.fetchone() is not None:
+                return
+        finally:
+            cur.close()
+        with self._write() as cur:
+            cur.execute(self._CONFIG_SCHEMA)
+
+    def cabinet_config(self, id):
+        """The cabinet's timing override and config/test counters (zeros when never set), with its
+        secret and current coins per credit; None for an unknown cabinet."""
+        rows = self._rows("SELECT c.id AS cabinet_id, c.secret, c.coins_per_credit AS cabinet_coins, "
+                          "COALESCE(k.pulse_ms, 0) AS pulse_ms, COALESCE(k.gap_ms, 0) AS gap_ms, "
+                          "COALESCE(k.coins_per_credit, c.coins_per_credit) AS coins_per_credit, "
+                          "COALESCE(k.ver, 0) AS ver, COALESCE(k.ts, 0) AS ts, "
+                          "COALESCE(k.published_ver, 0) AS published_ver, COALESCE(k.test_n, 0) AS test_n, "
+                          "k.board FROM cabinets c LEFT JOIN cabinet_config k ON k.cabinet_id = c.id "
+                          "WHERE c.id = ?", (id,))
+        return rows[0] if rows else None
+
+    def _config_row(self, cur, id, now):
+        cur.execute("SELECT coins_per_credit, bundles FROM cabinets WHERE id = ?", (id,))
+        cab = cur.fetchone()
+        if cab is None:
+            raise UnknownCabinet("no cabinet %r: see `arcade cabinet list`" % (id,))
+        cur.execute("INSERT INTO cabinet_config (cabinet_id, coins_per_credit, updated_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (cabinet_id) DO NOTHING", (id, cab[0], now))
+        return cab
+
+    def set_cabinet_config(self, id, pulse_ms=None, gap_ms=None, coins_per_credit=None, now=None):
+        """Store a timing override (None: keep; 0: the board profile's default) and/or coins per credit,
+        and issue a new config version max(last + 1, Unix seconds) in the same transaction. Returns
+        cabinet_config(id). Raises LedgerError on bad input, changing nothing. Ranges against the
+        cabinet's board profile are the caller's check (the cabinet checks them again)."""
+        for name, value in (("pulse_ms", pulse_ms), ("gap_ms", gap_ms)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or not 0 <= value <= self.TIMING_MAX_MS):
+                raise LedgerError("%s %r must be a whole number of ms from 1 to %d, or 0 for the board's "
+                                  "default" % (name, value, self.TIMING_MAX_MS))
+        if coins_per_credit is not None and (not isinstance(coins_per_credit, int) or isinstance(coins_per_credit, bool)
+                                             or not 1 <= coins_per_credit <= 255):
+            raise LedgerError("coins per credit %r must be a whole number from 1 to 255" % (coins_per_credit,))
+        now = time.time() if now is None else now
+        with self._write() as cur:
+            coins, bundles = self._config_row(cur, id, now)
+            if coins_per_credit is not None:
+                for credits, cents in json.loads(bundles):
+                    if credits * coins_per_credit > 255:
+                        raise LedgerError("coins per credit %d: the bundle of %d credits would need %d coin pulses; "
+                                          "at most 255 fit in one credit message"
+                                          % (coins_per_credit, credits, credits * coins_per_credit))
+                coins = coins_per_credit
+                cur.execute("UPDATE cabinets SET coins_per_credit = ? WHERE id = ?", (coins, id))
+            cur.execute("SELECT ver FROM cabinet_config WHERE cabinet_id = ?", (id,))
+            ver = max(cur.fetchone()[0] + 1, int(now))
+            cur.execute("UPDATE cabinet_config SET pulse_ms = COALESCE(?, pulse_ms), gap_ms = COALESCE(?, gap_ms), "
+                        "coins_per_credit = ?, ver = ?, ts = ?, updated_at = ? WHERE cabinet_id = ?",
+                        (pulse_ms, gap_ms, coins, ver, int(now), now, id))
+        return self.cabinet_config(id)
+
+    def pending_configs(self):
+        """Configs issued and not yet acknowledged by the broker: what the dispatcher must publish."""
+        return self._rows("SELECT k.cabinet_id, k.pulse_ms, k.gap_ms, k.coins_per_credit, k.ver, k.ts, c.secret "
+                          "FROM cabinet_config k JOIN cabinets c ON c.id = k.cabinet_id "
+                          "WHERE k.ver > k.published_ver ORDER BY k.cabinet_id")
+
+    def mark_config_published(self, id, ver):
+        """The broker acknowledged the retained config `ver` of this cabinet."""
+        with self._write() as cur:
+            cur.execute("UPDATE cabinet_config SET published_ver = ? WHERE cabinet_id = ? AND published_ver < ?",
+                        (ver, id, ver))
+            return cur.rowcount == 1
+
+    def next_test_n(self, id, now=None):
+        """Allocate a test pulse number max(last + 1, Unix seconds) for this cabinet; returns it."""
+        now = time.time() if now is None else now
+        with self._write() as cur:
+            self._config_row(cur, id, now)
+            cur.execute("UPDATE cabinet_config SET test_n = CASE WHEN test_n + 1 > ? THEN test_n + 1 ELSE ? END, "
+                        "updated_at = ? WHERE cabinet_id = ? RETURNING test_n", (int(now), int(now), now, id))
+            return cur.fetchone()[0]
+
+    def set_board(self, id, board):
+        """Remember which board profile the cabinet was provisioned with (ranges for `cabinet set`)."""
+        now = time.time()
+        with self._write() as cur:
+            self._config_row(cur, id, now)
+            cur.execute("UPDATE cabinet_config SET board = ?, updated_at = ? WHERE cabinet_id = ?", (board, now, id))

@@ -94,3 +94,60 @@ def build_credit(cab, ledger, seq, credits, pulses, session, secret, ts=None):
 def build_ack(cab, ledger, seq, result, reason, pulses, last, secret):
     """An ack as the bytes a cabinet publishes (used by tests and tools playing a cabinet)."""
     return _encode("ack", ACK_FIELDS, (cab, ledger, seq, result, reason, pulses, last), secret, canonical_ack)
+
+
+# -- config (retained pulse timing) and test pulse, relay -> cabinet ---------------------------
+
+CONFIG_FIELDS = ("cab", "ver", "width_ms", "gap_ms", "coins_per_credit", "ts")
+TEST_FIELDS = ("cab", "n", "pulses", "ts")
+_CFG_INT_FIELDS = frozenset(("ver", "width_ms", "gap_ms", "coins_per_credit", "ts", "n", "pulses"))
+
+
+def _canonical_ints(kind, fields, msg):
+    parts = [kind]
+    for name in fields:
+        value = msg[name]
+        if name in _CFG_INT_FIELDS:
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError("%s must be an integer, not %r" % (name, value))
+            parts.append(str(value))
+        else:
+            if not isinstance(value, str) or "\n" in value:
+                raise ValueError("%s must be a string without a newline, not %r" % (name, value))
+            parts.append(value)
+    return "\n".join(parts).encode("utf-8")
+
+
+def canonical_config(msg):
+    """The bytes a config's signature covers. Raises ValueError (or KeyError) on a bad message."""
+    return _canonical_ints("config", CONFIG_FIELDS, msg)
+
+
+def canonical_test(msg):
+    """The bytes a test pulse's signature covers. Raises ValueError (or KeyError) on a bad message."""
+    return _canonical_ints("test", TEST_FIELDS, msg)
+
+
+def verify_config(msg, secret):
+    """True iff `msg` (a parsed config dict) is well formed and signed with `secret` (ranges not checked)."""
+    return _verify(canonical_config, msg, secret, "config")
+
+
+def verify_test(msg, secret):
+    """True iff `msg` (a parsed test-pulse dict) is well formed and signed with `secret`."""
+    return _verify(canonical_test, msg, secret, "test")
+
+
+def build_config(cab, ver, width_ms, gap_ms, coins_per_credit, secret, ts=None):
+    """The retained config message as bytes (width/gap 0 = the board profile's default)."""
+    if ts is None:
+        ts = int(time.time())
+    return _encode("config", CONFIG_FIELDS, (cab, ver, width_ms, gap_ms, coins_per_credit, ts), secret,
+                   canonical_config)
+
+
+def build_test(cab, n, pulses, secret, ts=None):
+    """A test-pulse message as bytes."""
+    if ts is None:
+        ts = int(time.time())
+    return _encode("test", TEST_FIELDS, (cab, n, pulses, ts), secret, canonical_test)
