@@ -10,7 +10,6 @@ clear error and leaves an earlier provisioning untouched. The secret and the WiF
 never printed; the broker URL is shown with its password masked.
 """
 import argparse
-import functools
 import importlib.util
 import ipaddress
 import json
@@ -36,12 +35,25 @@ class ProvisionError(Exception):
     """Bad input: the message says what and what to do; nothing was written."""
 
 
-@functools.lru_cache(maxsize=None)
 def fw_config():
-    """firmware/config.py, loaded under its own name (the board's validation, one code path)."""
-    spec = importlib.util.spec_from_file_location("arcade_fw_config", FIRMWARE / "config.py")
+    """firmware/config.py as the board imports it: the module `config`, with firmware/ on the path
+    for the modules it loads itself (boardcheck). The board's validation, one code path."""
+    path = str(FIRMWARE / "config.py")
+    module = sys.modules.get("config")
+    if module is not None:
+        if os.path.abspath(getattr(module, "__file__", "") or "") != path:
+            raise RuntimeError("another module named 'config' (%s) is loaded; cannot load %s" % (module, path))
+        return module
+    if str(FIRMWARE) not in sys.path:
+        sys.path.append(str(FIRMWARE))      # last: firmware module names never shadow anything else
+    spec = importlib.util.spec_from_file_location("config", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.modules["config"] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules["config"]
+        raise
     return module
 
 
