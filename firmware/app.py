@@ -238,10 +238,12 @@ class App:
                cab.cfg_error, cab.cfg["test"], cab.test_error)
         if not force and key == self.sent:
             return
-        self._publish(self.t_status, protocol.status(self.cab, True, s["ledger"], s["last"],
-                                                     self.info()), True)
+        info = self.info()
+        self._publish(self.t_status, protocol.status(self.cab, True, s["ledger"], s["last"], info),
+                      True)
         self.sent = key
-        self.emit("status", key)
+        info["ledger"], info["last"] = s["ledger"], s["last"]
+        self.emit("status", info)
 
     def _wifi(self):
         w = self.wlan

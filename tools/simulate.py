@@ -9,6 +9,12 @@ stdout carries only JSON lines, one per event, flushed:
   {"event":"connected","cab":ID,"t":T}
   {"event":"pulse","cab":ID,"n":k,"of":P,"seq":S,"session":ID,"width_ms":W,"t":T}   (T: when the line went active)
   {"event":"ack","cab":ID,"ledger":L,"seq":S,"result":R,"reason":X,"pulses":N,"last":S,"t":T}  (after PUBACK)
+  {"event":"status","cab":ID,"ledger":L,"last":S,"inhibited":bool,"held":S,"total":N,"cfg":V,"width_ms":W,"gap_ms":G,...,"t":T}
+      (each retained status the firmware published: on connect and on every change)
+  {"event":"held","cab":ID,"seq":S,"t":T}         (a credit held in flash while the inhibit line is active)
+  {"event":"config","cab":ID,"result":"applied|ignored|rejected","detail":V_or_error,"t":T}
+  {"event":"test","cab":ID,"result":"pulsed|rejected","detail":N_or_error,"t":T}
+  {"event":"pulse",...,"test":true}               (a test pulse: no credit, seq/session null)
   {"event":"disconnected","cab":ID,"error":"...","t":T}
   {"event":"stopped","cab":ID,"t":T}
 T is Unix time (float seconds). Human messages go to stderr.
@@ -69,6 +75,9 @@ def parse_args(argv):
     p.add_argument("--prefix", default="arcade", help="topic prefix (default %(default)s)")
     p.add_argument("--keepalive", type=int, default=30, metavar="N",
                    help="MQTT keepalive in seconds (default %(default)s)")
+    p.add_argument("--inhibit-file", metavar="PATH",
+                   help="simulate the game's inhibit (coin-blocker) line: while PATH exists the "
+                        "board's inhibit input reads active (the game refuses coins)")
     p.add_argument("--pulse-ms", type=int, metavar="MS",
                    help="coin pulse width in ms instead of the board's (fast soak and benchmark runs)")
     p.add_argument("--gap-ms", type=int, metavar="MS",
@@ -91,6 +100,10 @@ def main(argv=None):
     profile = ROOT / "boards" / (args.board + ".json")
     if not profile.is_file():
         return fail("unknown board %r: choose one of %s" % (args.board, ", ".join(boards())))
+    board = json.loads(profile.read_text())
+    if args.inhibit_file and board.get("inhibit_pin") is None:
+        return fail("board %r has no inhibit_pin, so --inhibit-file has nothing to drive: choose "
+                    "a board with one" % args.board)
     umqtt = ROOT / "build" / "umqtt"
     if not (umqtt / "umqtt" / "simple.py").is_file():
         return fail("the pinned umqtt.simple is missing from %s: run `make umqtt`" % umqtt)
@@ -122,8 +135,12 @@ def main(argv=None):
     out = sys.stdout
     sys.stdout = sys.stderr          # anything the firmware prints is for people
     cab = args.cabinet
-    board = json.loads(profile.read_text())
     active = 1 if board.get("active", "high") == "high" else 0
+    if args.inhibit_file:
+        blocked = 0 if board.get("inhibit_active", "low") == "low" else 1
+        path = args.inhibit_file
+        # polled by the fake input pin each time the firmware reads it
+        machine.sources[board["inhibit_pin"]] = lambda: blocked if os.path.exists(path) else 1 - blocked
     journal_path = str(state / "state.json")
     pulse = {"on": None, "t": None}
     stop = {"requested": False}
@@ -147,10 +164,16 @@ def main(argv=None):
         width = time.ticks_diff(t, pulse["on"])
         pulse["on"] = None
         # what is in flash at the end of pulse k: cur with done = k - 1
-        with open(journal_path) as f:
-            cur = json.load(f).get("cur") or {}
-        line("pulse", {"n": cur.get("done", 0) + 1, "of": cur.get("pulses"), "seq": cur.get("seq"),
-                       "session": cur.get("session"), "width_ms": width, "t": pulse["t"]})
+        try:
+            with open(journal_path) as f:
+                cur = json.load(f).get("cur") or {}
+        except OSError:
+            cur = {}
+        fields = {"n": cur.get("done", 0) + 1, "of": cur.get("pulses"), "seq": cur.get("seq"),
+                  "session": cur.get("session"), "width_ms": width, "t": pulse["t"]}
+        if not cur:
+            fields["test"] = True
+        line("pulse", fields)
         if stop["requested"]:
             raise SystemExit(0)      # finish the pulse on the line, then stop (line idle)
 
@@ -164,6 +187,12 @@ def main(argv=None):
         elif event == "connected":
             line("connected")
             print("connected to %s as %s" % (mask(url), cab), file=sys.stderr)
+        elif event == "status":
+            line("status", data)
+        elif event == "held":
+            line("held", {"seq": data})
+        elif event in ("config", "test"):
+            line(event, {"result": data[0], "detail": data[1]})
         elif event == "disconnected":
             line("disconnected", {"error": str(data)})
             print("link lost (%s): reconnecting" % data, file=sys.stderr)
