@@ -140,6 +140,8 @@ class Cabinet:
                 return None
             if cur.get("held"):
                 del cur["held"]
+            # the gap first: a cut while waiting must not find pulse k+1 journaled as in flight
+            self.coin.ready()
             self.journal.save(s)          # done = k is in flash before pulse k+1 starts
             if self.tick:
                 self.tick()

@@ -22,10 +22,14 @@ class Coin:
     def idle(self):
         self.line.off()
 
-    def pulse(self):
+    def ready(self):
+        # wait out the gap now, so the caller can journal right before the edge
         wait = self.gap_ms - time.ticks_diff(self.ticks_ms(), self._idle_since)
         if wait > 0:
             self.sleep_ms(wait)
+
+    def pulse(self):
+        self.ready()
         self.line.on()
         try:
             self.sleep_ms(self.width_ms)

@@ -217,6 +217,30 @@ def test_cut_after_journal_before_the_pulse_never_doubles():
     assert ack_of(cab.pending_ack())["pulses"] == 4
 
 
+def test_cut_in_the_gap_before_a_pulse_loses_nothing():
+    # the gap is waited out before done=k is journaled: a cut during it leaves pulse k+1 unjournaled
+    root = scratch()
+    c = clock()
+    pin = []
+
+    def sleep(ms):
+        if len(pulses(pin[0])) == 1 and not pin[0].value():
+            raise Cut()      # idle after pulse 1: the gap before pulse 2
+        c.sleep_ms(ms)
+
+    cab = Cabinet("cab1", SECRET, Journal(root), Coin(25, True, 100, 150, c.ticks_ms, sleep))
+    pin.append(machine.pins[25])
+    try:
+        cab.handle(credit(5, 4, "cs_gap"))
+        assert False, "the cut must interrupt the train"
+    except Cut:
+        pass
+    before = len(pulses(machine.pins[25]))
+    cab = boot(root, c)
+    cab.recover()
+    assert before == 1 and before + len(pulses(machine.pins[25])) == 4, "no coin lost in the gap"
+
+
 def test_boot_without_a_cut_recovers_nothing():
     root = scratch()
     c = clock()
