@@ -289,15 +289,20 @@ class App:
                 pass
             c.sock = None
 
+    def _step(self):
+        # each turn of the loop: a held credit whose inhibit cleared, pending acks, status changes
+        self._feed()
+        if self.cabinet.resume() is not None:
+            self.emit("resumed", self.cabinet.state["last"])
+        self._flush()
+        self._status()
+
     def _serve(self):
         c = self.client
         poller = select.poll()
         poller.register(c.sock.sock, select.POLLIN)
         while True:
-            if self.cabinet.resume() is not None:
-                self.emit("resumed", self.cabinet.state["last"])
-            self._flush()
-            self._status()
+            self._step()
             if self.link_bad:
                 raise OSError(_ETIMEDOUT)
             now = time.ticks_ms()

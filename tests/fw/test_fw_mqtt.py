@@ -99,3 +99,51 @@ def test_app_topics_will_and_client_id():
     assert json.loads(c.lw_msg) == {"t": "status", "cab": "cab1", "online": False}
     assert (a.t_credit, a.t_ack) == (b"arcade/cab1/credit", b"arcade/cab1/ack")
     assert (c.user, c.pswd, c.server, c.port) == (b"cab", b"mqtt-pass-456", "broker.example", 1883)
+
+
+def test_loop_holds_while_inhibited_feeds_the_wdt_and_publishes_status_on_change():
+    root = scratch()
+    c = clock()
+    b = fwapp.config.check_board(board(inhibit_pin=26))
+    coin = Coin(25, True, 100, 150, c.ticks_ms, c.sleep_ms)
+    events = []
+    a = fwapp.App(fwapp.config.check_config(good_config()), b, coin, root,
+                  lambda e, d: events.append((e, d)))
+    a.wdt = machine.WDT(timeout=30000)
+    raw = FakeSock()
+    a.client.sock = fwapp.DeadlineSocket(raw, 5)
+    # the broker PUBACKs each QoS 1 publish once its payload (the last write) is in
+    raw.on_write = lambda data: data.startswith(b'{"t":') and raw.feed(puback(a.client.pid))
+
+    def statuses():
+        out = bytes(raw.out)
+        found = []
+        i = out.find(b'{"t":"status"')
+        while i >= 0:
+            j = out.find(b"}", i)
+            found.append(json.loads(out[i:j + 1]))
+            i = out.find(b'{"t":"status"', j)
+        return found
+
+    machine.pins[26].drive(0)                      # the game refuses coins
+    a._on_msg(a.t_credit, protocol.credit(KEY, "cab1", LEDGER, 4, 1, 2, "cs_held", 1764165000))
+    assert a.outbox == [] and ("held", 4) in events
+    a._step()
+    a._step()
+    st = statuses()
+    assert len(st) == 1, "published once, on the change"
+    assert (st[0]["inhibited"], st[0]["held"], st[0]["last"], st[0]["total"]) == (True, 4, 0, 0)
+    assert len(machine.pins[25].history) == 1, "no pulse while inhibited"
+    assert len(a.wdt.feeds) >= 2, "the loop feeds the WDT while it waits"
+    assert b'{"t":"ack"' not in bytes(raw.out)
+    machine.pins[26].drive(1)                      # cleared
+    a._step()
+    assert [p[1] for p in pulses(machine.pins[25])] == [100, 100]
+    out = bytes(raw.out)
+    ack = json.loads(out[out.find(b'{"t":"ack"'):out.find(b"}", out.find(b'{"t":"ack"')) + 1])
+    assert (ack["result"], ack["seq"], ack["pulses"]) == ("applied", 4, 2)
+    st = statuses()
+    assert len(st) == 2
+    assert (st[1]["inhibited"], st[1]["held"], st[1]["last"], st[1]["total"]) == (False, 0, 4, 2)
+    assert st[1]["fw"] == protocol.FW and st[1]["rssi"] == -50 and st[1]["uptime"] >= 0
+    assert out.index(b'{"t":"ack"') < out.rindex(b'{"t":"status"'), "ack first, then the status"
