@@ -132,6 +132,9 @@ class Cabinet:
         s = self.state
         cur = s["cur"]
         while cur["done"] < cur["pulses"]:
+            # the gap first: a cut while waiting must not find pulse k+1 journaled as in flight,
+            # and the inhibit line is read right before the edge, not a gap earlier
+            self.coin.ready()
             if self.inhibited():
                 # the game can't take coins: keep the rest in flash, no pulse on the line
                 if not cur.get("held"):
@@ -140,8 +143,6 @@ class Cabinet:
                 return None
             if cur.get("held"):
                 del cur["held"]
-            # the gap first: a cut while waiting must not find pulse k+1 journaled as in flight
-            self.coin.ready()
             self.journal.save(s)          # done = k is in flash before pulse k+1 starts
             if self.tick:
                 self.tick()
