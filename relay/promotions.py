@@ -64,6 +64,10 @@ class Promotion:
             return "+%d bonus credit%s" % (self.value, "" if self.value == 1 else "s")
         return "%d%% off" % self.value
 
+    def until(self):
+        """'until 17:00' (or 'until midnight') for the pay page."""
+        return "until midnight" if self.end in (0, 24 * 60) else "until " + _hhmm(self.end)
+
     def describe(self):
         where = "cabinet %s" % self.cabinet_id if self.cabinet_id else "all cabinets"
         return "%s, %s %s, %s" % (self.headline(), self.days_text, self.window, where)

@@ -25,6 +25,7 @@ import html
 import json
 import re
 import secrets
+import socket
 import threading
 import time
 import urllib.error
@@ -117,6 +118,7 @@ class FakeStripe:
         self._order = []              # session ids in creation order
         self._idem = {}               # idempotency key -> (fingerprint, status, body)
         self._lock = threading.RLock()
+        self._conns = set()           # open client sockets (a browser may preconnect and never ask)
         self._server = None
         self._thread = None
 
@@ -136,6 +138,12 @@ class FakeStripe:
         if self._server is None:
             return
         self._server.shutdown()
+        with self._lock:
+            for conn in list(self._conns):
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
         self._server.server_close()
         self._thread.join(10)
         self._server = self._thread = None
@@ -419,6 +427,19 @@ class _Handler(BaseHTTPRequestHandler):
     fake = None
     protocol_version = "HTTP/1.0"     # one request per connection: nothing lingers at stop()
     server_version = "FakeStripe/1.0"
+    timeout = 30                      # an idle (preconnected) socket is dropped after this
+
+    def setup(self):
+        super().setup()
+        with self.fake._lock:
+            self.fake._conns.add(self.connection)
+
+    def finish(self):
+        try:
+            super().finish()
+        finally:
+            with self.fake._lock:
+                self.fake._conns.discard(self.connection)
 
     def log_message(self, *args):
         pass

@@ -1,0 +1,182 @@
+"""The player's flow in a real browser: Debian's headless chromium driven by selenium, phone-sized.
+
+Real processes: mosquitto, `arcade relay`, `arcade simulate` (the firmware with simulated pins) and the
+fake Stripe server (its hosted checkout page sends the signed webhook, as Stripe would). The browser
+opens /pay/<cab>, picks a bundle, pays on the fake checkout, lands on /paid and sees "Credits added"
+after the simulated cabinet pulsed, without a reload. Also the offline cabinet page and the cancel page.
+(The no-JavaScript fallback of /paid, a <noscript> meta refresh, is checked in test_pay_pages.py:
+chromedriver itself needs JavaScript.) Screenshots go to test-artifacts/browser/.
+"""
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from relay.ledger import open_ledger
+from tools import stack
+from tools.broker import free_port
+from tools.fake_stripe import FakeStripe
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts" / "browser"
+WEBHOOK_SECRET = "whsec_test_browser"
+API_KEY = "sk_test_browser_0123456789"
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+PHONE = {"width": 390, "height": 844, "pixelRatio": 2}
+PHONE_UA = ("Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
+            "Chrome/130.0 Mobile Safari/537.36")
+
+
+@pytest.fixture
+def browser(tmp_path, monkeypatch):
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        pytest.fail("Debian's chromium and chromium-driver are needed: run `make setup` (installs them with apt)")
+    monkeypatch.setenv("SE_OFFLINE", "true")      # selenium must never try to download a browser or driver
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--user-data-dir=%s" % tempfile.mkdtemp(dir=tmp_path, prefix="chrome-")):
+        opts.add_argument(flag)
+    opts.add_experimental_option("mobileEmulation", {"deviceMetrics": PHONE, "userAgent": PHONE_UA})
+    log = open(tmp_path / "chromedriver.log", "w")
+    driver = webdriver.Chrome(options=opts, service=Service(CHROMEDRIVER, log_output=log))
+    driver.set_page_load_timeout(20)
+    try:
+        yield driver
+    finally:
+        try:
+            driver.quit()
+        finally:
+            log.close()
+
+
+@pytest.fixture
+def world(tmp_path, broker):
+    db = str(tmp_path / "arcade.db")
+    with open_ledger(db) as led:
+        secret = led.add_cabinet("cab1", name="Galaga", price_cents=100, bundles=[(3, 250)], coins_per_credit=2)
+        led.add_cabinet("dark", name="Asteroids", price_cents=100)
+        led.add_cabinet("promo", name="Ms. Pac-Man", price_cents=100, bundles=[(3, 250), (6, 450)])
+        led.add_promotion("promo", "bonus", 1, range(7), 0, 24 * 60, "Happy hour")
+    port = free_port()
+    fake = FakeStripe(webhook_url="http://127.0.0.1:%d/stripe/webhook" % port, webhook_secret=WEBHOOK_SECRET,
+                      api_key=API_KEY).start()
+    relay = stack.Relay(tmp_path, db, broker.url, WEBHOOK_SECRET, port=port, extra_env={
+        "STRIPE_API_KEY": API_KEY, "STRIPE_API_BASE": fake.url, "ARCADE_PUBLIC_URL": "http://127.0.0.1:%d" % port,
+        "ARCADE_NAME": "Pixel Palace"})
+    cab = stack.Cabinet(tmp_path, "cab1", secret, broker.url)
+    try:
+        relay.start()
+        cab.start()
+        cab.wait_connected()
+        with open_ledger(db) as led:
+            stack.wait_until(lambda: led.get_cabinet("cab1")["online"], 20, what="cab1 online at the relay")
+            led.record_status("promo", True)     # shown as ready; nothing is bought from it here
+        yield {"relay": relay, "cab": cab, "fake": fake, "db": db}
+    finally:
+        cab.stop()
+        relay.stop()
+        fake.stop()
+
+
+def shot(driver, name):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / name
+    driver.save_screenshot(str(path))
+    return path
+
+
+def wait(driver, condition, what, timeout=30):
+    from selenium.webdriver.support.ui import WebDriverWait
+    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: condition(d), message=what)
+
+
+def text(driver, css):
+    from selenium.webdriver.common.by import By
+    return driver.find_element(By.CSS_SELECTOR, css).text
+
+
+def click(driver, css):
+    from selenium.webdriver.common.by import By
+    driver.find_element(By.CSS_SELECTOR, css).click()
+
+
+def test_pay_for_a_bundle_and_watch_the_credits_arrive(browser, world):
+    from selenium.webdriver.common.by import By
+    relay, fake, cab = world["relay"], world["fake"], world["cab"]
+    d = browser
+
+    d.get(relay.url + "/pay/cab1")
+    assert text(d, "h1.game") == "Galaga" and text(d, ".arcade").upper() == "PIXEL PALACE"
+    assert text(d, "#status") == "Ready to play"
+    assert "$1.00 per play" in text(d, "#price")
+    assert d.execute_script("return document.documentElement.scrollWidth") <= PHONE["width"]  # no sideways scroll
+    shot(d, "01-pay-page.png")
+
+    click(d, "#offer-3")                                          # 3 plays for $2.50
+    wait(d, lambda d: d.current_url.startswith(fake.url + "/pay/cs_test_"), "the fake Stripe checkout")
+    assert "Pay USD 2.50" in text(d, "#pay")
+    shot(d, "02-fake-checkout.png")
+
+    click(d, "#pay")
+    wait(d, lambda d: d.current_url.startswith(relay.url + "/paid?session_id=cs_test_"), "back on /paid")
+    d.execute_script("window.stillTheSamePage = true")
+    state = d.find_element(By.ID, "state")
+    wait(d, lambda d: state.get_attribute("data-state") == "applied", "credits added", timeout=30)
+    # It got there by polling /paid/status, without a reload (the marker would be gone after one).
+    assert d.execute_script("return window.stillTheSamePage === true")
+    assert text(d, "#title") == "Credits added \u2713"
+    assert "3 credits added to Galaga. Press START!" in text(d, "#message")
+    pulses = cab.wait_pulses(6)                                    # 3 credits x 2 coins, on the simulated pin
+    assert len(pulses) == 6
+    shot(d, "03-paid-credits-added.png")
+    sid = d.current_url.split("session_id=")[1]
+    with open_ledger(world["db"]) as led:
+        p = led.get_payment(sid)
+        assert (p["state"], p["credits"], p["pulses"], p["amount"]) == ("applied", 3, 6, 250)
+
+
+def test_offline_cabinet_and_cancel_pages(browser, world):
+    from selenium.webdriver.common.by import By
+    relay, fake = world["relay"], world["fake"]
+    d = browser
+    d.get(relay.url + "/pay/dark")
+    assert text(d, "#status") == "This cabinet is offline right now"
+    assert "Nothing has been charged" in text(d, "#down")
+    assert d.find_elements(By.CSS_SELECTOR, "button.offer") == []
+    shot(d, "05-offline-cabinet.png")
+
+    d.get(relay.url + "/pay/cab1")
+    click(d, "#offer-1")
+    wait(d, lambda d: d.current_url.startswith(fake.url + "/pay/"), "the fake Stripe checkout")
+    sid = d.current_url.rsplit("/", 1)[1]
+    click(d, "#cancel")
+    wait(d, lambda d: "/cancel?cabinet=cab1" in d.current_url, "the cancel page")
+    assert text(d, "#message h1") == "Payment cancelled" and "Nothing was charged" in text(d, "#message")
+    shot(d, "06-cancel.png")
+    click(d, "#retry")
+    wait(d, lambda d: d.current_url == relay.url + "/pay/cab1", "back on the pay page")
+    with open_ledger(world["db"]) as led:
+        assert led.get_payment(sid) is None
+    assert fake.webhooks == []
+
+    d.get(relay.url + "/pay/promo")
+    assert "Happy hour" in text(d, ".promo") and "+1 bonus credit" in text(d, ".promo")
+    assert text(d, "#offer-3 .plays").startswith("4 plays") and "$2.50" in text(d, "#offer-3 .amount")
+    shot(d, "08-promotion.png")
+
+    d.get(relay.url + "/pay/no-such-cab")
+    assert "We don't know this cabinet" in text(d, "#message")
+    shot(d, "07-unknown-cabinet.png")
+
+
+def teardown_module(module):
+    # Keep artifacts between runs, but never leave a half-written directory tree behind on failure.
+    if ARTIFACTS.exists() and not any(ARTIFACTS.iterdir()):
+        shutil.rmtree(ARTIFACTS)
