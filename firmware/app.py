@@ -117,8 +117,9 @@ class App:
         inhibit = None
         self.poll_cap = _WDT_MS // 4
         if board["inhibit_pin"] is not None:
+            # null: an external resistor, internal pulls off (Pin's pull=None)
             pull = {"up": machine.Pin.PULL_UP, "down": machine.Pin.PULL_DOWN}.get(
-                board["inhibit_pull"], -1)
+                board["inhibit_pull"])
             inhibit = machine.Signal(machine.Pin(board["inhibit_pin"], machine.Pin.IN, pull),
                                      invert=board["inhibit_active"] == "low").value
             self.poll_cap = _INHIBIT_POLL
