@@ -198,10 +198,10 @@ def payment_view(ledger, session_id, stuck_after=20.0, now=None):
                     message="Your credits are on their way to the cabinet.")
         if cabinet is not None and (not cabinet.get("online") or now - since > stuck_after):
             view.update(state="unreachable", tone="warn",
-                        title="Paid \u2713 The cabinet can't be reached right now",
-                        message="Your payment is safe. The %s will be added by themselves as soon as the cabinet is "
-                                "back online - you don't need to do anything. If you can't wait, show this page to "
-                                "staff." % plays)
+                        title="Paid \u2713 The cabinet is offline",
+                        message="Your payment is safe: your %s will reach the cabinet automatically as soon as "
+                                "it is back online. You don't need to do anything. If you can't wait, show this "
+                                "page to staff." % plays)
     elif state in ("applied", "duplicate"):
         view.update(state="applied", step=3, tone="ok", done=True, title="Credits added \u2713",
                     message="%s added to %s. Press START!" % (plays[0].upper() + plays[1:], view["cabinet"]))

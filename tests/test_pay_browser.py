@@ -175,6 +175,21 @@ def test_offline_cabinet_and_cancel_pages(browser, world):
     assert "We don't know this cabinet" in text(d, "#message")
     shot(d, "07-unknown-cabinet.png")
 
+    # The cabinet drops off while the player is on Stripe's page: /paid says plainly what happens next.
+    d.get(relay.url + "/pay/cab1")
+    click(d, "#offer-1")
+    wait(d, lambda d: d.current_url.startswith(fake.url + "/pay/"), "the fake Stripe checkout")
+    world["cab"].stop()
+    with open_ledger(world["db"]) as led:
+        stack.wait_until(lambda: not led.get_cabinet("cab1")["online"], 20, what="cab1 offline at the relay")
+    click(d, "#pay")
+    wait(d, lambda d: "/paid?session_id=" in d.current_url, "back on /paid")
+    state = d.find_element(By.ID, "state")
+    wait(d, lambda d: state.get_attribute("data-state") == "unreachable", "the unreachable message")
+    assert "The cabinet is offline" in text(d, "#title")
+    assert "will reach the cabinet automatically as soon as it is back online" in text(d, "#message")
+    shot(d, "09-paid-cabinet-unreachable.png")
+
 
 def teardown_module(module):
     # Keep artifacts between runs, but never leave a half-written directory tree behind on failure.

@@ -275,7 +275,7 @@ def test_paid_page_when_cabinet_unreachable_says_what_happens_next(client, fake,
     ledger.record_status("cab1", False)
     s = client.get("/paid/status?session_id=" + sid).get_json()
     assert s["state"] == "unreachable" and s["tone"] == "warn"
-    assert "added by themselves as soon as the cabinet is back online" in s["message"]
+    assert "will reach the cabinet automatically as soon as it is back online" in s["message"]
 
 
 @pytest.mark.parametrize("query", ["session_id=cs_test_notours123", "session_id=<script>", "", "session_id="])
