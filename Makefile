@@ -53,3 +53,10 @@ footprint: $(STAMP) umqtt node_modules/.package-lock.json
 .PHONY: flash
 flash: $(STAMP) umqtt
 	$(BIN)/arcade flash "$(CABINET)" --port "$(PORT)"
+
+# Numbers, not tests: relay vs naive design (docs/benchmarks.md); soak under random faults (docs/reliability.md)
+.PHONY: bench soak
+bench: $(STAMP) umqtt mosquitto
+	$(BIN)/arcade bench
+soak: $(STAMP) umqtt mosquitto
+	$(BIN)/arcade soak --payments 1000 --cabinets 20

@@ -19,6 +19,7 @@ COMMANDS = {
     "flash": ("tools.flash_cmd", "copy the firmware, umqtt.simple and a cabinet's config to a board (mpremote)"),
     "demo": ("tools.demo", "start mosquitto, the relay and a simulated cabinet, pay once, show the pulses"),
     "bench": ("tools.bench", "benchmark the relay against the naive design on loopback (latency, rate, recovery)"),
+    "soak": ("tools.soak", "many payments under random faults (kills, broker loss, power cuts); the books must balance"),
 }
 
 
