@@ -381,3 +381,38 @@ def test_test_pulse_bad_input(db, capsys, argv, shown):
     code, out, err = run(capsys, "cabinet", "test-pulse", *argv)
     assert code == 2 and shown in err
     assert snapshot(db["path"])[0]["test_n"] == 0
+
+
+# -- the whole way: the relay's messages applied by the unchanged firmware (arcade simulate) ---------
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, "build", "umqtt", "umqtt", "simple.py")),
+                    reason="pinned umqtt.simple not fetched (make umqtt)")
+def test_config_and_test_pulse_reach_the_real_firmware(relay, capsys, tmp_path):
+    from tools.stack import Cabinet
+    relay["start"]()
+    cab = Cabinet(tmp_path, "cab1", relay["secret"], relay["broker"].url, keepalive=5).start()
+    try:
+        cab.wait_connected()
+        assert run(capsys, "cabinet", "set", "cab1", "--pulse-ms", "120", "--gap-ms", "500")[0] == 0
+        ver = snapshot(relay["path"])[0]["ver"]
+        cab.wait_for(lambda ls: [x for x in ls if x.get("event") == "config" and x.get("result") == "applied"],
+                     20, "config applied")
+
+        def status():
+            with open_ledger(relay["path"]) as ledger:
+                return ledger.get_cabinet("cab1")["status"] or {}
+        wait_until(lambda: status().get("cfg") == ver, 20, what="status cfg %d at the relay" % ver)
+        assert (status()["width_ms"], status()["gap_ms"], status().get("cfg_error")) == (120, 500, "")
+        code, out, _ = run(capsys, "cabinet", "set", "cab1")
+        assert code == 0 and "config %d in effect (pulse 120 ms, gap 500 ms): applied" % ver in out
+
+        code, out, err = run(capsys, "cabinet", "test-pulse", "cab1", "--pulses", "2", "--wait", "20")
+        assert code == 0, err
+        pulses = cab.wait_for(lambda ls: len([x for x in ls if x.get("event") == "pulse"]) >= 2 and
+                              [x for x in ls if x.get("event") == "pulse"], 20, "2 test pulses")
+        assert [p.get("test") for p in pulses] == [True, True]
+        # real clock: the width has an exact lower bound only (exact widths: the fake-clock firmware tests)
+        assert min(p["width_ms"] for p in pulses) >= 120
+        assert "drove test pulse" in out
+    finally:
+        cab.stop()
