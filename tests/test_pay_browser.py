@@ -8,7 +8,6 @@ after the simulated cabinet pulsed, without a reload. Also the offline cabinet p
 chromedriver itself needs JavaScript.) Screenshots go to test-artifacts/browser/.
 """
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -190,8 +189,3 @@ def test_offline_cabinet_and_cancel_pages(browser, world):
     assert "will reach the cabinet automatically as soon as it is back online" in text(d, "#message")
     shot(d, "09-paid-cabinet-unreachable.png")
 
-
-def teardown_module(module):
-    # Keep artifacts between runs, but never leave a half-written directory tree behind on failure.
-    if ARTIFACTS.exists() and not any(ARTIFACTS.iterdir()):
-        shutil.rmtree(ARTIFACTS)
