@@ -87,6 +87,7 @@ def test_blackhole_holds_bytes_and_fin_in_both_directions_and_resume_delivers_th
         assert proxy.forwarded == 6
         assert nothing_waiting(upstream) and nothing_waiting(client)
         assert proxy.open_links() == 1, "nothing was closed"
+        assert [e[1:] for e in proxy.events if e[1] == "end"] == [("end", 1, "client")], "the held FIN is on record"
         proxy.resume()
         assert recv_exactly(upstream, 7) == b"PINGREQ"
         assert recv_exactly(client, 7) == b"PUBLISH"

@@ -69,7 +69,9 @@ class TcpProxy:
         self.forwarded = 0          # bytes delivered (both directions)
         self.held = 0               # bytes held back by a blackhole so far (both directions)
         self.ended = 0              # ends of stream (FIN or reset) seen from either side
-        self.events = []            # (monotonic time, "open" | "close" | "refused" | "blackhole" | "resume", link n)
+        # (monotonic time, kind, link n[, side]): "open", "close", "refused", "blackhole", "resume", and
+        # "end" with side "client" or "target" when that end closed (FIN or reset), held or not
+        self.events = []
 
     @property
     def url(self):
@@ -227,6 +229,7 @@ class TcpProxy:
             if not data:
                 link.eof[sock] = True   # interest is updated before the next select
                 self.ended += 1
+                self.events.append((time.monotonic(), "end", link.n, "client" if sock is link.client else "target"))
                 return
             link.out[link.sides[sock]] += data
             if link.held:
