@@ -84,8 +84,8 @@ class Cabinet:
             self.coin.pulse()
         return "pulsed"
 
-    def _ack(self, ledger, seq, result, reason="", pulses=0):
-        return protocol.ack(self.key, self.cab, ledger, seq, result, reason, pulses,
+    def _ack(self, ledger, seq, session, result, reason="", pulses=0):
+        return protocol.ack(self.key, self.cab, ledger, seq, session, result, reason, pulses,
                             self.state["last"])
 
     def handle(self, payload):
@@ -93,17 +93,17 @@ class Cabinet:
         reason, m = protocol.check_credit(payload, self.cab, self.key)
         if reason:
             if m is None:
-                return "rejected", self._ack("", 0, "rejected", reason)
-            return "rejected", self._ack(m["ledger"], m["seq"], "rejected", reason)
+                return "rejected", self._ack("", 0, "", "rejected", reason)
+            return "rejected", self._ack(m["ledger"], m["seq"], m["session"], "rejected", reason)
         s = self.state
         if m["session"] in s["recent"]:
-            return "duplicate", self._ack(m["ledger"], m["seq"], "duplicate")
+            return "duplicate", self._ack(m["ledger"], m["seq"], m["session"], "duplicate")
         if s["cur"] is not None:
             # a credit is held by the inhibit line: no answer to it or to any other credit now;
             # the relay redelivers, and by then the held one is applied (or still held)
             return "held", None
         if m["ledger"] == s["ledger"] and m["seq"] <= s["last"]:
-            return "rejected", self._ack(m["ledger"], m["seq"], "rejected", "stale_seq")
+            return "rejected", self._ack(m["ledger"], m["seq"], m["session"], "rejected", "stale_seq")
         s["cur"] = {"ledger": m["ledger"], "seq": m["seq"], "credits": m["credits"],
                     "pulses": m["pulses"], "session": m["session"], "done": 0}
         a = self._drive()
@@ -157,7 +157,7 @@ class Cabinet:
         if len(recent) > RECENT:
             del recent[:len(recent) - RECENT]
         s["total"] += cur["pulses"]
-        s["ack"] = [cur["ledger"], cur["seq"], cur["pulses"]]
+        s["ack"] = [cur["ledger"], cur["seq"], cur["pulses"], cur["session"]]
         s["cur"] = None
         self.journal.save(s)
         return self.pending_ack()
@@ -167,7 +167,9 @@ class Cabinet:
         a = self.state["ack"]
         if a is None:
             return None
-        return self._ack(a[0], a[1], "applied", "", a[2])
+        # flash written before acks carried the session holds 3 items: the relay ignores that
+        # ack and sends the credit again, which is then acked as a duplicate with its session
+        return self._ack(a[0], a[1], a[3] if len(a) > 3 else "", "applied", "", a[2])
 
     def ack_sent(self, payload):
         """The broker PUBACKed `payload`: forget the stored ack if that was it."""

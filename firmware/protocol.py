@@ -119,20 +119,24 @@ def credit(key, cab, ledger, seq, credits, pulses, session, ts):
                                                   pulses, json.dumps(session), ts, sig)).encode()
 
 
-def ack(key, cab, ledger, seq, result, reason, pulses, last):
-    """A signed ack payload (bytes)."""
-    sig = sign(key, canonical("ack", (cab, ledger, seq, result, reason, pulses, last)))
-    return ('{"t":"ack","cab":%s,"ledger":%s,"seq":%d,"result":"%s","reason":"%s",'
-            '"pulses":%d,"last":%d,"sig":"%s"}' % (json.dumps(cab), json.dumps(ledger), seq, result,
-                                                   reason, pulses, last, sig)).encode()
+ACK_FIELDS = ("cab", "ledger", "seq", "session", "result", "reason", "pulses", "last")
+
+
+def ack(key, cab, ledger, seq, session, result, reason, pulses, last):
+    """A signed ack payload (bytes). `session` is the credit's: after a relay database is
+    restored, a seq can be reused, and only the session tells an old ack from a new one."""
+    sig = sign(key, canonical("ack", (cab, ledger, seq, session, result, reason, pulses, last)))
+    return ('{"t":"ack","cab":%s,"ledger":%s,"seq":%d,"session":%s,"result":"%s","reason":"%s",'
+            '"pulses":%d,"last":%d,"sig":"%s"}' % (json.dumps(cab), json.dumps(ledger), seq,
+                                                   json.dumps(session), result, reason, pulses,
+                                                   last, sig)).encode()
 
 
 def check_ack(payload, key):
     """True when an ack payload's signature verifies (the relay's job; here for tests)."""
     try:
         m = json.loads(payload)
-        canon = canonical("ack", [m[k] for k in ("cab", "ledger", "seq", "result", "reason",
-                                                 "pulses", "last")])
+        canon = canonical("ack", [m[k] for k in ACK_FIELDS])
         return equal(sign(key, canon), m["sig"])
     except (ValueError, TypeError, KeyError):
         return False

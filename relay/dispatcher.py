@@ -331,9 +331,13 @@ class Dispatcher:
             log.warning("ignored ack for %s: signature does not verify or cabinet differs from the topic", cab)
             return
         flight = self._flights.get(cab)
-        if msg["ledger"] != self.ledger_id or flight is None or msg["seq"] != flight.seq:
-            log.info("ignored ack from %s for seq %s of ledger %s: not the credit in flight (%s)", cab, msg["seq"],
-                     msg["ledger"][:8] or '""', "seq %d" % flight.seq if flight else "none")
+        # The session too: after a restore from a backup the ledger reuses seqs the cabinet has
+        # used, and an old ack (from the cabinet's flash or a broker queue) must not settle a new credit.
+        if (msg["ledger"] != self.ledger_id or flight is None or msg["seq"] != flight.seq
+                or msg["session"] != flight.session):
+            log.info("ignored ack from %s for seq %s (session %s) of ledger %s: not the credit in flight (%s)", cab,
+                     msg["seq"], msg["session"] or '""', msg["ledger"][:8] or '""',
+                     "seq %d, session %s" % (flight.seq, flight.session) if flight else "none")
             return
         result, reason = msg["result"], msg["reason"]
         if result == "applied" and msg["pulses"] != flight.pulses:

@@ -9,7 +9,7 @@ import json
 import time
 
 CREDIT_FIELDS = ("cab", "ledger", "seq", "credits", "pulses", "session", "ts")
-ACK_FIELDS = ("cab", "ledger", "seq", "result", "reason", "pulses", "last")
+ACK_FIELDS = ("cab", "ledger", "seq", "session", "result", "reason", "pulses", "last")
 _INT_FIELDS = frozenset(("seq", "credits", "pulses", "ts", "last"))
 
 ACK_RESULTS = ("applied", "duplicate", "rejected")
@@ -91,9 +91,10 @@ def build_credit(cab, ledger, seq, credits, pulses, session, secret, ts=None):
                    canonical_credit)
 
 
-def build_ack(cab, ledger, seq, result, reason, pulses, last, secret):
+def build_ack(cab, ledger, seq, session, result, reason, pulses, last, secret):
     """An ack as the bytes a cabinet publishes (used by tests and tools playing a cabinet)."""
-    return _encode("ack", ACK_FIELDS, (cab, ledger, seq, result, reason, pulses, last), secret, canonical_ack)
+    return _encode("ack", ACK_FIELDS, (cab, ledger, seq, session, result, reason, pulses, last), secret,
+                   canonical_ack)
 
 
 # -- config (retained pulse timing) and test pulse, relay -> cabinet ---------------------------

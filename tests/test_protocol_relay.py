@@ -38,7 +38,7 @@ def test_ack_vectors(vec):
 
 
 def _good_ack():
-    return json.loads(protocol.build_ack("cab1", "0" * 32, 3, "applied", "", 2, 3, SECRET))
+    return json.loads(protocol.build_ack("cab1", "0" * 32, 3, "cs_test_1", "applied", "", 2, 3, SECRET))
 
 
 @pytest.mark.parametrize("change", [

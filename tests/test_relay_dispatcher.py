@@ -60,10 +60,11 @@ class FakeCabinet:
         with self.cond:
             result, reason, pulses = self.decide(credit)
             self.outstanding.discard(credit["seq"])
-        self.ack(credit["ledger"], credit["seq"], result, reason, pulses, self.last)
+        self.ack(credit["ledger"], credit["seq"], credit["session"], result, reason, pulses, self.last)
 
-    def ack(self, ledger, seq, result, reason, pulses, last, secret=None, cab=None):
-        body = protocol.build_ack(cab or self.cab, ledger, seq, result, reason, pulses, last, secret or self.secret)
+    def ack(self, ledger, seq, session, result, reason, pulses, last, secret=None, cab=None):
+        body = protocol.build_ack(cab or self.cab, ledger, seq, session, result, reason, pulses, last,
+                                  secret or self.secret)
         self.client.publish("%s/%s/ack" % (self.prefix, self.cab), body, qos=1)
 
     def status(self, online=True):
@@ -189,13 +190,17 @@ def test_credit_is_resent_at_once_when_the_cabinet_comes_online(world):
 
 
 @pytest.mark.parametrize("forgery", [
-    lambda cab, c, lid: cab.ack(lid, c["seq"], "duplicate", "", 0, c["seq"], secret="0" * 64),
-    lambda cab, c, lid: cab.ack(lid, c["seq"] + 1, "duplicate", "", 0, c["seq"] + 1),
-    lambda cab, c, lid: cab.ack("f" * 32, c["seq"], "duplicate", "", 0, c["seq"]),
-    lambda cab, c, lid: cab.ack(lid, c["seq"], "duplicate", "", 0, c["seq"], cab="cab2"),
-    lambda cab, c, lid: cab.ack(lid, c["seq"], "applied", "", 1, c["seq"]),
+    lambda cab, c, lid: cab.ack(lid, c["seq"], c["session"], "duplicate", "", 0, c["seq"], secret="0" * 64),
+    lambda cab, c, lid: cab.ack(lid, c["seq"] + 1, c["session"], "duplicate", "", 0, c["seq"] + 1),
+    lambda cab, c, lid: cab.ack("f" * 32, c["seq"], c["session"], "duplicate", "", 0, c["seq"]),
+    lambda cab, c, lid: cab.ack(lid, c["seq"], c["session"], "duplicate", "", 0, c["seq"], cab="cab2"),
+    lambda cab, c, lid: cab.ack(lid, c["seq"], c["session"], "applied", "", 1, c["seq"]),
+    # an old ack for the same seq of this ledger (a database restored from a backup reuses seqs)
+    lambda cab, c, lid: cab.ack(lid, c["seq"], "cs_test_paid_before_the_restore", "applied", "", c["pulses"],
+                                c["seq"]),
     lambda cab, c, lid: cab.client.publish("arcade/cab1/ack", b"{not json", qos=1),
-], ids=["wrong secret", "wrong seq", "other ledger", "cab differs from topic", "pulses differ", "garbage"])
+], ids=["wrong secret", "wrong seq", "other ledger", "cab differs from topic", "pulses differ", "other session",
+        "garbage"])
 def test_acks_that_are_not_for_the_credit_in_flight_are_ignored(world, forgery):
     ledger = world["ledger"]
     cab = world["cabinet"](auto=False)
@@ -230,7 +235,7 @@ def test_other_rejections_are_final_and_the_next_credit_follows(world):
     bad, good = pay(ledger), pay(ledger)
     world["start"]()
     credit = cab.wait(lambda r: r)[0][1]
-    cab.ack(credit["ledger"], credit["seq"], "rejected", "bad_pulses", 0, 0)
+    cab.ack(credit["ledger"], credit["seq"], credit["session"], "rejected", "bad_pulses", 0, 0)
     second = cab.wait(lambda r: len(r) >= 2)[1][1]
     assert second["session"] == good
     p = ledger.get_payment(bad)

@@ -40,7 +40,8 @@ def credit(seq, pulses, session, secret=SECRET, cab="cab1"):
 
 
 def ack_verifies(m):
-    want = sign(SECRET, "ack", [m[k] for k in ("cab", "ledger", "seq", "result", "reason", "pulses", "last")])
+    want = sign(SECRET, "ack", [m[k] for k in ("cab", "ledger", "seq", "session", "result", "reason", "pulses",
+                                               "last")])
     return hmac.compare_digest(want, m["sig"])
 
 

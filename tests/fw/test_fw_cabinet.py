@@ -46,12 +46,12 @@ def test_applied_credit_journals_before_each_pulse():
     assert all(s["seq"] == 7 and s["pulses"] == 3 and s["session"] == "cs_a" for s in seen)
     assert [p[1] for p in pulses(machine.pins[25])] == [100, 100, 100]
     a = ack_of(ack)
-    assert (a["result"], a["reason"], a["seq"], a["pulses"], a["last"], a["ledger"]) == \
-        ("applied", "", 7, 3, 7, LEDGER)
+    assert (a["result"], a["reason"], a["seq"], a["pulses"], a["last"], a["ledger"], a["session"]) == \
+        ("applied", "", 7, 3, 7, LEDGER, "cs_a")
     st = read_json(root + "state.json")
     assert st["cur"] is None and st["ledger"] == LEDGER and st["last"] == 7
     assert st["recent"] == ["cs_a"] and st["total"] == 3
-    assert st["ack"] == [LEDGER, 7, 3], "the applied ack stays in flash until PUBACKed"
+    assert st["ack"] == [LEDGER, 7, 3, "cs_a"], "the applied ack stays in flash until PUBACKed"
     assert cab.pending_ack() == ack
     cab.ack_sent(ack)
     assert read_json(root + "state.json")["ack"] is None and cab.pending_ack() is None

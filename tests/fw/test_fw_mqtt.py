@@ -87,7 +87,7 @@ def test_credit_arriving_during_the_puback_wait_is_handled_and_acked_later():
     assert a.cabinet.state["ack"] is None and a.outbox == []
     # the acks were published on the ack topic, never from inside the callback: the
     # credit's PUBACK (written when the callback returned) precedes the ack for it
-    assert out.index(b"\x40\x02\x00\x08") < out.index(b'"seq":1,"result":"applied"')
+    assert out.index(b"\x40\x02\x00\x08") < out.index(b'"seq":1,"session":"cs_during","result":"applied"')
 
 
 def test_app_topics_will_and_client_id():

@@ -4,7 +4,7 @@ import json
 import protocol
 from fwutil import KEY, LEDGER, vectors
 
-FIELDS = ("cab", "ledger", "seq", "result", "reason", "pulses", "last")
+FIELDS = ("cab", "ledger", "seq", "session", "result", "reason", "pulses", "last")
 
 
 def test_hmac_matches_rfc4231():
