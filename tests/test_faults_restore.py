@@ -94,8 +94,14 @@ def pulses(w):
 
 
 def wait_pulses(w, expected, timeout=WAIT):
-    return stack.wait_until(lambda: sum(pulses(w).values()) >= sum(expected.values()) and pulses(w), timeout,
-                            0.1, "%d pulses" % sum(expected.values()))
+    try:
+        return stack.wait_until(lambda: sum(pulses(w).values()) >= sum(expected.values()) and pulses(w), timeout,
+                                0.1, "%d pulses" % sum(expected.values()))
+    except TimeoutError:
+        got = pulses(w)
+        short = {s: (got[s], n) for s, n in expected.items() if got[s] != n}
+        raise AssertionError("pulses (seen, paid) differ for %r; ledger: %r"
+                             % (short, {s: (r["state"], r["seq"]) for s, r in rows(w, list(short)).items()}))
 
 
 def test_restored_backup_neither_swallows_new_credits_nor_reapplies_old_ones(world):
