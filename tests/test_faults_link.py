@@ -84,7 +84,7 @@ def test_cabinet_link_blackholed_is_noticed_redialled_and_credits_pulse_once(wor
     link = proxy.opened
     connects = len(cab.events("connected"))
     proxy.blackhole()
-    began = proxy.events[-1][0]
+    began = [e[0] for e in proxy.events if e[1] == "blackhole"][-1]
     during = pay(world)                 # the broker sends it down the dead link: held, never delivered
     gave_up, redialled = give_up_and_redial(proxy, began, link)
     print("cabinet: gave up %.2f s after the blackhole, new connection at %.2f s (keepalive %d s)"
@@ -108,14 +108,14 @@ def test_relay_link_blackholed_is_noticed_redialled_and_credits_pulse_once(world
     check_books(world, [first])
     link = proxy.opened
     proxy.blackhole()
-    began = proxy.events[-1][0]
+    began = [e[0] for e in proxy.events if e[1] == "blackhole"][-1]
     during = pay(world)                 # committed, published into the hole: no PUBACK, no delivery
     gave_up, redialled = give_up_and_redial(proxy, began, link)
     print("relay: gave up %.2f s after the blackhole, new connection at %.2f s (keepalive %d s)"
           % (gave_up, redialled, KEEPALIVE))
-    # paho pings after a keepalive of silence and gives up a keepalive later; its loop wakes once a
-    # second, so allow that on top
-    assert gave_up <= 2 * KEEPALIVE + 1
+    # paho pings after a keepalive with nothing received and gives up a keepalive after that; it
+    # checks once per turn of its loop (at least every second), so each step may come up to 1 s late
+    assert gave_up <= 2 * KEEPALIVE + 2
     stack.wait_until(lambda: relay.health().get("broker") == "ok", WAIT, 0.1, "relay back on the broker")
     after = pay(world)
     check_books(world, [first, during, after])
