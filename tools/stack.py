@@ -37,7 +37,7 @@ class Proc:
         self._cond = threading.Condition()
         self._reader = None
 
-    def start(self, timeout=None):
+    def start(self):
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.argv, env=self.env, cwd=str(ROOT), stdout=subprocess.PIPE,
@@ -103,12 +103,6 @@ class Proc:
 
     def kill(self):
         self.stop(signal.SIGKILL)
-
-    def restart(self, sig=signal.SIGKILL, timeout=20.0):
-        """Stop it with `sig` (default: a crash) and start the same command again (a relay on the same
-        port and database, a cabinet with the same flash). Collected lines are kept across runs."""
-        self.stop(sig)
-        return self.start(timeout)
 
 
 class Relay(Proc):
