@@ -10,8 +10,9 @@ Between them, `Broker` holds the QoS 1 messages in transit both ways. Hypothesis
 next: payments (paid, async settled later or out of order, wrong amount), Stripe retrying any event,
 deliveries in any order, duplicated, dropped; PUBACKs lost; relay restarts (ledger re-opened,
 dispatcher rebuilt from it) with or without its broker session; broker restarts without
-persistence; cabinet power cuts at any edge of a pulse train (and during the recovery at boot);
-redelivery timeouts (the fake clock jumps).
+persistence; the relay database restored from an earlier backup (the events it lost reach it again
+later, in any order, as Stripe's retries and reconciliation bring them); cabinet power cuts at any edge of a pulse train
+(and during the recovery at boot); redelivery timeouts (the fake clock jumps).
 
 Invariants, at all times: no payment is applied twice, and no payment pulses more than its coins.
 Once the channel drains (faults stop, everything is delivered, timeouts fire): every paid payment is
@@ -26,6 +27,7 @@ import collections
 import json
 import os
 import shutil
+import sqlite3
 import sys
 import tempfile
 from pathlib import Path
@@ -122,6 +124,9 @@ class World:
         self.to_cab = []          # (cabinet, credit payload) the broker holds for cabinets
         self.to_relay = []        # ("puback", connection, mid) | ("message", topic, payload) for the relay
         self.conn = 0             # the relay's connection number (a PUBACK belongs to one connection)
+        self.backup = None        # a copy of the relay's database, for the restore fault
+        self.known = set()        # event bodies the relay's database has recorded
+        self.backup_known = set() # ... and those its backup has
         # what should happen, from the model's own arithmetic (never from the relay)
         self.owed = {}            # session -> (cabinet, pulses) for every paid payment
         self.sessions = []        # every session sent to the webhook
@@ -183,6 +188,7 @@ class World:
         r = self.web.post("/stripe/webhook", data=body,
                           headers={"Stripe-Signature": se.signature_header(body, SECRET)})
         assert r.status_code == 200, r.get_data()
+        self.known.add(body)
         return r.json["result"]
 
     def _send(self, session, type_):
@@ -305,7 +311,12 @@ class World:
 
     def a_stripe_retry(self, i):
         if self.events:
-            assert self._post(self.events[self._pick(self.events, i)]) == "duplicate_event"
+            body = self.events[self._pick(self.events, i)]
+            if body not in self.known:      # the restored database hears of it now
+                self._post(body)
+                self._step()
+            else:
+                assert self._post(body) == "duplicate_event"
 
     def a_deliver(self, i, duplicate, cut_in, then_ack=False):
         if self.to_cab:
@@ -342,6 +353,49 @@ class World:
             self.to_relay = [x for x in self.to_relay if x[0] != "message"]
         self._relay_start(session_present=keeps_session)
 
+    def a_backup(self):
+        """The operator's nightly copy of the relay database (SQLite's online backup)."""
+        self.backup = os.path.join(self.dir, "backup.db")
+        src, dst = sqlite3.connect(self.db), sqlite3.connect(self.backup)
+        try:
+            src.backup(dst)
+        finally:
+            src.close()
+            dst.close()
+        self.backup_known = set(self.known)
+
+    def a_restore(self, keeps_session):
+        """The relay's disk dies; its database comes back from the last backup (same ledger id, so
+        the same MQTT client id; counters behind). The events it lost reach it again later, in any
+        order, as Stripe's retries and `arcade reconcile` (the same fulfilment path) bring them."""
+        if self.backup is None:
+            return
+        self.ledger.close()
+        self.ledger = None
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(self.db + suffix):
+                os.remove(self.db + suffix)
+        src, dst = sqlite3.connect(self.backup), sqlite3.connect(self.db)
+        try:
+            src.backup(dst)
+        finally:
+            src.close()
+            dst.close()
+        if not keeps_session:
+            self.to_relay = [x for x in self.to_relay if x[0] != "message"]
+        self._relay_start(session_present=keeps_session)
+        self.known = set(self.backup_known)
+
+    def _lost(self):
+        """Events the (restored) database never saw, until Stripe or reconciliation bring them."""
+        return [b for b in self.events if b not in self.known]
+
+    def a_lost_event_arrives(self, i):
+        lost = self._lost()
+        if lost:
+            self._post(lost[self._pick(lost, i)])
+            self._step()
+
     def a_relay_reconnect(self):
         self.dispatcher._inbox.append(("disconnected", "keepalive timeout"))
         self.conn += 1
@@ -377,6 +431,8 @@ class World:
     # -- the end: stop the faults, drain the channel, count ---------------------------------------
 
     def drain_and_check(self):
+        while self._lost():                 # Stripe (or reconciliation) brings every event in the end
+            self.a_lost_event_arrives(0)
         for _ in range(60):
             for box in self.boxes.values():
                 if not box.up:
@@ -436,6 +492,9 @@ _FAULTS = [
     st.tuples(st.just("broker_restart")),
     st.tuples(st.just("stripe_retry"), _INDEX),
     st.tuples(st.just("settle"), _INDEX, st.booleans()),
+    st.tuples(st.just("backup")),
+    st.tuples(st.just("restore"), st.booleans()),
+    st.tuples(st.just("lost_event_arrives"), _INDEX),
 ]
 # (strategy, weight): the normal flow is drawn more often than any one fault, so that payments get
 # somewhere between faults; about a third of the steps are faults
