@@ -40,6 +40,17 @@ def wait_port(host, port, timeout=10.0, proc=None):
     return False
 
 
+def end_process(proc, sig=signal.SIGTERM, timeout=10.0):
+    """Send `sig` to a child and reap it; SIGKILL it if it outlives `timeout`."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+
+
 class Mosquitto:
     """A mosquitto process on a free loopback port, with its config and data under `workdir`."""
 
@@ -94,13 +105,7 @@ class Mosquitto:
         """Stop it. SIGTERM lets mosquitto save its persistence file; SIGKILL does not."""
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout)
+        end_process(self.proc, sig, timeout)
         if self.proc.stderr:
             self.proc.stderr.close()
         self.proc = None

@@ -14,7 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tools.broker import free_port, wait_port
+from tools.broker import end_process, free_port, wait_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,13 +90,7 @@ class Proc:
     def stop(self, sig=signal.SIGTERM, timeout=10.0):
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout)
+        end_process(self.proc, sig, timeout)
         if self._reader is not None:
             self._reader.join(timeout)
         self._log.close()
