@@ -1,4 +1,3 @@
-import os
 import sys
 from pathlib import Path
 
@@ -21,3 +20,16 @@ def broker(tmp_path):
 def vectors():
     import json
     return json.loads((ROOT / "tests" / "vectors.json").read_text())
+
+
+# A test module defines `app` (create_app with its own settings and cabinets); these two serve it.
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def ledger(app):
+    from relay.ledger import open_ledger
+    with open_ledger(app.config["ARCADE_DB"]) as led:
+        yield led

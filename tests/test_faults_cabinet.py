@@ -6,13 +6,10 @@ Fault 9 drives the firmware's own ack path (App._on_msg -> Cabinet.handle -> out
 -> umqtt.simple publish with its PUBACK wait) in a child process against a real mosquitto, then
 lets the firmware's main loop take a real credit in the same session.
 """
-import hashlib
-import hmac
 import json
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 

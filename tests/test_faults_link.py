@@ -7,7 +7,6 @@ dead, and one after, each pulse once.
 Times are read from the proxy's own record (when the blackhole began, when an end closed its
 side, when a new connection came in), so the test process's scheduling does not blur them.
 """
-import time
 from collections import Counter
 
 import pytest

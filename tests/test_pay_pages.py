@@ -44,17 +44,6 @@ def app(tmp_path, fake):
     yield app
 
 
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
-@pytest.fixture
-def ledger(app):
-    with open_ledger(app.config["ARCADE_DB"]) as led:
-        yield led
-
-
 def form_for(page, key):
     """The hidden fields of the form that buys option `key` on a rendered pay page."""
     html = page.get_data(as_text=True)

@@ -2,7 +2,6 @@
 
 Each way to be wrong is one row; each row checks the answer and what the ledger holds afterwards.
 """
-import json
 import sqlite3
 import threading
 import time
@@ -27,17 +26,6 @@ def app(tmp_path):
         ledger.add_cabinet("off", price_cents=100)
         ledger.set_enabled("off", False)
     yield app
-
-
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
-@pytest.fixture
-def ledger(app):
-    with open_ledger(app.config["ARCADE_DB"]) as ledger:
-        yield ledger
 
 
 def post(client, evt, secret=SECRET, timestamp=None, body=None, header=True):

@@ -39,17 +39,6 @@ def app(tmp_path):
     return app
 
 
-@pytest.fixture
-def client(app):
-    return app.test_client()
-
-
-@pytest.fixture
-def ledger(app):
-    with open_ledger(app.config["ARCADE_DB"]) as ledger:
-        yield ledger
-
-
 def post(client, body, header=None, timestamp=None):
     header = header or se.signature_header(body, SECRET, timestamp)
     return client.post("/stripe/webhook", data=body, headers={"Stripe-Signature": header,

@@ -26,7 +26,6 @@ import os
 import secrets
 import shutil
 import sqlite3
-import statistics
 import sys
 import threading
 import time
