@@ -71,6 +71,14 @@ class _TimedSockets:
     def socket(self, *a):
         s = self.mod.socket(*a)
         s.settimeout(self.timeout)
+        # umqtt.simple writes a PUBLISH in several small writes: without TCP_NODELAY each ack
+        # waits on Nagle and the broker's delayed ACK. Ports without the option just skip it.
+        nd = getattr(self.mod, "TCP_NODELAY", None)
+        if nd is not None:
+            try:
+                s.setsockopt(self.mod.IPPROTO_TCP, nd, 1)
+            except OSError:
+                pass
         self.last = s
         return s
 

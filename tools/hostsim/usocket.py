@@ -12,6 +12,8 @@ AF_INET = _socket.AF_INET
 SOCK_STREAM = _socket.SOCK_STREAM
 SOL_SOCKET = _socket.SOL_SOCKET
 SO_REUSEADDR = _socket.SO_REUSEADDR
+IPPROTO_TCP = _socket.IPPROTO_TCP   # the ESP32 port has both (ports/esp32/modsocket.c)
+TCP_NODELAY = _socket.TCP_NODELAY
 
 
 def getaddrinfo(host, port, af=0, type=0, proto=0, flags=0):
@@ -35,6 +37,9 @@ class socket:
     def setblocking(self, flag):
         self._blocking = bool(flag)
         self._s.setblocking(flag)
+
+    def setsockopt(self, level, opt, value):
+        self._s.setsockopt(level, opt, value)
 
     def settimeout(self, t):
         self._blocking = t is None or t > 0
