@@ -2,8 +2,10 @@
 
 Real processes: mosquitto, `arcade relay`, `arcade simulate` (the firmware with simulated pins) and the
 fake Stripe server (its hosted checkout page sends the signed webhook, as Stripe would). The browser
-opens /pay/<cab>, picks a bundle, pays on the fake checkout, lands on /paid and sees "Credits added"
-after the simulated cabinet pulsed, without a reload. Also the offline cabinet page and the cancel page.
+opens /pay/<cab>, picks a bundle; the cabinet goes offline before the player pays on the fake checkout,
+so /paid first says the payment is safe and waiting; the cabinet comes back (same flash) and the open
+page turns to "Credits added" without a reload, after exactly the paid pulses. Also the offline cabinet
+page and the cancel page.
 (The no-JavaScript fallback of /paid, a <noscript> meta refresh, is checked in test_pay_pages.py:
 chromedriver itself needs JavaScript.) Screenshots go to test-artifacts/browser/.
 """
@@ -123,22 +125,48 @@ def test_pay_for_a_bundle_and_watch_the_credits_arrive(browser, world):
     assert "Pay USD 2.50" in text(d, "#pay")
     shot(d, "02-fake-checkout.png")
 
+    # The cabinet drops off after the page sold and before the player presses Pay, so /paid first
+    # shows a payment that can't have reached the cabinet; "Credits added" can then only arrive live.
+    cab.stop()
+    with open_ledger(world["db"]) as led:
+        stack.wait_until(lambda: not led.get_cabinet("cab1")["online"], 20, what="cab1 offline at the relay")
     click(d, "#pay")
     wait(d, lambda d: d.current_url.startswith(relay.url + "/paid?session_id=cs_test_"), "back on /paid")
-    d.execute_script("window.stillTheSamePage = true")
     state = d.find_element(By.ID, "state")
+    assert state.get_attribute("data-state") == "unreachable"     # as the relay rendered it
+    assert text(d, "#title") == "Paid \u2713 The cabinet is offline"
+    assert "your 3 credits will reach the cabinet automatically" in text(d, "#message")
+    steps = [li.get_attribute("class") for li in d.find_elements(By.CSS_SELECTOR, "#steps li")]
+    assert steps[0] == "done" and steps[2] == ""                 # "On its way" too once the relay sent it
+    assert d.execute_script("return document.documentElement.scrollWidth") <= PHONE["width"]
+    assert cab.pulses() == []
+    shot(d, "03-paid-waiting-for-cabinet.png")
+    d.execute_script("window.__marker = 42")
+    steps_height = d.execute_script("return document.getElementById('steps').offsetHeight")
+
+    cab.start()                                                   # same --state dir: the same flash
+    cab.wait_connected(count=2)
     wait(d, lambda d: state.get_attribute("data-state") == "applied", "credits added", timeout=30)
-    # It got there by polling /paid/status, without a reload (the marker would be gone after one).
-    assert d.execute_script("return window.stillTheSamePage === true")
+    # It got there by polling /paid/status, without a reload: a reload would have dropped the marker
+    # (and made `state` a stale element).
+    assert d.execute_script("return window.__marker") == 42
     assert text(d, "#title") == "Credits added \u2713"
     assert "3 credits added to Galaga. Press START!" in text(d, "#message")
-    pulses = cab.wait_pulses(6)                                    # 3 credits x 2 coins, on the simulated pin
-    assert len(pulses) == 6
-    shot(d, "03-paid-credits-added.png")
+    assert [li.get_attribute("class") for li in d.find_elements(By.CSS_SELECTOR, "#steps li")] == ["done"] * 3
+    # A step turning done doesn't re-wrap its label, so the page doesn't jump under the player's thumb.
+    assert d.execute_script("return document.getElementById('steps').offsetHeight") == steps_height
+    shot(d, "04-paid-credits-added.png")
     sid = d.current_url.split("session_id=")[1]
     with open_ledger(world["db"]) as led:
         p = led.get_payment(sid)
         assert (p["state"], p["credits"], p["pulses"], p["amount"]) == ("applied", 3, 6, 250)
+    # 3 credits x 2 coins, once: the broker's queued copy and the relay's resend when the cabinet came
+    # back online may both arrive; the second one is a duplicate and pulses nothing.
+    cab.wait_for(lambda ls: any(x.get("event") == "ack" and x["result"] == "applied" for x in ls), 10,
+                 "the applied ack")
+    acks = [(a["result"], a["pulses"]) for a in cab.events("ack")]
+    assert acks.count(("applied", 6)) == 1 and set(acks) <= {("applied", 6), ("duplicate", 0)}, acks
+    assert len(cab.wait_pulses(6)) == 6
 
 
 def test_offline_cabinet_and_cancel_pages(browser, world):
