@@ -59,4 +59,4 @@ flash: $(STAMP) umqtt
 bench: $(STAMP) umqtt mosquitto
 	$(BIN)/arcade bench
 soak: $(STAMP) umqtt mosquitto
-	$(BIN)/arcade soak --payments 1000 --cabinets 20
+	$(BIN)/arcade soak --payments 1000 --cabinets 20 --seed $(or $(SEED),4242)
