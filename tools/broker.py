@@ -54,9 +54,15 @@ def end_process(proc, sig=signal.SIGTERM, timeout=10.0):
 class Mosquitto:
     """A mosquitto process on a free loopback port, with its config and data under `workdir`."""
 
-    def __init__(self, workdir, port=None, persistence=True, autosave_interval=1, extra_conf=""):
+    def __init__(self, workdir, port=None, persistence=True, autosave_interval=1, extra_conf="",
+                 tls=None):
         self.workdir = Path(workdir)
         self.port = port or free_port()
+        # tls: {"cafile", "certfile", "keyfile"[, "port"]} adds a TLS listener (TLS 1.2, the
+        # version an ESP32's mbedTLS speaks) next to the plain one. Started as root, mosquitto
+        # reads the key as user "mosquitto" unless extra_conf says "user root".
+        self.tls = dict(tls) if tls else None
+        self.tls_port = (self.tls.get("port") or free_port()) if self.tls else None
         self.persistence = persistence
         self.autosave_interval = autosave_interval
         self.extra_conf = extra_conf
@@ -68,6 +74,12 @@ class Mosquitto:
     @property
     def url(self):
         return "mqtt://127.0.0.1:%d" % self.port
+
+    def tls_url(self, host="localhost"):
+        """mqtts:// URL of the TLS listener; `host` must be a name the certificate carries."""
+        if not self.tls:
+            raise RuntimeError("this broker has no TLS listener: pass tls={cafile, certfile, keyfile}")
+        return "mqtts://%s:%d" % (host, self.tls_port)
 
     def _write_conf(self):
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -89,13 +101,22 @@ class Mosquitto:
             "set_tcp_nodelay true",  # credits are tiny: Nagle + delayed ACK would add ~40 ms per hop
             self.extra_conf,
         ]
+        if self.tls:
+            lines += ["listener %d 127.0.0.1" % self.tls_port,
+                      "cafile %s" % self.tls["cafile"],
+                      "certfile %s" % self.tls["certfile"],
+                      "keyfile %s" % self.tls["keyfile"],
+                      "tls_version tlsv1.2"]
         self.conf_path.write_text("\n".join(lines) + "\n")
 
     def start(self, timeout=10.0):
         self._write_conf()
         self.proc = subprocess.Popen([mosquitto_path(), "-c", str(self.conf_path)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if not wait_port("127.0.0.1", self.port, timeout, self.proc):
+        up = wait_port("127.0.0.1", self.port, timeout, self.proc)
+        if up and self.tls:
+            up = wait_port("127.0.0.1", self.tls_port, timeout, self.proc)
+        if not up:
             err = self.proc.stderr.read().decode(errors="replace") if self.proc.poll() is not None else ""
             self.stop()
             raise RuntimeError("mosquitto did not start on port %d: %s (see %s)" % (self.port, err.strip(), self.log_path))
