@@ -11,5 +11,13 @@ def wrap_socket(sock, cafile=None, server_hostname=None, **kw):
         raise ValueError("TLS needs the CA file ('ca' in config.json) and the broker's host name")
     with open(cafile, "rb") as f:
         cadata = f.read()
-    return ssl.wrap_socket(sock, cert_reqs=ssl.CERT_REQUIRED, cadata=cadata,
-                           server_hostname=server_hostname)
+    try:
+        return ssl.wrap_socket(sock, cert_reqs=ssl.CERT_REQUIRED, cadata=cadata,
+                               server_hostname=server_hostname)
+    except ValueError as e:
+        # MicroPython >= 1.23 raises ValueError for a broker certificate that fails verification
+        # (not signed by our CA, wrong name, expired; one reason a line) and for unusable CA
+        # data. To the app that is a failed link like any other (OSError): it retries with
+        # backoff instead of crashing into a reset loop.
+        raise OSError("TLS: %s (check the CA in 'ca' and the broker's host name)"
+                      % "; ".join([s for s in str(e).split("\n") if s]))

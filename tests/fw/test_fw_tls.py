@@ -95,6 +95,31 @@ def test_shim_refuses_unverified_tls():
     _with_fake_ssl(check)
 
 
+def test_shim_turns_a_rejected_certificate_into_a_link_error():
+    # MicroPython >= 1.23 raises ValueError(mbedTLS verify info, a reason a line) when the
+    # broker's certificate fails verification; the app retries OSError, a ValueError would
+    # escape its loop and reset the board
+    root = scratch()
+    ca = _ca(root)
+
+    def check(fake):
+        def refuse(sock, **kw):
+            fake.calls.append((sock, kw))
+            raise ValueError("\nThe certificate is not correctly signed by the trusted CA\n"
+                             "The certificate Common Name (CN) does not match with the expected CN\n")
+        fake.wrap_socket = refuse
+        try:
+            ussl.wrap_socket(FakeSock(), cafile=ca, server_hostname="broker.example")
+            assert False
+        except OSError as e:
+            msg = str(e)
+        assert len(fake.calls) == 1
+        assert msg.startswith("TLS: The certificate is not correctly signed by the trusted CA; "
+                              "The certificate Common Name (CN) does not match"), msg
+
+    _with_fake_ssl(check)
+
+
 def test_app_hands_umqtt_the_ssl_params_and_times_out_the_tcp_socket():
     root = scratch()
     ca = _ca(root)
