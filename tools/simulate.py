@@ -4,6 +4,12 @@ The firmware in firmware/ runs unchanged on CPython through the fakes in tools/h
 pinned umqtt.simple in build/umqtt. Its flash is the --state directory (config.json, board.json,
 state.json), so a restarted simulator remembers what it applied.
 
+MQTT_URL=mqtts://host:port with --ca FILE talks TLS like the board: the CA lands in the flash as
+ca.pem (config "ca"), and the firmware's ussl.py verifies the broker through tools/hostsim/mpssl.py,
+the host's stand-in for MicroPython's ssl module (installed as `ssl` in this process only).
+A broker whose certificate fails verification is a "disconnected" line whose error starts "TLS:";
+the firmware keeps retrying with backoff, as the board would.
+
 stdout carries only JSON lines, one per event, flushed:
   {"event":"boot","cab":ID,"recovered":bool,"pulses":N,"journal":"fresh|loaded|corrupt ...","ledger":L,"last":S,"t":T}
   {"event":"connected","cab":ID,"t":T}
@@ -82,6 +88,9 @@ def parse_args(argv):
                    help="coin pulse width in ms instead of the board's (fast soak and benchmark runs)")
     p.add_argument("--gap-ms", type=int, metavar="MS",
                    help="idle time between pulses in ms instead of the board's")
+    p.add_argument("--ca", metavar="FILE",
+                   help="CA certificate (PEM or DER) that signed the broker's certificate; required "
+                        "with MQTT_URL=mqtts://..., copied into the state dir as ca.pem")
     return p.parse_args(argv)
 
 
@@ -104,6 +113,20 @@ def main(argv=None):
     if args.inhibit_file and board.get("inhibit_pin") is None:
         return fail("board %r has no inhibit_pin, so --inhibit-file has nothing to drive: choose "
                     "a board with one" % args.board)
+    tls = url.startswith("mqtts://")
+    ca_data = None
+    if args.ca:
+        if not tls:
+            return fail("--ca %s is only used with an mqtts:// broker; MQTT_URL is plain mqtt://" % args.ca)
+        try:
+            ca_data = Path(args.ca).read_bytes()
+        except OSError as e:
+            return fail("--ca %s cannot be read: %s" % (args.ca, e.strerror or e))
+        if not (b"-----BEGIN CERTIFICATE-----" in ca_data or ca_data[:1] == b"\x30"):
+            return fail("--ca %s is not a certificate (PEM '-----BEGIN CERTIFICATE-----' or DER)" % args.ca)
+    elif tls:
+        return fail("MQTT_URL is mqtts://: pass --ca FILE, the CA certificate that signed the broker's "
+                    "certificate, so the firmware can verify it")
     umqtt = ROOT / "build" / "umqtt"
     if not (umqtt / "umqtt" / "simple.py").is_file():
         return fail("the pinned umqtt.simple is missing from %s: run `make umqtt`" % umqtt)
@@ -118,6 +141,9 @@ def main(argv=None):
         (state / "board.json").write_text(json.dumps(custom))
     cfg = {"wifi_ssid": "hostsim", "wifi_password": "", "broker": url, "cabinet": args.cabinet,
            "secret": secret, "board": args.board, "prefix": args.prefix, "keepalive": args.keepalive}
+    if ca_data is not None:
+        (state / "ca.pem").write_bytes(ca_data)
+        cfg["ca"] = "ca.pem"
     cfg_path = state / "config.json"
     fd = os.open(cfg_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -129,6 +155,9 @@ def main(argv=None):
         sys.path.insert(0, str(p))
     import hosttime  # noqa: F401
     import machine
+    import mpssl
+    # this process is the board from here on: its `ssl` is MicroPython's (for ussl.py)
+    sys.modules["ssl"] = mpssl
     import app as firmware
     from config import mask
 
@@ -195,7 +224,12 @@ def main(argv=None):
             line(event, {"result": data[0], "detail": data[1]})
         elif event == "disconnected":
             line("disconnected", {"error": str(data)})
-            print("link lost (%s): reconnecting" % data, file=sys.stderr)
+            if "TLS: " in str(data):
+                print("arcade simulate: the broker at %s failed TLS verification: %s; retrying "
+                      "(--ca must be the CA that signed its certificate, MQTT_URL's host a name "
+                      "on it)" % (mask(url), data), file=sys.stderr)
+            else:
+                print("link lost (%s): reconnecting" % data, file=sys.stderr)
 
     def on_signal(signum, frame):
         stop["requested"] = True
