@@ -1,7 +1,6 @@
 """TLS to a real mosquitto TLS listener: the unchanged firmware, the pinned umqtt.simple and
 firmware/ussl.py, over tools/hostsim/mpssl.py (MicroPython's ssl semantics on CPython's OpenSSL).
 A throwaway CA and broker certificate are made with the openssl command line for each run."""
-import getpass
 import importlib.util
 import json
 import queue
@@ -74,10 +73,7 @@ def pki(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tls_broker(pki, tmp_path_factory):
-    # started as root, mosquitto would drop to user "mosquitto", who can't read a 0600 key
-    # under pytest's 0700 tmp dir: stay the current user (no effect when not root)
-    with Mosquitto(tmp_path_factory.mktemp("mosquitto"), extra_conf="user %s" % getpass.getuser(),
-                   tls={"cafile": pki["ca"], "certfile": pki["cert"], "keyfile": pki["key"]}) as b:
+    with Mosquitto(tmp_path_factory.mktemp("mosquitto"), tls={"cafile": pki["ca"], "certfile": pki["cert"], "keyfile": pki["key"]}) as b:
         yield b
 
 

@@ -3,6 +3,7 @@
 Used by `arcade demo`, the test suite and the benchmarks. Nothing here touches the
 system's mosquitto service.
 """
+import getpass
 import os
 import shutil
 import signal
@@ -59,8 +60,7 @@ class Mosquitto:
         self.workdir = Path(workdir)
         self.port = port or free_port()
         # tls: {"cafile", "certfile", "keyfile"[, "port"]} adds a TLS listener (TLS 1.2, the
-        # version an ESP32's mbedTLS speaks) next to the plain one. Started as root, mosquitto
-        # reads the key as user "mosquitto" unless extra_conf says "user root".
+        # version an ESP32's mbedTLS speaks) next to the plain one.
         self.tls = dict(tls) if tls else None
         self.tls_port = (self.tls.get("port") or free_port()) if self.tls else None
         self.persistence = persistence
@@ -99,6 +99,9 @@ class Mosquitto:
             "log_type information",
             "connection_messages true",
             "set_tcp_nodelay true",  # credits are tiny: Nagle + delayed ACK would add ~40 ms per hop
+            # Started as root, mosquitto drops to user "mosquitto", who can't write the log and the
+            # persistence file into a private work dir (or read a 0600 key): stay who we are.
+            "user %s" % getpass.getuser(),
             self.extra_conf,
         ]
         if self.tls:
