@@ -5,10 +5,31 @@
 # the broker's name for SNI and the certificate name check.
 
 
+import time
+
+
+def _clock_year():
+    return time.gmtime()[0]
+
+
+def _set_clock():
+    # An ESP32's clock restarts at 2000-01-01 on every power-on and mbedTLS checks the broker
+    # certificate's dates against it ("validity starts in the future"): set it over NTP first.
+    if _clock_year() >= 2024:
+        return
+    import ntptime
+    try:
+        ntptime.settime()
+    except (OSError, OverflowError) as e:
+        raise OSError("TLS: could not set the clock over NTP (%r), so the broker's certificate "
+                      "dates can't be checked; retrying" % (e,))
+
+
 def wrap_socket(sock, cafile=None, server_hostname=None, **kw):
     import ssl
     if not cafile or not server_hostname:
         raise ValueError("TLS needs the CA file ('ca' in config.json) and the broker's host name")
+    _set_clock()
     with open(cafile, "rb") as f:
         cadata = f.read()
     try:

@@ -120,6 +120,75 @@ def test_shim_turns_a_rejected_certificate_into_a_link_error():
     _with_fake_ssl(check)
 
 
+class FakeNTP:
+    def __init__(self, error=None):
+        self.calls = 0
+        self.error = error
+
+    def settime(self):
+        self.calls += 1
+        if self.error is not None:
+            raise self.error
+
+
+def _at_power_on(ntp, fn):
+    # the clock as an ESP32 has it after power-on (year 2000), and a fake ntptime
+    old_year, old_ntp = ussl._clock_year, sys.modules.get("ntptime")
+    ussl._clock_year = lambda: 2000
+    sys.modules["ntptime"] = ntp
+    try:
+        _with_fake_ssl(fn)
+    finally:
+        ussl._clock_year = old_year
+        if old_ntp is None:
+            del sys.modules["ntptime"]
+        else:
+            sys.modules["ntptime"] = old_ntp
+
+
+def test_shim_sets_the_clock_over_ntp_before_tls_at_power_on():
+    root = scratch()
+    ca = _ca(root)
+    ntp = FakeNTP()
+
+    def check(fake):
+        ussl.wrap_socket(FakeSock(), cafile=ca, server_hostname="broker.example")
+        assert ntp.calls == 1 and len(fake.calls) == 1
+    _at_power_on(ntp, check)
+
+
+def test_shim_does_not_touch_a_clock_that_is_already_set():
+    root = scratch()
+    ca = _ca(root)
+    ntp = FakeNTP()
+    old_ntp = sys.modules.get("ntptime")
+    sys.modules["ntptime"] = ntp
+    try:
+        _with_fake_ssl(lambda fake: ussl.wrap_socket(FakeSock(), cafile=ca, server_hostname="b.example"))
+    finally:
+        if old_ntp is None:
+            del sys.modules["ntptime"]
+        else:
+            sys.modules["ntptime"] = old_ntp
+    assert ntp.calls == 0
+
+
+def test_shim_refuses_tls_when_ntp_fails_and_says_why():
+    root = scratch()
+    ca = _ca(root)
+    ntp = FakeNTP(OSError(110))
+
+    def check(fake):
+        try:
+            ussl.wrap_socket(FakeSock(), cafile=ca, server_hostname="broker.example")
+        except OSError as e:
+            assert "NTP" in str(e.args[0])
+        else:
+            assert False, "TLS went ahead with an unset clock"
+        assert fake.calls == []          # no handshake attempted
+    _at_power_on(ntp, check)
+
+
 def test_app_hands_umqtt_the_ssl_params_and_times_out_the_tcp_socket():
     root = scratch()
     ca = _ca(root)
