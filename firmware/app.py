@@ -142,7 +142,8 @@ class App:
         tls = {"cafile": cfg.get("ca"), "server_hostname": m["host"]} if m["ssl"] else {}
         self.client = MQTTClient(cab.encode(), m["host"], m["port"], user, pswd,
                                  cfg["keepalive"], m["ssl"], tls)
-        self.booted = time.time()
+        self.up_ms = 0            # uptime from ticks: NTP may set the wall clock after boot
+        self.up_at = time.ticks_ms()
         self.sent = None          # the status fields last published (to publish on change)
         self.client.set_callback(self._on_msg)
         self.client.set_last_will(self.t_status, protocol.status(cab, False), True, 1)
@@ -234,10 +235,17 @@ class App:
             rssi = self.wlan.status("rssi")
         except (OSError, ValueError, TypeError):
             rssi = 0
-        return {"uptime": time.time() - self.booted, "heap": _mem_free(), "rssi": rssi,
+        self._uptime()
+        return {"uptime": self.up_ms // 1000, "heap": _mem_free(), "rssi": rssi,
                 "total": cab.state["total"], "inhibited": cab.inhibited(), "held": cab.held(),
                 "cfg": cab.cfg["ver"], "width_ms": self.coin.width_ms, "gap_ms": self.coin.gap_ms,
                 "cfg_error": cab.cfg_error, "test": cab.cfg["test"], "test_error": cab.test_error}
+
+    def _uptime(self):
+        # accumulated each loop turn, so ticks wrapping (every ~12 days) never shows
+        now = time.ticks_ms()
+        self.up_ms += time.ticks_diff(now, self.up_at)
+        self.up_at = now
 
     def _status(self, force=False):
         # publish (retained) on connect and whenever a field other than uptime/heap/rssi changed
@@ -301,6 +309,7 @@ class App:
     def _step(self):
         # each turn of the loop: a held credit whose inhibit cleared, pending acks, status changes
         self._feed()
+        self._uptime()
         if self.cabinet.resume() is not None:
             self.emit("resumed", self.cabinet.state["last"])
         self._flush()

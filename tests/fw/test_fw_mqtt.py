@@ -1,5 +1,6 @@
 # The unchanged umqtt.simple 1.3.4 driven through the firmware's guards, over a scripted socket.
 import json
+import time
 
 import machine
 import protocol
@@ -147,3 +148,14 @@ def test_loop_holds_while_inhibited_feeds_the_wdt_and_publishes_status_on_change
     assert (st[1]["inhibited"], st[1]["held"], st[1]["last"], st[1]["total"]) == (False, 0, 4, 2)
     assert st[1]["fw"] == protocol.FW and st[1]["rssi"] == -50 and st[1]["uptime"] >= 0
     assert out.index(b'{"t":"ack"') < out.rindex(b'{"t":"status"'), "ack first, then the status"
+
+
+def test_uptime_counts_ticks_not_the_wall_clock():
+    # NTP may set the wall clock from 2000 to today after boot: uptime must come from ticks
+    root = scratch()
+    a, _ = _app(root)
+    a.up_at = time.ticks_add(time.ticks_ms(), -5000)        # 5 s of ticks since the last turn
+    first = a.info()["uptime"]
+    assert 5 <= first < 60
+    a.up_at = time.ticks_add(time.ticks_ms(), -2000)
+    assert a.info()["uptime"] >= first + 2                  # accumulates across turns
