@@ -74,12 +74,7 @@ def sticker_image(st):
     d.rounded_rectangle((6, 6, w - 7, h - 7), radius=36, outline="black", width=6)
     title = _fit(d, st.name, w - 90, 64, bold=True)
     d.text((w / 2, 100), st.name, font=title, fill="black", anchor="mm")
-    qr = _qr(st.url)
-    rows = list(qr.matrix_iter(scale=1, border=4))
-    n = len(rows)
-    scale = (w - 110) // n
-    side = n * scale
-    x0, y0 = (w - side) // 2, 165
+    rows, scale, side, x0, y0 = _qr_layout(st.url, w)
     for y, row in enumerate(rows):
         for x, dark in enumerate(row):
             if dark:
@@ -121,22 +116,26 @@ def sheets(stickers):
     return pages
 
 
+def _qr_layout(url, w):
+    """The QR's modules (quiet zone included) and where they go on a sticker `w` wide:
+    (rows, module size, side, left, top)."""
+    rows = list(_qr(url).matrix_iter(scale=1, border=4))
+    scale = (w - 110) // len(rows)
+    side = len(rows) * scale
+    return rows, scale, side, (w - side) // 2, 165
+
+
 def svg_text(st):
     """The sticker as SVG: the QR as one path of unit squares, text as SVG text (sans-serif)."""
     w, h = STICKER
-    qr = _qr(st.url)
-    rows = list(qr.matrix_iter(scale=1, border=4))
-    n = len(rows)
-    scale = (w - 110) // n
-    side = n * scale
-    x0, y0 = (w - side) // 2, 165
+    rows, scale, side, x0, y0 = _qr_layout(st.url, w)
     path = []
     for y, row in enumerate(rows):
         x = 0
-        while x < n:
+        while x < len(row):
             if row[x]:
                 start = x
-                while x < n and row[x]:
+                while x < len(row) and row[x]:
                     x += 1
                 path.append("M%d %dh%dv1h-%dz" % (start, y, x - start, x - start))
             else:
