@@ -20,6 +20,13 @@ def create_app(test_config=None):
     settings = config.load() if test_config is None else config.check(test_config)
     app.config.from_mapping(settings)
     app.config.setdefault("MAX_CONTENT_LENGTH", 512 * 1024)  # Stripe events are a few KB
+    hops = app.config["ARCADE_PROXY_HOPS"]
+    if hops:
+        # Behind a TLS-terminating proxy every request comes from the proxy: take the client's
+        # address (rate limits are per phone) from the X-Forwarded-* the trusted hops set. Not
+        # without them, or any client could pick its own address.
+        from werkzeug.middleware.proxy_fix import ProxyFix
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
     # wake: set after a credit is committed, so the dispatcher publishes at once (no polling delay).
     app.extensions["arcade"] = {"wake": threading.Event(), "dispatcher": None}
 

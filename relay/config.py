@@ -26,6 +26,7 @@ DEFAULTS = {
     "ARCADE_PUBLIC_URL": None,        # the address phones reach the relay at (QR stickers, Stripe return URLs)
     "ARCADE_TZ": "UTC",               # IANA zone promotions are evaluated in, e.g. Europe/Berlin
     "STRIPE_API_BASE": None,          # only for tests/demo: a fake Stripe API on loopback
+    "ARCADE_PROXY_HOPS": 0,           # reverse proxies in front of the relay (nginx, Caddy) to trust for X-Forwarded-*
     # Reconciliation with Stripe (relay/reconcile.py): durations like 15m, 72h; EVERY 0 = off.
     "ARCADE_RECONCILE_EVERY": "15m",  # the relay's periodic job; off anyway without STRIPE_API_KEY
     "ARCADE_RECONCILE_WINDOW": "72h", # how far back each run lists Checkout Sessions
@@ -74,6 +75,13 @@ def check(values, require_webhook_secret=True):
                               % (key, out[key], "number of seconds" if kind is float else "integer", DEFAULTS[key]))
         if out[key] <= 0:
             raise ConfigError("%s=%r must be positive (default %s)" % (key, out[key], DEFAULTS[key]))
+    try:
+        out["ARCADE_PROXY_HOPS"] = int(out["ARCADE_PROXY_HOPS"])
+        if not 0 <= out["ARCADE_PROXY_HOPS"] <= 5:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ConfigError("ARCADE_PROXY_HOPS=%r must be 0 (the relay faces the internet) or the number of reverse "
+                          "proxies in front of it, e.g. 1 behind nginx" % (out["ARCADE_PROXY_HOPS"],))
     if out["ARCADE_ACK_TIMEOUT_MAX"] < out["ARCADE_ACK_TIMEOUT"]:
         out["ARCADE_ACK_TIMEOUT_MAX"] = out["ARCADE_ACK_TIMEOUT"]
     prefix = out["ARCADE_TOPIC_PREFIX"]

@@ -207,6 +207,33 @@ def test_rate_limit_per_client_and_cabinet(client, fake, ledger):
     assert buy(client, "cab2", "1", {"REMOTE_ADDR": "10.1.2.3"}).status_code == 303  # another phone
 
 
+@pytest.mark.parametrize("hops, separate", [(0, False), (1, True)])
+def test_rate_limit_behind_a_reverse_proxy_keys_on_the_forwarded_client(tmp_path, fake, hops, separate):
+    # Behind nginx every request comes from 127.0.0.1: with ARCADE_PROXY_HOPS=1 each phone (the
+    # proxy's X-Forwarded-For) has its own budget; with 0 the header is not trusted (spoofable).
+    app = make_app(tmp_path, fake, ARCADE_PROXY_HOPS=str(hops))
+    with open_ledger(app.config["ARCADE_DB"]) as led:
+        led.add_cabinet("cab2", name="Pac-Man", price_cents=50)
+        led.record_status("cab2", True, {"t": "status", "cab": "cab2", "online": True})
+    client = app.test_client()
+
+    def buy_from(phone):
+        page = client.get("/pay/cab2", headers={"X-Forwarded-For": phone})
+        return client.post("/pay/cab2", data=form_for(page, "1"), headers={"X-Forwarded-For": phone},
+                           environ_base={"REMOTE_ADDR": "127.0.0.1"})
+    for _ in range(5):
+        assert buy_from("203.0.113.7").status_code == 303
+    assert buy_from("203.0.113.7").status_code == 429
+    assert buy_from("198.51.100.9").status_code == (303 if separate else 429)
+
+
+@pytest.mark.parametrize("value", ["-1", "many", "9"])
+def test_proxy_hops_must_be_a_small_count(tmp_path, fake, value):
+    from relay.config import ConfigError
+    with pytest.raises(ConfigError, match="ARCADE_PROXY_HOPS"):
+        make_app(tmp_path, fake, ARCADE_PROXY_HOPS=value)
+
+
 def test_requests_are_bounded(client, fake):
     assert client.get("/pay/cab1?x=" + "a" * 600).status_code == 414
     assert client.get("/paid?session_id=" + "a" * 600).status_code == 414
