@@ -351,6 +351,11 @@ class Ledger:
         return self._rows("SELECT %s FROM payments WHERE created_at >= ? ORDER BY created_at" % _PAYMENT_COLS,
                           (since,))
 
+    def sent_unacked(self, cabinet_id):
+        """Credits the broker took for `cabinet_id` (state sent) that the cabinet has not acked, by seq."""
+        return self._rows("SELECT %s FROM payments WHERE cabinet_id = ? AND state = 'sent' ORDER BY seq"
+                          % _PAYMENT_COLS, (cabinet_id,))
+
     def count_pending(self):
         return self._rows("SELECT COUNT(*) AS n FROM payments WHERE state IN ('queued', 'sent')")[0]["n"]
 

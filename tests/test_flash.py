@@ -292,3 +292,35 @@ def test_not_provisioned(rig, capsys):
     assert code == 1
     assert "no config for cabinet 'pacman-2'" in err and "arcade provision pacman-2" in err
     assert rig["board"].commands == []
+
+
+def _sent_unacked(db, cab="galaga-1"):
+    """A credit the broker took for the cabinet and the cabinet never acked (state sent)."""
+    with open_ledger(db) as ledger:
+        assert ledger.record_checkout("evt_1", "checkout.session.completed", "cs_test_inflight", "credit",
+                                      cab, 100, "usd", 1, 1) == "queued"
+        seq = ledger.get_payment("cs_test_inflight")["seq"]
+        assert ledger.mark_sent("cs_test_inflight", seq)
+    return seq
+
+
+def test_a_board_without_its_journal_is_not_flashed_while_a_credit_is_unacknowledged(rig):
+    # an erased board would apply the in-flight credit again if the old flash had pulsed it
+    seq = _sent_unacked(rig["db"])
+    code, out, err = rig["flash"]()
+    assert code == 1
+    assert "no journal" in err and "seq %d" % seq in err and "--force" in err and "Nothing was copied." in err
+    assert rig["board"].commands == [["exec", flash_cmd.PROBE]]
+    code, out, err = rig["flash"]("--force")          # the operator checked the coin meter
+    assert code == 0, err
+    assert "main.py" in rig["board"].files
+
+
+def test_a_board_with_its_journal_is_flashed_despite_an_unacknowledged_credit(rig):
+    assert rig["flash"]()[0] == 0                      # first flash: nothing in flight yet
+    rig["board"].files["state.json"] = b'{"v":1,"last":0}'
+    _sent_unacked(rig["db"])
+    rig["board"].commands.clear()
+    code, out, err = rig["flash"]()
+    assert code == 0, err                              # the journal keeps the dedupe: re-flash is safe
+    assert rig["board"].files["state.json"] == b'{"v":1,"last":0}'

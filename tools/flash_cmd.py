@@ -31,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+from relay import config
 from tools import fetch_umqtt, mpy_build
 from tools.provision_cmd import CA_NAME, ProvisionError, fw_config, load_profile
 
@@ -110,8 +111,9 @@ def _version(v):
 
 class Flasher:
     def __init__(self, cabinet, port, build=DEFAULT_BUILD, mip=False, dry_run=False, out=print,
-                 firmware=FIRMWARE, port_wait=PORT_WAIT):
+                 firmware=FIRMWARE, port_wait=PORT_WAIT, db=None, force=False):
         self.cab, self.port, self.mip, self.dry_run, self.out = cabinet, port, mip, dry_run, out
+        self.db, self.force = db, force
         self.build = Path(build)
         self.firmware = Path(firmware)
         self.cfg_dir = self.build / cabinet
@@ -299,6 +301,27 @@ class Flasher:
                              % (self.port, chip.upper(), probe["machine"], self.cab, self.board["name"], want))
         return version
 
+    def check_journal(self, probe):
+        # A board without its journal (state.json) forgets which credits it applied: a credit the
+        # broker already handed it and the relay has no ack for would be applied again.
+        if "state.json" in probe["root"] or self.force:
+            return
+        if not self.db or not os.path.exists(self.db):
+            self.out("      note: no relay database here (%s): cannot check %s for unacknowledged credits"
+                     % (self.db, self.cab))
+            return
+        from relay.ledger import open_ledger
+        with open_ledger(self.db) as ledger:
+            unacked = ledger.sent_unacked(self.cab)
+        if unacked:
+            raise FlashError(
+                "the board on %s has no journal (state.json: erased or new) but the relay sent %s %d credit(s) "
+                "it has no ack for (seq %s). If this board pulsed them before its flash was erased, they would "
+                "pulse again. Check the game's coin meter: if they never arrived, run again with --force (the "
+                "relay then delivers them to the new flash); `arcade payments --stuck` lists them. "
+                "Nothing was copied."
+                % (self.port, self.cab, len(unacked), ", ".join(str(p["seq"]) for p in unacked)))
+
     def run(self):
         self.check_host()
         if self.dry_run:
@@ -320,6 +343,7 @@ class Flasher:
             raise FlashError("the board on %s answered, but not like MicroPython (%s): flash MicroPython first "
                              "(docs/flashing.md)" % (self.port, _last_line(probe_out)))
         version = self.check_board(probe)
+        self.check_journal(probe)
         steps = self.plan(probe)
         total = len(steps) + 1
         self.out("      MicroPython %s, .mpy v%d (matches build/mpy), %s; %s"
@@ -348,11 +372,16 @@ def main(argv=None):
                    help="install micropython-lib's current umqtt.simple with mip instead of the pinned one "
                         "(untested by this project)")
     p.add_argument("--dry-run", action="store_true", help="print the exact mpremote commands; run nothing")
+    p.add_argument("--db", default=None, help="the relay database, to check for unacknowledged credits "
+                                              "(default: ARCADE_DB from the environment or .env)")
+    p.add_argument("--force", action="store_true",
+                   help="flash a board with no journal even though the relay has unacknowledged credits for it")
     p.add_argument("--build", default=str(DEFAULT_BUILD), metavar="DIR",
                    help="where <ID>/, mpy/ and umqtt/ are (default build/)")
     args = p.parse_args(argv)
     try:
-        return Flasher(args.cabinet, args.port, args.build, args.mip, args.dry_run).run()
+        db = args.db or config.db_path()
+        return Flasher(args.cabinet, args.port, args.build, args.mip, args.dry_run, db=db, force=args.force).run()
     except FlashError as e:
         print("arcade flash: %s" % e, file=sys.stderr)
         return e.status
