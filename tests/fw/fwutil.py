@@ -4,6 +4,7 @@ import os
 
 import machine
 from fakeclock import FakeClock
+from mqttwire import publish as mqtt_publish, puback  # noqa: F401 (re-exported for the tests)
 
 _HERE = __file__.rsplit("/", 1)[0] if "/" in __file__ else "."
 _made = []
@@ -147,25 +148,3 @@ class FakeSock:
 
     def close(self):
         self.closed = True
-
-
-def mqtt_publish(topic, payload, qos=1, pid=1):
-    """An incoming MQTT PUBLISH packet (short packets only)."""
-    body = bytearray()
-    body += bytes([len(topic) >> 8, len(topic) & 0xFF]) + topic
-    if qos:
-        body += bytes([pid >> 8, pid & 0xFF])
-    body += payload
-    n = len(body)
-    head = bytearray([0x30 | (qos << 1)])
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        head.append(b | 0x80 if n else b)
-        if not n:
-            break
-    return bytes(head + body)
-
-
-def puback(pid):
-    return bytes([0x40, 2, pid >> 8, pid & 0xFF])

@@ -90,19 +90,7 @@ class LoopbackBroker:
 
     def deliver(self, topic, payload, pid):
         # a QoS 1 PUBLISH from the broker
-        n = 2 + len(topic) + 2 + len(payload)
-        head = bytearray([0x32])
-        while True:
-            b = n & 0x7F
-            n >>= 7
-            head.append(b | 0x80 if n else b)
-            if not n:
-                break
-        self.rx.extend(head)
-        self.rx.extend(bytes([len(topic) >> 8, len(topic) & 0xFF]))
-        self.rx.extend(topic)
-        self.rx.extend(bytes([pid >> 8, pid & 0xFF]))
-        self.rx.extend(payload)
+        self.rx.extend(mqttwire.publish(topic, payload, 1, pid))
 
 
 def rmtree(path):
@@ -121,6 +109,8 @@ def steps():
     import machine
     import network  # noqa: F401
     from fakeclock import FakeClock
+    global mqttwire
+    import mqttwire
     clock = FakeClock()
     machine.set_clock(clock.ticks_ms)
     try:
