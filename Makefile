@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 umqtt: $(STAMP)
-	$(BIN)/python tools/fetch_umqtt.py
+	$(BIN)/python -m tools.mpy.fetch_umqtt
 
 mosquitto:
 	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || \
@@ -44,10 +44,10 @@ node_modules/.package-lock.json: package-lock.json
 	@touch $@
 
 mpy: $(STAMP)
-	$(BIN)/python tools/mpy_build.py
+	$(BIN)/python -m tools.mpy.build
 
 footprint: $(STAMP) umqtt node_modules/.package-lock.json
-	$(BIN)/python tools/mpy_footprint.py
+	$(BIN)/python -m tools.mpy.footprint_report
 
 # Flash a provisioned cabinet's board: make flash PORT=/dev/ttyUSB0 CABINET=galaga-1 (docs/flashing.md)
 .PHONY: flash

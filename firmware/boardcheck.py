@@ -1,7 +1,7 @@
 # Board profile checks (config.check_board loads this module for the check and drops it again).
 # A bad pin, level, timing or missing key is one ConfigError naming the key and the reason.
 import json
-from config import ConfigError, _bad, _str, _int
+from checks import ConfigError, bad, integer, string
 
 # Per chip: (GPIOs that exist, strapping pins, reserved pins: flash/PSRAM, USB-JTAG, the UART0
 # console, input-only pins). The coin line must avoid all of them; other inputs avoid the
@@ -20,7 +20,7 @@ _PINS = (("coin_pin", "output"), ("led_pin", "led"), ("inhibit_pin", "input"),
 
 def _level(b, src, k):
     if b[k] not in ("high", "low"):
-        raise _bad(src, k, "\"high\" or \"low\"", b[k])
+        raise bad(src, k, "\"high\" or \"low\"", b[k])
 
 
 def check(d, src):
@@ -31,14 +31,14 @@ def check(d, src):
          "unsafe_pins": []}
     for k in d:
         b[k] = d[k]
-    _str(b, src, "name", 1, 64)
+    string(b, src, "name", 1, 64)
     chip = b.get("chip")
     if chip not in _CHIPS:
-        raise _bad(src, "chip", "one of %s" % ", ".join(sorted(_CHIPS)), chip)
+        raise bad(src, "chip", "one of %s" % ", ".join(sorted(_CHIPS)), chip)
     exist, strap, reserved, in_only = _CHIPS[chip]
     u = b["unsafe_pins"]
     if not isinstance(u, list):
-        raise _bad(src, "unsafe_pins", "a list of GPIO numbers", u)
+        raise bad(src, "unsafe_pins", "a list of GPIO numbers", u)
     used = []
     for k, kind in _PINS:
         pin = b.get(k)
@@ -68,16 +68,16 @@ def check(d, src):
         _level(b, src, k)
     p = b["inhibit_pull"]
     if p not in ("up", "down", None):
-        raise _bad(src, "inhibit_pull", "\"up\", \"down\" or null (external resistor)", p)
+        raise bad(src, "inhibit_pull", "\"up\", \"down\" or null (external resistor)", p)
     if p is not None and b["inhibit_pin"] in in_only:
-        raise _bad(src, "inhibit_pull", "null: GPIO %d has no internal pull resistor, fit an "
+        raise bad(src, "inhibit_pull", "null: GPIO %d has no internal pull resistor, fit an "
                    "external one" % b["inhibit_pin"], p)
     for k in ("width_ms", "gap_ms"):
         rng = b.get(k + "_range", [20, 2000])
         if (not isinstance(rng, list) or len(rng) != 2 or not isinstance(rng[0], int)
                 or not isinstance(rng[1], int) or not 1 <= rng[0] <= rng[1] <= 10000):
-            raise _bad(src, k + "_range", "[min, max] in ms with 1 <= min <= max <= 10000", rng)
+            raise bad(src, k + "_range", "[min, max] in ms with 1 <= min <= max <= 10000", rng)
         b[k + "_range"] = rng
-        _int(b, src, k, rng[0], rng[1])
-    _int(b, src, "safe_window_ms", 0, 10000)
+        integer(b, src, k, rng[0], rng[1])
+    integer(b, src, "safe_window_ms", 0, 10000)
     return b

@@ -4,12 +4,10 @@
 import json
 import sys
 
+from checks import ConfigError, bad, integer, string
+
 DEFAULTS = {"prefix": "arcade", "keepalive": 30, "wifi_password": ""}
 _ID_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-"
-
-
-class ConfigError(Exception):
-    pass
 
 
 def _load_json(path, what):
@@ -23,27 +21,6 @@ def _load_json(path, what):
     if not isinstance(d, dict):
         raise ConfigError("%s must hold a JSON object (%s)" % (path, what))
     return d
-
-
-def _bad(src, key, expected, value=None, show=True):
-    got = ""
-    if show:
-        got = ", got %s" % (json.dumps(value) if value is not None else "nothing")
-    return ConfigError("%s: '%s' must be %s%s" % (src, key, expected, got))
-
-
-def _str(d, src, key, lo, hi, show=True):
-    v = d.get(key)
-    if not isinstance(v, str) or not lo <= len(v) <= hi:
-        raise _bad(src, key, "a string of %d to %d characters" % (lo, hi), v, show)
-    return v
-
-
-def _int(d, src, key, lo, hi):
-    v = d.get(key)
-    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-        raise _bad(src, key, "an integer from %d to %d" % (lo, hi), v)
-    return v
 
 
 def mask(url):
@@ -63,13 +40,13 @@ def parse_broker(url, src="config.json", key="broker"):
     """mqtt://[user[:password]@]host[:port] or mqtts://... -> dict(host, port, user, password, ssl)."""
     expected = "mqtt://[user:password@]host[:port] or mqtts://..."
     if not isinstance(url, str):
-        raise _bad(src, key, expected, url)
+        raise bad(src, key, expected, url)
     if url.startswith("mqtt://"):
         ssl, rest, port = False, url[7:], 1883
     elif url.startswith("mqtts://"):
         ssl, rest, port = True, url[8:], 8883
     else:
-        raise _bad(src, key, expected, mask(url))
+        raise bad(src, key, expected, mask(url))
     user = password = None
     at = rest.rfind("@")
     if at >= 0:
@@ -77,7 +54,7 @@ def parse_broker(url, src="config.json", key="broker"):
         c = cred.find(":")
         user, password = (cred, "") if c < 0 else (cred[:c], cred[c + 1:])
         if not user:
-            raise _bad(src, key, expected + " (user name is empty)", mask(url))
+            raise bad(src, key, expected + " (user name is empty)", mask(url))
     if rest.endswith("/"):
         rest = rest[:-1]
     host = rest
@@ -89,9 +66,9 @@ def parse_broker(url, src="config.json", key="broker"):
         except ValueError:
             port = 0
         if not 1 <= port <= 65535:
-            raise _bad(src, key, expected + " (port 1..65535)", mask(url))
+            raise bad(src, key, expected + " (port 1..65535)", mask(url))
     if not host or "/" in host:
-        raise _bad(src, key, expected + " (no host)", mask(url))
+        raise bad(src, key, expected + " (no host)", mask(url))
     return {"host": host, "port": port, "user": user, "password": password, "ssl": ssl}
 
 
@@ -102,7 +79,7 @@ def check_id(v, src="config.json", key="cabinet"):
             if ch not in _ID_CHARS:
                 ok = False
     if not ok:
-        raise _bad(src, key, "1 to 32 characters from A-Z a-z 0-9 _ -", v)
+        raise bad(src, key, "1 to 32 characters from A-Z a-z 0-9 _ -", v)
     return v
 
 
@@ -121,25 +98,25 @@ def check_config(d, src="config.json"):
             if not 33 <= ord(ch) <= 126:
                 ok = False
     if not ok:
-        raise _bad(src, "secret", "the cabinet's secret from the relay (16 to 128 printable ASCII "
+        raise bad(src, "secret", "the cabinet's secret from the relay (16 to 128 printable ASCII "
                    "characters, no spaces; `arcade cabinet add` prints it)", show=False)
-    _str(c, src, "wifi_ssid", 1, 32)
-    _str(c, src, "wifi_password", 0, 64, show=False)
+    string(c, src, "wifi_ssid", 1, 32)
+    string(c, src, "wifi_password", 0, 64, show=False)
     c["mqtt"] = parse_broker(c.get("broker"), src)
-    _str(c, src, "board", 1, 64)
+    string(c, src, "board", 1, 64)
     p = c["prefix"]
     if (not isinstance(p, str) or not p or len(p) > 64 or p[0] == "/" or p[-1] == "/"
             or "+" in p or "#" in p or "\n" in p):
-        raise _bad(src, "prefix", "a topic prefix without + # or a leading/trailing / (default "
+        raise bad(src, "prefix", "a topic prefix without + # or a leading/trailing / (default "
                    "\"arcade\")", p)
-    _int(c, src, "keepalive", 1, 3600)
+    integer(c, src, "keepalive", 1, 3600)
     ca = c.get("ca")
     if c["mqtt"]["ssl"] or ca is not None:
         if not isinstance(ca, str) or not ca or "\n" in ca:
-            raise _bad(src, "ca", "the path on the device of the broker's CA certificate (PEM or "
+            raise bad(src, "ca", "the path on the device of the broker's CA certificate (PEM or "
                        "DER) for mqtts:// (`arcade provision --ca FILE` copies it as ca.pem)", ca)
         if not c["mqtt"]["ssl"]:
-            raise _bad(src, "ca", "set only with an mqtts:// broker", ca)
+            raise bad(src, "ca", "set only with an mqtts:// broker", ca)
     return c
 
 

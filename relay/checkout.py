@@ -214,24 +214,3 @@ def payment_view(ledger, session_id, stuck_after=20.0, now=None):
     view["reference"] = session_id[-8:]
     return view
 
-
-def stickers(cfg, ids=None):
-    """QR stickers (tools/qr_cmd.Sticker) for these cabinet ids, or every enabled cabinet."""
-    from relay import ledger as ledger_mod
-    from tools import qr_cmd
-    public = cfg.get("ARCADE_PUBLIC_URL")
-    if not public:
-        raise ValueError("ARCADE_PUBLIC_URL is not set: set it (environment or .env) to the address phones reach "
-                         "the relay at, e.g. https://pay.my-arcade.com, or pass --public-url")
-    with ledger_mod.open_ledger(cfg["ARCADE_DB"]) as led:
-        if ids:
-            cabinets = []
-            for cid in ids:
-                cab = led.get_cabinet(cid)
-                if cab is None:
-                    raise LookupError("no cabinet %r: see `arcade cabinet list`" % cid)
-                cabinets.append(cab)
-        else:
-            cabinets = [c for c in led.list_cabinets() if c["enabled"]]
-    return [qr_cmd.Sticker(c["id"], c["name"], qr_cmd.pay_url(public, c["id"]),
-                           qr_cmd.from_price(options(c), c["currency"])) for c in cabinets]

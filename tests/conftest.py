@@ -6,7 +6,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tools.broker import Mosquitto  # noqa: E402
+from tools.lab.broker import Mosquitto  # noqa: E402
 
 
 @pytest.fixture

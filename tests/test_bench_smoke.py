@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from relay.ledger import open_ledger
-from tools import bench
+from tools.commands import bench as bench_cmd
+from tools.lab import bench
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,7 +41,7 @@ def test_percentile_nearest_rank():
 @pytest.mark.skipif(not (ROOT / "build/umqtt/umqtt/simple.py").exists(), reason="make umqtt first")
 def test_tiny_bench_run_reports_every_figure(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    rc = bench.main(["--payments", "4", "--cabinets", "2", "--webhooks", "20", "--senders", "2", "--queued", "2",
+    rc = bench_cmd.main(["--payments", "4", "--cabinets", "2", "--webhooks", "20", "--senders", "2", "--queued", "2",
                      "--ledger-sizes", "200", "--growth-webhooks", "5", "--pulse-ms", "20", "--gap-ms", "20",
                      "--dir", str(tmp_path / "work"), "--out", str(out)])
     assert rc == 0

@@ -4,7 +4,7 @@ import threading
 import paho.mqtt.client as mqtt
 import pytest
 
-from tools.broker import Mosquitto
+from tools.lab.broker import Mosquitto
 
 
 def _session(port, client_id, on_message=None):

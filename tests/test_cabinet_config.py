@@ -18,7 +18,7 @@ from relay import config, protocol
 from relay.dispatcher import Dispatcher
 from relay.ledger import LedgerError, open_ledger
 from tools import cli
-from tools.stack import wait_until
+from tools.lab.stack import wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -388,7 +388,7 @@ def test_test_pulse_bad_input(db, capsys, argv, shown):
 @pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, "build", "umqtt", "umqtt", "simple.py")),
                     reason="pinned umqtt.simple not fetched (make umqtt)")
 def test_config_and_test_pulse_reach_the_real_firmware(relay, capsys, tmp_path):
-    from tools.stack import Cabinet
+    from tools.lab.stack import Cabinet
     relay["start"]()
     cab = Cabinet(tmp_path, "cab1", relay["secret"], relay["broker"].url, keepalive=5).start()
     try:

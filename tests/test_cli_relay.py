@@ -9,8 +9,9 @@ import urllib.request
 import pytest
 
 from relay.ledger import open_ledger
-from tools import stack, trigger
-from tools.broker import free_port
+from tools.lab import stack
+from tools.lab import trigger
+from tools.lab.broker import free_port
 
 SECRET = "whsec_test_cli"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

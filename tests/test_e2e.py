@@ -8,7 +8,8 @@ import pytest
 
 from relay import protocol
 from relay.ledger import open_ledger
-from tools import stack, trigger
+from tools.lab import stack
+from tools.lab import trigger
 
 WEBHOOK_SECRET = "whsec_test_" + "e2e"
 

@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import stripe
 
-from tools.fake_stripe import FakeStripe, parse_pairs
+from tools.lab.fake_stripe import FakeStripe, parse_pairs
 
 
 @pytest.fixture

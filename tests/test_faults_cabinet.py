@@ -18,8 +18,9 @@ import pytest
 
 from relay import protocol
 from relay.ledger import open_ledger
-from tools import stack, trigger
-from tools.broker import Mosquitto
+from tools.lab import stack
+from tools.lab import trigger
+from tools.lab.broker import Mosquitto
 
 ROOT = stack.ROOT
 WHSEC = "whsec_test_faults_cabinet"

@@ -15,8 +15,10 @@ from collections import Counter, defaultdict
 import pytest
 
 from relay.ledger import open_ledger
-from tools import stack, stripe_events, trigger
-from tools.broker import Mosquitto
+from tools.lab import stack
+from tools.lab import stripe_events
+from tools.lab import trigger
+from tools.lab.broker import Mosquitto
 
 WHSEC = "whsec_test_faults_delivery"
 # Short timers so that a fault heals in seconds: resend an unacknowledged credit after 1 s (2 s at

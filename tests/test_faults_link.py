@@ -1,4 +1,4 @@
-"""Fault 5 of issue 3: a half-open link. tools/tcpproxy sits between the cabinet and mosquitto and
+"""Fault 5 of issue 3: a half-open link. tools/lab/tcpproxy sits between the cabinet and mosquitto and
 between the relay and mosquitto; it blackholes a link without closing it (nothing gets through,
 no FIN, no reset), as a dead WiFi or NAT path does. The end that can only learn it from silence
 must give up within two keepalive periods and dial again, and a payment made while the link was
@@ -12,9 +12,10 @@ from collections import Counter
 import pytest
 
 from relay.ledger import open_ledger
-from tools import stack, trigger
-from tools.broker import Mosquitto
-from tools.tcpproxy import TcpProxy
+from tools.lab import stack
+from tools.lab import trigger
+from tools.lab.broker import Mosquitto
+from tools.lab.tcpproxy import TcpProxy
 
 WHSEC = "whsec_test_faults_link"
 KEEPALIVE = 2

@@ -12,8 +12,10 @@ from collections import Counter
 import pytest
 
 from relay.ledger import open_ledger
-from tools import stack, stripe_events, trigger
-from tools.broker import Mosquitto
+from tools.lab import stack
+from tools.lab import stripe_events
+from tools.lab import trigger
+from tools.lab.broker import Mosquitto
 
 WHSEC = "whsec_test_faults_restore"
 RELAY_ENV = {"ARCADE_ACK_TIMEOUT": "1", "ARCADE_ACK_TIMEOUT_MAX": "2", "ARCADE_RESCAN": "0.5",

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from relay.ledger import open_ledger
-from tools import fetch_umqtt, flash_cmd, mpy_build
-from tools.provision_cmd import provision
+from tools.mpy import fetch_umqtt
+from tools.commands import flash as flash_cmd
+from tools.mpy import build as mpy_build
+from tools.commands.provision import provision
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_RUN = subprocess.run

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from tools import mpy_build, mpy_footprint
+from tools.mpy import build as mpy_build
+from tools.mpy import footprint_report as mpy_footprint
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN = ROOT / "tools" / "mpy" / "run.mjs"
+RUN = ROOT / "tools" / "mpy" / "vm" / "run.mjs"
 FW_TESTS = ROOT / "tests" / "fw"
 TIMEOUT = 120
 LINE = re.compile(r"^(PASS|FAIL) (\S+?)(?: \(import\))?(?::|$)")

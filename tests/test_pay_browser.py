@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from relay.ledger import open_ledger
-from tools import stack
-from tools.broker import free_port
-from tools.fake_stripe import FakeStripe
+from tools.lab import stack
+from tools.lab.broker import free_port
+from tools.lab.fake_stripe import FakeStripe
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts" / "browser"

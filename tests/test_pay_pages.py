@@ -7,8 +7,8 @@ import pytest
 
 from relay import create_app
 from relay.ledger import open_ledger
-from tools import stripe_events as se
-from tools.fake_stripe import FakeStripe
+from tools.lab import stripe_events as se
+from tools.lab.fake_stripe import FakeStripe
 
 SECRET = "whsec_test_pay"
 API_KEY = "sk_test_pay_123456789"
@@ -349,7 +349,7 @@ def test_bad_payment_link_mapping_is_refused(ledger, link, cab, message):
 
 
 def test_cabinet_link_command_maps_a_payment_link(app, ledger, capsys):
-    from tools import cabinet_cmd
+    from tools.commands import cabinet as cabinet_cmd
     db = app.config["ARCADE_DB"]
     assert cabinet_cmd.main(["--db", db, "link", "cab2", "plink_1AbCdE"]) == 0
     assert "payment link plink_1AbCdE now credits cabinet cab2" in capsys.readouterr().out

@@ -172,7 +172,7 @@ def promo_env(tmp_path, monkeypatch):
 
 def test_promo_command_add_list_remove(promo_env, capsys):
     import json
-    from tools import promo_cmd
+    from tools.commands import promo as promo_cmd
     assert promo_cmd.main(["add", "--bonus", "1", "--days", "weekdays", "--window", "14:00-17:00",
                            "--label", "Happy hour"]) == 0
     assert "added promotion 1: +1 bonus credit, weekdays 14:00-17:00, all cabinets (Europe/Berlin)" \
@@ -198,7 +198,7 @@ def test_promo_command_add_list_remove(promo_env, capsys):
     (["remove", "42"], "no promotion 42"),
 ])
 def test_promo_command_refuses_bad_input_and_changes_nothing(promo_env, capsys, argv, message):
-    from tools import promo_cmd
+    from tools.commands import promo as promo_cmd
     assert promo_cmd.main(argv) == 2
     assert message in capsys.readouterr().err
     from relay.ledger import open_ledger

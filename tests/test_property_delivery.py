@@ -38,7 +38,7 @@ from hypothesis import strategies as st
 from relay import config, create_app
 from relay.dispatcher import Dispatcher
 from relay.ledger import open_ledger
-from tools import stripe_events as se
+from tools.lab import stripe_events as se
 
 ROOT = Path(__file__).resolve().parents[1]
 for _sub in ("tools/hostsim", "firmware"):

@@ -10,7 +10,7 @@ import pytest
 
 from relay.ledger import open_ledger
 from tools import cli
-from tools.provision_cmd import fw_config
+from tools.hostsim.boards import fw_config
 
 ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "wifi-pass-7f3a91"

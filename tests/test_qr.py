@@ -8,7 +8,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from relay.ledger import open_ledger
-from tools import qr_cmd
+from relay import stickers
+from tools.commands import qr as qr_cmd
 
 PUBLIC = "https://pay.pixel-palace.test"
 
@@ -43,7 +44,7 @@ def test_png_sticker_decodes_to_the_stable_pay_url(env, capsys):
     assert capsys.readouterr().out.strip() == str(out)
     assert zbar(out) == [PUBLIC + "/pay/cab1"]
     with Image.open(out) as img:
-        assert img.size == qr_cmd.STICKER and round(img.info["dpi"][0]) == 300
+        assert img.size == stickers.STICKER and round(img.info["dpi"][0]) == 300
 
 
 def test_default_output_name(env):
@@ -67,7 +68,7 @@ def test_all_as_a_pdf_sheet(env):
     assert len(re.findall(rb"/Type\s*/Page\b", data)) == 1          # three stickers fit one A4 page
     # The same sheet as PNG: every sticker on it decodes.
     png = env / "sheet.png"
-    png.write_bytes(qr_cmd.png_bytes(qr_cmd.sheets(qr_cmd.stickers_from_ledger(
+    png.write_bytes(stickers.png_bytes(stickers.sheets(qr_cmd.stickers_from_ledger(
         {"ARCADE_DB": str(env / "arcade.db"), "ARCADE_PUBLIC_URL": PUBLIC}))[0]))
     assert sorted(zbar(png)) == [PUBLIC + "/pay/cab%d" % i for i in (1, 2, 3)]
 
@@ -82,7 +83,7 @@ def test_svg_sticker_has_the_text_and_a_qr_that_decodes(env):
     # Rasterise the QR path ourselves (M x y h n v1 h-n z runs) and decode it with zbar.
     path = [p for p in root.findall("s:path", ns)][0]
     tx, ty, scale = map(int, re.match(r"translate\((\d+) (\d+)\) scale\((\d+)\)", path.get("transform")).groups())
-    img = Image.new("L", qr_cmd.STICKER, 255)
+    img = Image.new("L", stickers.STICKER, 255)
     draw = ImageDraw.Draw(img)
     runs = re.findall(r"M(\d+) (\d+)h(\d+)v1h-\d+z", path.get("d"))
     assert runs
@@ -100,7 +101,7 @@ def test_svg_sticker_has_the_text_and_a_qr_that_decodes(env):
     ([], "usd", ""),
 ])
 def test_from_price_is_the_lowest_price_per_play(options, currency, text):
-    assert qr_cmd.from_price(options, currency) == text
+    assert stickers.from_price(options, currency) == text
 
 
 @pytest.mark.parametrize("argv, setup, message", [

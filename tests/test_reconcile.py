@@ -1,4 +1,4 @@
-"""Reconciliation with Stripe, through the real stripe-python client against tools/fake_stripe on loopback.
+"""Reconciliation with Stripe, through the real stripe-python client against tools/lab/fake_stripe on loopback.
 
 Sessions are put into the fake as Stripe would hold them (paid with no webhook sent: "the webhook
 never came"); each test checks what the ledger holds afterwards and what requests reached "Stripe".
@@ -11,8 +11,8 @@ import pytest
 from relay import reconcile
 from relay.ledger import open_ledger
 from tools import cli
-from tools.fake_stripe import FakeStripe
-from tools.stack import Relay, wait_until
+from tools.lab.fake_stripe import FakeStripe
+from tools.lab.stack import Relay, wait_until
 
 KEY = "sk_test_reconcile"
 
@@ -335,7 +335,7 @@ def test_relay_without_api_key_says_reconciliation_is_off(tmp_path, ledger, brok
 def test_relay_refuses_a_bad_interval(tmp_path, ledger):
     import subprocess
     import sys
-    from tools.stack import ROOT, _env
+    from tools.lab.stack import ROOT, _env
     r = subprocess.run([sys.executable, "-m", "tools.cli", "relay", "--port", "0"], cwd=str(ROOT),
                        env=_env({"ARCADE_DB": ledger.path, "STRIPE_WEBHOOK_SECRET": "whsec_x",
                                  "ARCADE_RECONCILE_EVERY": "sometimes"}),

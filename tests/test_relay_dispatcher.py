@@ -14,7 +14,7 @@ import pytest
 from relay import config, protocol
 from relay.dispatcher import Dispatcher
 from relay.ledger import open_ledger
-from tools.stack import wait_until
+from tools.lab.stack import wait_until
 
 
 class FakeCabinet:

@@ -11,7 +11,7 @@ import pytest
 from relay import create_app
 from relay.config import ConfigError
 from relay.ledger import open_ledger
-from tools import stripe_events as se
+from tools.lab import stripe_events as se
 
 SECRET = "whsec_test_webhook"
 

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from relay.ledger import open_ledger
-from tools.soak import KINDS, Soak
+from tools.lab.soak import KINDS, Soak
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not (ROOT / "build/umqtt/umqtt/simple.py").exists(),

@@ -24,8 +24,8 @@ import pytest
 
 from relay import create_app
 from relay.ledger import open_ledger
-from tools import stripe_events as se
-from tools.stack import Relay
+from tools.lab import stripe_events as se
+from tools.lab.stack import Relay
 
 SECRET = "whsec_stripe_side"
 

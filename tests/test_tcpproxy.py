@@ -1,9 +1,9 @@
-"""tools/tcpproxy.py: forwards, blackholes without closing (holding bytes and FINs), resumes in order."""
+"""tools/lab/tcpproxy.py: forwards, blackholes without closing (holding bytes and FINs), resumes in order."""
 import socket
 
 import pytest
 
-from tools.tcpproxy import TcpProxy
+from tools.lab.tcpproxy import TcpProxy
 
 WAIT = 10.0
 

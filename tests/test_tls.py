@@ -14,9 +14,9 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from relay import protocol
-from tools.broker import Mosquitto
+from tools.lab.broker import Mosquitto
 from tools.hostsim import mpssl, usocket
-from tools.stack import Cabinet
+from tools.lab.stack import Cabinet
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "3b9d0e1f2a4c6e8a0b2d4f6a8c0e2b4d6f8a0c2e4b6d8f0a"

@@ -7,19 +7,19 @@ import sys
 
 # name -> (module, one-line help)
 COMMANDS = {
-    "relay": ("tools.relay_cmd", "run the relay (webhook, dispatcher) under a production WSGI server"),
-    "cabinet": ("tools.cabinet_cmd", "add, list, enable/disable cabinets and set their prices"),
-    "payments": ("tools.payments_cmd", "list recent payments with their delivery state"),
-    "reconcile": ("tools.reconcile_cmd", "compare Stripe's paid sessions with the ledger, fulfil what was missed"),
-    "simulate": ("tools.simulate", "run the real firmware on this host with simulated pins"),
-    "trigger": ("tools.trigger", "send a correctly signed Stripe checkout event to a relay"),
-    "qr": ("tools.qr_cmd", "print QR stickers that open a cabinet's pay page (png, svg, pdf)"),
-    "promo": ("tools.promo_cmd", "add, list and remove promotions (happy hour bonus, percent off)"),
-    "provision": ("tools.provision_cmd", "write a cabinet's config.json and board profile for flashing"),
-    "flash": ("tools.flash_cmd", "copy the firmware, umqtt.simple and a cabinet's config to a board (mpremote)"),
-    "demo": ("tools.demo", "start mosquitto, the relay and a simulated cabinet, pay once, show the pulses"),
-    "bench": ("tools.bench", "benchmark the relay against the naive design on loopback (latency, rate, recovery)"),
-    "soak": ("tools.soak", "many payments under random faults (kills, broker loss, power cuts); the books must balance"),
+    "relay": ("tools.commands.relay", "run the relay (webhook, dispatcher) under a production WSGI server"),
+    "cabinet": ("tools.commands.cabinet", "add, list, enable/disable cabinets and set their prices"),
+    "payments": ("tools.commands.payments", "list recent payments with their delivery state"),
+    "reconcile": ("tools.commands.reconcile", "compare Stripe's paid sessions with the ledger, fulfil what was missed"),
+    "simulate": ("tools.commands.simulate", "run the real firmware on this host with simulated pins"),
+    "trigger": ("tools.commands.trigger", "send a correctly signed Stripe checkout event to a relay"),
+    "qr": ("tools.commands.qr", "print QR stickers that open a cabinet's pay page (png, svg, pdf)"),
+    "promo": ("tools.commands.promo", "add, list and remove promotions (happy hour bonus, percent off)"),
+    "provision": ("tools.commands.provision", "write a cabinet's config.json and board profile for flashing"),
+    "flash": ("tools.commands.flash", "copy the firmware, umqtt.simple and a cabinet's config to a board (mpremote)"),
+    "demo": ("tools.commands.demo", "start mosquitto, the relay and a simulated cabinet, pay once, show the pulses"),
+    "bench": ("tools.commands.bench", "benchmark the relay against the naive design on loopback (latency, rate, recovery)"),
+    "soak": ("tools.commands.soak", "many payments under random faults (kills, broker loss, power cuts); the books must balance"),
 }
 
 

@@ -32,10 +32,11 @@ import time
 from pathlib import Path
 
 from relay import config
-from tools import fetch_umqtt, mpy_build
-from tools.provision_cmd import CA_NAME, ProvisionError, fw_config, load_profile
+from tools.mpy import fetch_umqtt
+from tools.mpy import build as mpy_build
+from tools.hostsim.boards import CA_NAME, ProvisionError, fw_config, load_profile
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FIRMWARE = ROOT / "firmware"
 DEFAULT_BUILD = ROOT / "build"
 STEP_TIMEOUT = 120          # seconds one mpremote run may take (mip downloads included)

@@ -1,4 +1,4 @@
-# Heap footprint of the firmware on MicroPython (run by tools/mpy/run.mjs; `make footprint`).
+# Heap footprint of the firmware on MicroPython (run by tools/mpy/vm/run.mjs; `make footprint`).
 #
 # Imports what the device imports (app -> protocol, config, coin, cabinet, journal, umqtt.simple),
 # builds the App from a checked config and board profile, then feeds it N signed credits the way the
@@ -7,7 +7,7 @@
 # the signed ack and waits for its PUBACK. The "broker" is an in-memory socket that answers PUBACK
 # and PINGRESP. Heap is gc.mem_alloc() after gc.collect(). The fakes for machine/network (built into
 # the device's firmware, not on its heap) are imported before the baseline so they are not counted
-# as firmware. Last line: FOOTPRINT {json} for tools/mpy_footprint.py.
+# as firmware. Last line: FOOTPRINT {json} for tools/mpy/footprint_report.py.
 #
 # The WebAssembly port only collects garbage between calls from JavaScript (gc.collect() inside a
 # call just marks a collection pending), so the work is a generator, STEPS, that run.mjs resumes once

@@ -14,9 +14,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tools.broker import end_process, free_port, wait_port
+from tools.lab.broker import end_process, free_port, wait_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _env(extra):

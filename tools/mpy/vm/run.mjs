@@ -1,17 +1,17 @@
 // Run MicroPython-side scripts on the real MicroPython VM (the WebAssembly port from npm).
 //
-//   node tools/mpy/run.mjs                      run every tests/fw/test_*.py (tools/mpy/runner.py)
-//   node tools/mpy/run.mjs -k journal           only test modules/functions whose name contains "journal"
-//   node tools/mpy/run.mjs --mpy build/mpy      firmware from compiled .mpy files (what gets flashed)
-//   node tools/mpy/run.mjs --tests DIR          run DIR/test_*.py instead of tests/fw (mounted as tests/fw)
-//   node tools/mpy/run.mjs --script tools/mpy/footprint.py   run another MicroPython-side script
+//   node tools/mpy/vm/run.mjs                      run every tests/fw/test_*.py (tools/mpy/vm/runner.py)
+//   node tools/mpy/vm/run.mjs -k journal           only test modules/functions whose name contains "journal"
+//   node tools/mpy/vm/run.mjs --mpy build/mpy      firmware from compiled .mpy files (what gets flashed)
+//   node tools/mpy/vm/run.mjs --tests DIR          run DIR/test_*.py instead of tests/fw (mounted as tests/fw)
+//   node tools/mpy/vm/run.mjs --script tools/mpy/vm/footprint.py   run another MicroPython-side script
 //
 // The repository is mirrored into the VM's in-memory filesystem under /repo (only the parts that run
 // on a device: firmware/, the MicroPython fakes from tools/hostsim/, the pinned umqtt.simple, tests/fw/,
-// tests/vectors.json, boards/*.json, tools/mpy/*.py), so a test that finds files relative to __file__
+// tests/vectors.json, boards/*.json, tools/mpy/vm/*.py), so a test that finds files relative to __file__
 // works the same as on the host. Port quirks: files live on Emscripten's FS, whose OSErrors carry
 // Emscripten errno numbers (ENOENT is 44, while errno.ENOENT is 2 as on an ESP32), so code should catch
-// OSError rather than compare errno for files; there are no sockets, ssl or tls (tools/mpy/port/
+// OSError rather than compare errno for files; there are no sockets, ssl or tls (tools/mpy/vm/port/
 // usocket.py only lets umqtt.simple import); gc.collect() is deferred (see STEPS below). Modules that the PyScript build freezes but an ESP32 build does not have (hmac,
 // logging, pathlib, ...) are shadowed by guards that raise ImportError, so "passes here" means
 // "imports only what an ESP32 has". Exit status: the script's (0 = all passed), 2 on a harness error.
@@ -20,7 +20,7 @@ import path from "node:path";
 import url from "node:url";
 
 const HERE = path.dirname(url.fileURLToPath(import.meta.url));
-const ROOT = path.resolve(HERE, "..", "..");
+const ROOT = path.resolve(HERE, "..", "..", "..");
 const PKG = "@micropython/micropython-webassembly-pyscript";
 const VM_ROOT = "/repo";
 
@@ -37,13 +37,13 @@ const NOT_ON_ESP32 = [
 
 function usage(msg) {
   if (msg) console.error("run.mjs: " + msg);
-  console.error("usage: node tools/mpy/run.mjs [--script FILE] [--tests DIR] [--mpy DIR] [--heap BYTES[k|m]] " +
+  console.error("usage: node tools/mpy/vm/run.mjs [--script FILE] [--tests DIR] [--mpy DIR] [--heap BYTES[k|m]] " +
                 "[--no-guard] [-k SUBSTRING] [-- ARGS for the script]");
   process.exit(2);
 }
 
 function parseArgs(argv) {
-  const o = { script: "tools/mpy/runner.py", tests: "tests/fw", mpy: null, heap: 2 * 1024 * 1024, guard: true, args: [] };
+  const o = { script: "tools/mpy/vm/runner.py", tests: "tests/fw", mpy: null, heap: 2 * 1024 * 1024, guard: true, args: [] };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const val = () => (i + 1 < argv.length ? argv[++i] : usage(a + " needs a value"));
@@ -124,7 +124,7 @@ function populate(FS, opts) {
   copyInto(FS, tests, VM_ROOT + "/tests/fw", (n) => py(n) && n !== "conftest.py", true);
   copyFile(FS, r("tests/vectors.json"), VM_ROOT + "/tests/vectors.json");
   copyInto(FS, r("boards"), VM_ROOT + "/boards", (n) => n.endsWith(".json"));
-  copyInto(FS, HERE, VM_ROOT + "/tools/mpy", py, true);
+  copyInto(FS, HERE, VM_ROOT + "/tools/mpy/vm", py, true);
   if (opts.guard) {
     FS.mkdirTree("/esp32guard");
     for (const name of NOT_ON_ESP32) {
@@ -154,7 +154,7 @@ const sysPath = [
   `${VM_ROOT}/firmware`,
   `${VM_ROOT}/build/umqtt`,
   `${VM_ROOT}/tools/hostsim`,
-  `${VM_ROOT}/tools/mpy/port`,
+  `${VM_ROOT}/tools/mpy/vm/port`,
   ".frozen",
 ];
 mp.globals.set("_argv", [scriptRel, ...opts.args]);

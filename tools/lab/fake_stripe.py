@@ -18,7 +18,7 @@ and plays Stripe's hosted pages:
     GET  /l/<plink_id>      a Payment Link: makes a session from the link (its metadata copied, the
                             `client_reference_id` query parameter kept) and 303 to its hosted page
 
-Webhooks are signed with tools/stripe_events.py, the same code `arcade trigger` uses.
+Webhooks are signed with tools/lab/stripe_events.py, the same code `arcade trigger` uses.
 """
 import hashlib
 import html
@@ -33,7 +33,7 @@ import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from tools import stripe_events
+from tools.lab import stripe_events
 
 MAX_BODY = 64 * 1024
 _SESSION_PATH = re.compile(r"^/v1/checkout/sessions/(cs_[A-Za-z0-9_]{1,200})$")
@@ -528,7 +528,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def main(argv=None):
-    """Run the fake on its own (for trying the pay page by hand): python -m tools.fake_stripe."""
+    """Run the fake on its own (for trying the pay page by hand): python -m tools.lab.fake_stripe."""
     import argparse
     import os
     p = argparse.ArgumentParser(prog="fake_stripe", description=__doc__.splitlines()[0])

@@ -1,7 +1,7 @@
 """Measure the firmware's heap footprint on MicroPython and write it into docs/hardware.md.
 
-Builds the .mpy files (tools/mpy_build.py), runs tools/mpy/footprint.py on the MicroPython 1.27 VM
-(node tools/mpy/run.mjs --mpy build/mpy), checks the budget and rewrites the "Footprint" section of
+Builds the .mpy files (tools/mpy/build.py), runs tools/mpy/vm/footprint.py on the MicroPython 1.27 VM
+(node tools/mpy/vm/run.mjs --mpy build/mpy), checks the budget and rewrites the "Footprint" section of
 docs/hardware.md between its markers (the rest of the file is left alone).
 """
 import argparse
@@ -12,11 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tools import mpy_build  # noqa: E402
+from tools.mpy import build as mpy_build  # noqa: E402
 
 BUDGET = 32 * 1024          # heap the firmware may hold at steady state (issue 4)
 MAX_GROWTH = 256            # bytes between credit 40 and 100: "no growth", give or take a GC block
@@ -34,12 +34,12 @@ def node_cmd():
     if node is None:
         raise FootprintError("node is not installed: install Node.js 18+ (apt-get install nodejs npm), "
                              "then `make setup`")
-    return [node, str(ROOT / "tools" / "mpy" / "run.mjs")]
+    return [node, str(ROOT / "tools" / "mpy" / "vm" / "run.mjs")]
 
 
 def measure(mpy_dir, timeout=120):
     """Run the footprint script on MicroPython; returns its FOOTPRINT dict and its report lines."""
-    cmd = node_cmd() + ["--script", "tools/mpy/footprint.py"]
+    cmd = node_cmd() + ["--script", "tools/mpy/vm/footprint.py"]
     if mpy_dir is not None:
         cmd += ["--mpy", str(mpy_dir)]
     try:

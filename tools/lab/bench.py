@@ -2,7 +2,7 @@
 
 A private mosquitto, the relay under its production server (`arcade relay`, waitress) and N
 simulated cabinets (`arcade simulate`, the unchanged firmware). Then the same figures for the naive
-design (tools/naive_relay.py: verify the signature, publish QoS 0 inline, no ledger) on the same
+design (tools/lab/naive_relay.py: verify the signature, publish QoS 0 inline, no ledger) on the same
 broker and cabinets:
 
   latency     webhook sent -> first coin edge on the simulated pin (p50/p95/p99), one payment at a
@@ -18,7 +18,6 @@ Then, for the relay only, webhook latency at each ledger size (the ledger prefil
 
 Prints a table and writes the figures as JSON (--out). Numbers, not a test: nothing is asserted.
 """
-import argparse
 import http.client
 import json
 import math
@@ -32,10 +31,11 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tools import stack, stripe_events
-from tools.broker import Mosquitto, wait_port
+from tools.lab import stack
+from tools.lab import stripe_events
+from tools.lab.broker import Mosquitto, wait_port
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PRICE = 100
 
 
@@ -187,7 +187,7 @@ class Naive(stack.Proc):
     def __init__(self, workdir, cabinets_file, mqtt_url, webhook_secret):
         self.port = stack.free_port()
         env = stack._env({"MQTT_URL": mqtt_url, "STRIPE_WEBHOOK_SECRET": webhook_secret})
-        argv = [sys.executable, "-m", "tools.naive_relay", "--cabinets", str(cabinets_file), "--host", "127.0.0.1",
+        argv = [sys.executable, "-m", "tools.lab.naive_relay", "--cabinets", str(cabinets_file), "--host", "127.0.0.1",
                 "--port", str(self.port)]
         super().__init__(argv, env, Path(workdir) / "naive-relay.log", "naive relay")
 
@@ -519,61 +519,3 @@ def table(result):
                      % (g["ledger_payments"], g["db_mib"], g["p50_ms"], g["p99_ms"], g["n"]))
     return "\n".join(lines)
 
-
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="arcade bench", description=__doc__.strip().splitlines()[0])
-    p.add_argument("--payments", type=int, default=200, help="payments for the latency figure (default %(default)s)")
-    p.add_argument("--cabinets", type=int, default=4, help="simulated cabinets (default %(default)s)")
-    p.add_argument("--webhooks", type=int, default=1000, help="webhooks for the throughput figure (default %(default)s)")
-    p.add_argument("--senders", type=int, default=8, help="concurrent keep-alive senders (default %(default)s)")
-    p.add_argument("--queued", type=int, default=10,
-                   help="payments queued while a cabinet is stopped (default %(default)s)")
-    p.add_argument("--ledger-sizes", default="10000,1000000",
-                   help="ledger sizes (payments) for the growth figure, comma separated; '' to skip "
-                        "(default %(default)s)")
-    p.add_argument("--growth-webhooks", type=int, default=300, help="webhooks timed at each ledger size")
-    p.add_argument("--pulse-ms", type=int, default=None, help="coin pulse width (default: the board's, 100)")
-    p.add_argument("--gap-ms", type=int, default=None, help="gap between pulses (default: the board's, 150)")
-    p.add_argument("--designs", default="relay,naive", help="which designs to run (default %(default)s)")
-    p.add_argument("--dir", default=str(ROOT / "build" / "bench"), help="work folder (logs, databases)")
-    p.add_argument("--out", default=None, help="write the figures as JSON here (default DIR/bench.json)")
-    args = p.parse_args(argv)
-    try:
-        sizes = [int(s) for s in args.ledger_sizes.split(",") if s.strip()]
-    except ValueError:
-        p.error("--ledger-sizes %r: give whole numbers separated by commas, e.g. 10000,1000000" % args.ledger_sizes)
-    designs = [d.strip() for d in args.designs.split(",") if d.strip()]
-    if not designs or any(d not in ("relay", "naive") for d in designs):
-        p.error("--designs %r: use relay, naive or both" % args.designs)
-    if min(args.payments, args.cabinets, args.webhooks, args.senders, args.queued) < 1 or \
-            any(s < 0 for s in sizes) or sizes != sorted(sizes):
-        p.error("counts must be positive and --ledger-sizes increasing")
-
-    bench = Bench(args)
-    started = time.monotonic()
-    result = {"config": {k: v for k, v in vars(args).items() if k not in ("dir", "out")},
-              "cpus": os.cpu_count(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    try:
-        bench.setup()
-        for name in designs:
-            result[name] = bench.run_design(name)
-        if sizes:
-            result["growth"] = bench.growth(sizes, args.growth_webhooks)
-    except (TimeoutError, RuntimeError, OSError) as e:
-        say("arcade bench: FAILED: %s (logs in %s)" % (e, bench.work))
-        return 1
-    finally:
-        bench.stop()
-    result["elapsed_s"] = round(time.monotonic() - started, 1)
-    out = Path(args.out or bench.work / "bench.json")
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    if "relay" in result and "naive" in result:
-        print(table(result))
-    else:
-        print(json.dumps(result, indent=2))
-    print("\nfigures as JSON: %s (%.0f s)" % (out, result["elapsed_s"]))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -19,7 +19,7 @@ from pathlib import Path
 NAME = "micropython-umqtt.simple"
 VERSION = "1.3.4"
 SHA256 = "b6a2520239e3992c63a7de9370ee9b3d9d27819a90359c521f1c0f7ccab8d12f"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEST = ROOT / "build" / "umqtt"
 
 

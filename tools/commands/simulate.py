@@ -1,5 +1,7 @@
 """arcade simulate: the real cabinet firmware on this host, with simulated pins, against MQTT_URL.
 
+The machinery is tools/hostsim/simulator.py; this module checks the options and the secret.
+
 The firmware in firmware/ runs unchanged on CPython through the fakes in tools/hostsim and the
 pinned umqtt.simple in build/umqtt. Its flash is the --state directory (config.json, board.json,
 state.json), so a restarted simulator remembers what it applied.
@@ -28,14 +30,13 @@ T is Unix time (float seconds). Human messages go to stderr.
 import argparse
 import json
 import os
-import shutil
-import signal
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MQTT_URL = "mqtt://127.0.0.1:1883"
+from tools.hostsim import simulator
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_MQTT_URL = simulator.DEFAULT_MQTT_URL
 
 
 def fail(msg):
@@ -131,124 +132,12 @@ def main(argv=None):
     if not (umqtt / "umqtt" / "simple.py").is_file():
         return fail("the pinned umqtt.simple is missing from %s: run `make umqtt`" % umqtt)
 
-    state = Path(args.state)
-    state.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(profile, state / "board.json")
-    if args.pulse_ms is not None or args.gap_ms is not None:
-        # the flashed board profile with other timing; the firmware checks it against its ranges
-        custom = json.loads(profile.read_text())
-        custom.update({k: v for k, v in (("width_ms", args.pulse_ms), ("gap_ms", args.gap_ms)) if v is not None})
-        (state / "board.json").write_text(json.dumps(custom))
-    cfg = {"wifi_ssid": "hostsim", "wifi_password": "", "broker": url, "cabinet": args.cabinet,
-           "secret": secret, "board": args.board, "prefix": args.prefix, "keepalive": args.keepalive}
-    if ca_data is not None:
-        (state / "ca.pem").write_bytes(ca_data)
-        cfg["ca"] = "ca.pem"
-    cfg_path = state / "config.json"
-    fd = os.open(cfg_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(cfg, f)
-    os.chmod(cfg_path, 0o600)
-
-    # the firmware's modules are top-level names on the device: put them first on the path
-    for p in (umqtt, ROOT / "firmware", ROOT / "tools" / "hostsim"):
-        sys.path.insert(0, str(p))
-    import hosttime  # noqa: F401
-    import machine
-    import mpssl
-    # this process is the board from here on: its `ssl` is MicroPython's (for ussl.py)
-    sys.modules["ssl"] = mpssl
-    import app as firmware
-    from config import mask
-
-    out = sys.stdout
-    sys.stdout = sys.stderr          # anything the firmware prints is for people
-    cab = args.cabinet
-    active = 1 if board.get("active", "high") == "high" else 0
-    if args.inhibit_file:
-        blocked = 0 if board.get("inhibit_active", "low") == "low" else 1
-        path = args.inhibit_file
-        # polled by the fake input pin each time the firmware reads it
-        machine.sources[board["inhibit_pin"]] = lambda: blocked if os.path.exists(path) else 1 - blocked
-    journal_path = str(state / "state.json")
-    pulse = {"on": None, "t": None}
-    stop = {"requested": False}
-
-    def line(event, fields=None):
-        d = {"event": event, "cab": cab}
-        if fields:
-            d.update(fields)
-        d.setdefault("t", time.time())
-        out.write(json.dumps(d, separators=(",", ":")) + "\n")
-        out.flush()
-
-    def watch(pin, t, v):
-        if pin.id != board["coin_pin"]:
-            return
-        if v == active:
-            pulse["on"], pulse["t"] = t, time.time()
-            return
-        if pulse["on"] is None:
-            return
-        width = time.ticks_diff(t, pulse["on"])
-        pulse["on"] = None
-        # what is in flash at the end of pulse k: cur with done = k - 1
-        try:
-            with open(journal_path) as f:
-                cur = json.load(f).get("cur") or {}
-        except OSError:
-            cur = {}
-        fields = {"n": cur.get("done", 0) + 1, "of": cur.get("pulses"), "seq": cur.get("seq"),
-                  "session": cur.get("session"), "width_ms": width, "t": pulse["t"]}
-        if not cur:
-            fields["test"] = True
-        line("pulse", fields)
-        if stop["requested"]:
-            raise SystemExit(0)      # finish the pulse on the line, then stop (line idle)
-
-    def emit(event, data):
-        if event == "ack":
-            m = json.loads(data)
-            line("ack", {k: m[k] for k in ("ledger", "seq", "result", "reason", "pulses", "last")})
-        elif event == "boot":
-            line("boot", data)
-            print("booted from %s (journal: %s)" % (state, data["journal"]), file=sys.stderr)
-        elif event == "connected":
-            line("connected")
-            print("connected to %s as %s" % (mask(url), cab), file=sys.stderr)
-        elif event == "status":
-            line("status", data)
-        elif event == "held":
-            line("held", {"seq": data})
-        elif event in ("config", "test"):
-            line(event, {"result": data[0], "detail": data[1]})
-        elif event == "disconnected":
-            line("disconnected", {"error": str(data)})
-            if "TLS: " in str(data):
-                print("arcade simulate: the broker at %s failed TLS verification: %s; retrying "
-                      "(--ca must be the CA that signed its certificate, MQTT_URL's host a name "
-                      "on it)" % (mask(url), data), file=sys.stderr)
-            else:
-                print("link lost (%s): reconnecting" % data, file=sys.stderr)
-
-    def on_signal(signum, frame):
-        stop["requested"] = True
-        if pulse["on"] is None:
-            raise SystemExit(0)
-
-    machine.watchers.append(watch)
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        rc = firmware.main(str(state) + os.sep, emit)
-    except SystemExit as e:
-        rc = e.code or 0
-    finally:
-        sys.stdout = out
+    rc = simulator.run(args.cabinet, url, secret, args.state, profile, board, prefix=args.prefix,
+                       keepalive=args.keepalive, inhibit_file=args.inhibit_file, pulse_ms=args.pulse_ms,
+                       gap_ms=args.gap_ms, ca_data=ca_data)
     if rc:
         print("arcade simulate: the firmware refused its configuration (see above)", file=sys.stderr)
         return 2
-    line("stopped")
     return 0
 
 

@@ -121,7 +121,7 @@ def cmd_link(args):
 def _timing_ranges(board):
     """{"pulse_ms": (lo, hi, default), "gap_ms": ...} from the cabinet's board profile (recorded by
     `arcade provision`), else the firmware's defaults for a profile without ranges."""
-    from tools.provision_cmd import ProvisionError, fw_config, load_profile
+    from tools.hostsim.boards import ProvisionError, fw_config, load_profile
     profile = None
     if board:
         try:

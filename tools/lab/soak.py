@@ -12,14 +12,13 @@ once before repeats):
   3 offline   stop a cabinet, send it payments, restart the broker without persistence (its
               session is lost), bring the cabinet back with its flash
   4 powercut  SIGKILL a cabinet between two pulses of a pulse train, boot it again with its flash
-  5 halfopen  blackhole a cabinet's (or the relay's) link in tools/tcpproxy without closing it,
+  5 halfopen  blackhole a cabinet's (or the relay's) link in tools/lab/tcpproxy without closing it,
               until that end notices and redials
 
 At the end, per cabinet: coin pulses seen on the simulated pin (pulse lines, across restarts;
 distinct (session, n) and total) against Σ pulses of the ledger's paid payments; every payment in
 a final state. Prints the figures; exit status 0 only when nothing is lost or doubled.
 """
-import argparse
 import json
 import random
 import secrets
@@ -31,11 +30,12 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from tools import stack, stripe_events
-from tools.bench import Http
-from tools.broker import Mosquitto
+from tools.lab import stack
+from tools.lab import stripe_events
+from tools.lab.bench import Http
+from tools.lab.broker import Mosquitto
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KINDS = {1: "relay", 2: "broker", 3: "offline", 4: "powercut", 5: "halfopen"}
 PRICE, BUNDLE = 100, (3, 250)
 FINAL = ("applied", "duplicate", "rejected", "invalid", "failed", "expired")
@@ -46,7 +46,7 @@ RELAY_ENV = {"ARCADE_ACK_TIMEOUT": "1", "ARCADE_ACK_TIMEOUT_MAX": "4", "ARCADE_R
 
 def _proxy_class():
     try:
-        from tools.tcpproxy import TcpProxy
+        from tools.lab.tcpproxy import TcpProxy
     except ImportError:
         return None
     return TcpProxy
@@ -379,7 +379,7 @@ class Soak:
         t0 = time.monotonic()
         self.log("soak: %d payments over %d cabinets, seed %d, faults %s%s" % (
             self.n_payments, len(self.cabs), self.seed, ",".join(str(k) for k in self.kinds),
-            "" if 5 in self.kinds or self.proxy_cls else " (5 needs tools/tcpproxy.py)"))
+            "" if 5 in self.kinds or self.proxy_cls else " (5 needs tools/lab/tcpproxy.py)"))
         try:
             self.setup()
             self.sending.set()
@@ -422,45 +422,3 @@ def summary(r):
         "books %s" % ("BALANCE" if r["balanced"] else "DO NOT BALANCE"),
     ])
 
-
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="arcade soak", description=__doc__.strip().splitlines()[0])
-    p.add_argument("--payments", type=int, default=1000, help="payments to send (default %(default)s)")
-    p.add_argument("--cabinets", type=int, default=20, help="simulated cabinets (default %(default)s)")
-    p.add_argument("--seed", type=int, default=None, help="random seed (default: a new one, printed)")
-    p.add_argument("--rate", type=float, default=10.0, help="payments per second (default %(default)s)")
-    p.add_argument("--fault-every", default="3,8", help="seconds between faults, min,max (default %(default)s)")
-    p.add_argument("--faults", default="1,2,3,4,5", help="fault kinds to fire (default %(default)s)")
-    p.add_argument("--pulse-ms", type=int, default=20, help="simulated coin pulse width (default %(default)s)")
-    p.add_argument("--gap-ms", type=int, default=20, help="simulated gap between pulses (default %(default)s)")
-    p.add_argument("--dir", default=str(ROOT / "build" / "soak"), help="work folder (logs, database, flash)")
-    p.add_argument("--json", action="store_true", help="print the result as JSON too")
-    args = p.parse_args(argv)
-    try:
-        gap = tuple(float(x) for x in args.fault_every.split(","))
-        kinds = sorted({int(k) for k in args.faults.split(",") if k.strip()})
-    except ValueError:
-        p.error("--fault-every takes MIN,MAX seconds and --faults a list of 1..5")
-    if len(gap) != 2 or not 0 < gap[0] <= gap[1] or not kinds or any(k not in KINDS for k in kinds):
-        p.error("--fault-every takes MIN,MAX seconds (0 < MIN <= MAX) and --faults a list of 1..5")
-    if args.payments < 1 or args.cabinets < 1 or args.rate <= 0:
-        p.error("--payments, --cabinets and --rate must be positive")
-    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10 ** 6)
-    soak = Soak(args.dir, args.payments, args.cabinets, seed, args.rate, gap, args.pulse_ms, args.gap_ms, kinds)
-    if 5 in kinds and soak.proxy_cls is None:
-        print("arcade soak: fault 5 needs tools/tcpproxy.py; running faults %s" % soak.kinds, file=sys.stderr)
-    try:
-        result = soak.run()
-    except (TimeoutError, RuntimeError, OSError) as e:
-        print("arcade soak: FAILED (seed %d): %s (logs in %s)" % (seed, e, soak.work), file=sys.stderr)
-        return 1
-    (soak.work / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(summary(result))
-    if args.json:
-        print(json.dumps(result, indent=2))
-    print("details: %s" % (soak.work / "soak.json"))
-    return 0 if result["balanced"] else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

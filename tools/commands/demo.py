@@ -9,10 +9,11 @@ import sys
 import time
 from pathlib import Path
 
-from tools import stack, trigger
-from tools.broker import Mosquitto
+from tools.lab import stack
+from tools.lab import trigger
+from tools.lab.broker import Mosquitto
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def say(msg):

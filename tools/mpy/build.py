@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "firmware"
 OUT = ROOT / "build" / "mpy"
 KEEP_SOURCE = ("boot.py", "main.py")

@@ -9,7 +9,7 @@ designs comparable on the same cabinets. Served by waitress like `arcade relay`.
 Not for production: a payment that arrives while the broker or the cabinet is away is lost, and a
 retried event pulses again (unless the cabinet's own dedupe catches it).
 
-  python -m tools.naive_relay --cabinets cabs.json [--host H] [--port P] [--threads N]
+  python -m tools.lab.naive_relay --cabinets cabs.json [--host H] [--port P] [--threads N]
 cabs.json: {"<cabinet id>": {"secret": "<hex>", "price_cents": 100, "coins_per_credit": 1}, ...}
 Environment: MQTT_URL, STRIPE_WEBHOOK_SECRET, ARCADE_TOPIC_PREFIX (default arcade).
 """
