@@ -89,6 +89,14 @@ CREATE TABLE events (
 );
 """
 
+# Schema changes after version 1 (and the pay and config tables, created when missing): applied on
+# open in this order, each once and in its own write transaction; each applied name is recorded in
+# meta as "migration:<name>". Add a change at the END with a unique name (work in parallel adds
+# entries, never renumbers) and a test in tests/test_migrations.py that upgrades a database made
+# before it (tests/data/ledger-v1.sql is one made by schema version 1 with rows in every table).
+# Each entry: (name, [SQL statements]) or (name, callable(cursor)).
+MIGRATIONS = []
+
 _CABINET_COLS = ("id, name, secret, enabled, currency, price_cents, bundles, coins_per_credit, next_seq, "
                  "last_seq, online, last_seen, status, created_at")
 _PAYMENT_COLS = ("session_id, cabinet_id, state, reason, credits, pulses, amount, currency, seq, issued_ts, "
@@ -134,6 +142,7 @@ class Ledger:
             self.ledger_id = self._meta("ledger_id") or self._create()
             self._ensure_pay_tables()
             self._ensure_config_table()
+            self._migrate()
         except BaseException:
             self._db.close()
             raise
@@ -194,6 +203,32 @@ class Ledger:
                                 [("ledger_id", ledger_id), ("schema_version", str(SCHEMA_VERSION)),
                                  ("created_at", repr(time.time()))])
         return self._meta("ledger_id")
+
+    def _migrate(self, migrations=None):
+        """Apply the MIGRATIONS this database has not had yet; returns the names applied now."""
+        done = {r["key"][len("migration:"):] for r in self._rows("SELECT key FROM meta WHERE key LIKE 'migration:%'")}
+        applied = []
+        for name, change in (MIGRATIONS if migrations is None else migrations):
+            if name in done:
+                continue
+            with self._write() as cur:
+                # another process may have applied it between our read and our lock
+                cur.execute("SELECT 1 FROM meta WHERE key = ?", ("migration:" + name,))
+                if cur.fetchone() is not None:
+                    continue
+                if callable(change):
+                    change(cur)
+                else:
+                    for statement in change:
+                        cur.execute(statement)
+                cur.execute("INSERT INTO meta (key, value) VALUES (?, ?)", ("migration:" + name, repr(time.time())))
+            applied.append(name)
+        return applied
+
+    def migrations(self):
+        """The names of the migrations this database has had."""
+        return sorted(r["key"][len("migration:"):] for r in self._rows("SELECT key FROM meta WHERE key LIKE "
+                                                                       "'migration:%'"))
 
     def ping(self):
         """Raise if the database cannot be read."""
