@@ -1,6 +1,9 @@
 """Start a private mosquitto, the relay and one simulated cabinet, pay once, show the pulses.
 
 Everything runs on loopback on free ports and stops at the end; the logs stay in --dir.
+
+--web keeps it running instead, with two cabinets, the fake Stripe's checkout page (Stripe's test
+cards) and a demo page to watch the coin lines and break things, until Ctrl-C (tools/lab/webdemo.py).
 """
 import argparse
 import secrets
@@ -24,7 +27,14 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="arcade demo", description=__doc__.strip().splitlines()[0])
     p.add_argument("--dir", default=str(ROOT / "build" / "demo"), help="work folder for logs, database and flash")
     p.add_argument("--amount", type=int, default=250, help="amount paid in cents (default 250 = the 3-play bundle)")
+    p.add_argument("--web", action="store_true",
+                   help="stay up with a demo page, two cabinets and the fake Stripe's checkout until Ctrl-C")
+    p.add_argument("--port", type=int, default=8080, help="with --web: the page's port (default %(default)s; 0 = any free)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="with --web: address to listen on (default %(default)s; 0.0.0.0 for a phone on your network)")
     args = p.parse_args(argv)
+    if args.web:
+        return web(args)
 
     from relay.ledger import open_ledger
 
@@ -97,6 +107,19 @@ def main(argv=None):
             if proc is not None:
                 proc.stop()
         broker.stop()
+
+
+def web(args):
+    from tools.lab import webdemo
+    if not 0 <= args.port <= 65535:
+        say("arcade demo: --port %d is not a port number (1-65535, or 0 for any free port)" % args.port)
+        return 2
+    demo = webdemo.WebDemo(Path(args.dir), host=args.host, port=args.port)
+    if not demo.port_free():
+        say("arcade demo: cannot listen on %s:%d: it is in use (is another demo running? try --port 0)"
+            % (args.host, demo.port))
+        return 2
+    return webdemo.run(demo, say)
 
 
 if __name__ == "__main__":

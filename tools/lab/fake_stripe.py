@@ -12,9 +12,16 @@ It answers the few endpoints the project uses the way Stripe does, and records e
 
 and plays Stripe's hosted pages:
 
-    GET  /pay/<id>          the hosted checkout page: what is bought, a "Pay" button, a cancel link
-    POST /pay/<id>          pays: the session becomes complete/paid, a signed checkout.session.completed
-                            is POSTed to `webhook_url`, then 303 to success_url ({CHECKOUT_SESSION_ID} filled)
+    GET  /pay/<id>          the hosted checkout page: what is bought, a card form, "Pay", a cancel link
+                            and a "Let it expire" button
+    POST /pay/<id>          pays with the card in the form, as Stripe's test mode does (TEST_CARDS):
+                            4242 4242 4242 4242 succeeds: the session becomes complete/paid, a signed
+                            checkout.session.completed is POSTed to `webhook_url`, then 303 to success_url
+                            ({CHECKOUT_SESSION_ID} filled); 4000 0000 0000 0002 (declined) and
+                            4000 0000 0000 9995 (insufficient funds) answer the page again with Stripe's
+                            message, the session stays open, no webhook: the player can try again.
+                            A form with no card field at all (scripts, older tests) pays with 4242.
+    POST /pay/<id>/expire   "let it expire": as if its 24 hours ran out (checkout.session.expired is sent)
     GET  /l/<plink_id>      a Payment Link: makes a session from the link (its metadata copied, the
                             `client_reference_id` query parameter kept) and 303 to its hosted page
 
@@ -39,6 +46,7 @@ MAX_BODY = 64 * 1024
 _SESSION_PATH = re.compile(r"^/v1/checkout/sessions/(cs_[A-Za-z0-9_]{1,200})$")
 _EXPIRE_PATH = re.compile(r"^/v1/checkout/sessions/(cs_[A-Za-z0-9_]{1,200})/expire$")
 _PAY_PATH = re.compile(r"^/pay/(cs_[A-Za-z0-9_]{1,200})$")
+_PAY_EXPIRE_PATH = re.compile(r"^/pay/(cs_[A-Za-z0-9_]{1,200})/expire$")
 _LINK_PATH = re.compile(r"^/l/(plink_[A-Za-z0-9_]{1,200})$")
 
 
@@ -104,17 +112,20 @@ def _int(value, param):
 class FakeStripe:
     """The fake server. `start()`/`stop()` (or `with`), `url`, `requests`, `sessions`, `webhooks`."""
 
-    def __init__(self, webhook_url=None, webhook_secret=None, api_key=None, host="127.0.0.1", port=0):
+    def __init__(self, webhook_url=None, webhook_secret=None, api_key=None, host="127.0.0.1", port=0,
+                 advertise=None):
         self.webhook_url = webhook_url
         self.webhook_secret = webhook_secret
         self.api_key = api_key        # when set, any other key answers 401 like Stripe
         self.host = host
+        self.advertise = advertise    # the host name put in URLs, when `host` is 0.0.0.0 (a phone on the LAN)
         self.port = port
         self.requests = []            # every Recorded request, in order
         self.sessions = {}            # id -> session dict (Stripe's JSON shape)
         self.payment_links = {}       # plink id -> {"amount", "currency", "metadata", "name"}
         self.events = []              # every event the fake made (sent or not: no webhook_url)
         self.webhooks = []            # (event, status code or error string) for every webhook sent
+        self.attempts = []            # card payments tried on the hosted page: {"session", "last4", "outcome", "t"}
         self._order = []              # session ids in creation order
         self._idem = {}               # idempotency key -> (fingerprint, status, body)
         self._lock = threading.RLock()
@@ -156,7 +167,7 @@ class FakeStripe:
 
     @property
     def url(self):
-        return "http://%s:%d" % (self.host, self.port)
+        return "http://%s:%d" % (self.advertise or self.host, self.port)
 
     def client(self, api_key=None, **kwargs):
         """A real stripe-python client whose API base is this server."""
@@ -394,7 +405,8 @@ class FakeStripe:
 
     # -- hosted pages --------------------------------------------------------------------------
 
-    def hosted_page(self, sid):
+    def hosted_page(self, sid, error=None, card=None):
+        """(status, html) of the hosted checkout page; `error` and `card` re-show a declined attempt."""
         with self._lock:
             s = self.sessions.get(sid)
             s = json.loads(json.dumps(s)) if s else None
@@ -403,24 +415,111 @@ class FakeStripe:
         money = "%s %.2f" % (s["currency"].upper(), s["amount_total"] / 100)
         lines = "".join("<li>%s &times; %d</li>" % (html.escape(li["description"]), li["quantity"])
                         for li in s["_lines"])
+        back = ('<p><a id="cancel" href="%s">Cancel and go back</a></p>' % html.escape(s["cancel_url"])
+                if s.get("cancel_url") else "")
         if s["status"] == "complete":
             body = "<p>This session is already paid.</p>"
         elif s["status"] == "expired":
-            body = "<p>This session has expired.</p>"
+            body = '<p id="expired">This checkout session has expired. Nothing was charged.</p>' + back
         else:
-            body = ('<form method="post" action="/pay/%s"><p>Test card 4242 4242 4242 4242</p>'
-                    '<button id="pay" type="submit">Pay %s</button></form>' % (sid, money))
-            if s.get("cancel_url"):
-                body += '<p><a id="cancel" href="%s">Cancel and go back</a></p>' % html.escape(s["cancel_url"])
-        return 200, _page("Checkout", "<h1>Fake Stripe Checkout</h1><ul>%s</ul><p class=total>Total %s</p>%s"
-                          % (lines, money, body))
+            body = _card_form(sid, money, error, card) + back
+        return (402 if error else 200), _page("Checkout", '<p class="test">TEST MODE</p><h1>Fake Stripe Checkout</h1>'
+                                              '<ul>%s</ul><p class=total>Total %s</p>%s' % (lines, money, body))
+
+    # -- the card form (Stripe's test mode) ----------------------------------------------------
+
+    def pay_with_card(self, session_id, number, exp=None, cvc=None):
+        """Pay as the hosted page's form does: returns (outcome, message), see card_outcome(). Only
+        "succeeded" pays (and sends checkout.session.completed); any other outcome leaves the session
+        open and sends nothing, so the player can try another card. Raises KeyError for no such session."""
+        with self._lock:
+            s = self.sessions.get(session_id)
+            if s is None:
+                raise KeyError(session_id)
+            if s["status"] != "open":
+                return "session_" + s["status"], "This checkout session is no longer open."
+        outcome, message = card_outcome(number, exp, cvc)
+        with self._lock:        # the last 4 digits only, as Stripe's dashboard shows them
+            self.attempts.append({"session": session_id, "last4": re.sub(r"\D", "", number or "")[-4:],
+                                  "outcome": outcome, "t": time.time()})
+        if outcome == "succeeded":
+            self.pay(session_id)
+        return outcome, message
+
+
+# Stripe's test mode: these card numbers give these outcomes (docs.stripe.com/testing), with the
+# message Stripe's checkout page shows. Any future expiry and any 3-digit CVC go with them.
+TEST_CARDS = {
+    "4242424242424242": ("succeeded", ""),
+    "4000000000000002": ("generic_decline", "Your card was declined."),
+    "4000000000009995": ("insufficient_funds", "Your card has insufficient funds."),
+}
+NON_TEST_CARD = ("Your card was declined. Your request was in test mode, but used a non test card. "
+                 "For a list of valid test cards, visit: https://stripe.com/docs/testing.")
+DEFAULT_EXP, DEFAULT_CVC = "12 / 34", "123"
+
+
+def luhn_ok(digits):
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch) * (2 if i % 2 else 1)
+        total += d - 9 if d > 9 else d
+    return total % 10 == 0
+
+
+def card_outcome(number, exp=None, cvc=None, now=None):
+    """(outcome, message) for a card typed into the checkout page: "succeeded" (message ""), a decline
+    code from TEST_CARDS, "card_declined" for a valid number that is not a test card, or the form's
+    own error (incomplete_number, incorrect_number, incomplete_expiry, invalid_expiry, expired_card,
+    incomplete_cvc). `exp` "MM / YY" and `cvc` default to a valid pair."""
+    digits = re.sub(r"[\s-]", "", str(number or ""))[:40]
+    if not digits.isdigit() or len(digits) < 13:
+        return "incomplete_number", "Your card number is incomplete."
+    if len(digits) > 19 or not luhn_ok(digits):
+        return "incorrect_number", "Your card number is invalid."
+    m = re.fullmatch(r"\s*(\d{1,2})\s*/\s*(\d{2}|\d{4})\s*", str(DEFAULT_EXP if exp is None else exp)[:20])
+    if not m:
+        return "incomplete_expiry", "Your card's expiration date is incomplete."
+    month, year = int(m.group(1)), int(m.group(2))
+    year += 2000 if year < 100 else 0
+    if not 1 <= month <= 12:
+        return "invalid_expiry", "Your card's expiration date is invalid."
+    t = time.gmtime(now)
+    if (year, month) < (t.tm_year, t.tm_mon):
+        return "expired_card", "Your card's expiration date is in the past."
+    if not re.fullmatch(r"\d{3,4}", str(DEFAULT_CVC if cvc is None else cvc).strip()[:10]):
+        return "incomplete_cvc", "Your card's security code is incomplete."
+    return TEST_CARDS.get(digits) or ("card_declined", NON_TEST_CARD)
+
+
+def _card_form(sid, money, error=None, card=None):
+    """The open session's form: card, expiry, CVC, Pay; the test cards; a "Let it expire" button."""
+    alert = '<p id="card-error" role="alert">%s</p>' % html.escape(error) if error else ""
+    value = html.escape("4242 4242 4242 4242" if card is None else card[:40], quote=True)
+    cards = "".join("<li><code>%s</code> %s</li>" % (" ".join(n[i:i + 4] for i in range(0, 16, 4)), what)
+                    for n, what in zip(TEST_CARDS, ("succeeds", "is declined", "has insufficient funds")))
+    return ('<form id="card-form" method="post" action="/pay/%s">'
+            '<label>Card number <input id="card" name="card" value="%s" inputmode="numeric" autocomplete="cc-number">'
+            '</label><div class=row><label>Expiry <input id="exp" name="exp" value="%s" autocomplete="cc-exp"></label>'
+            '<label>CVC <input id="cvc" name="cvc" value="%s" inputmode="numeric" autocomplete="cc-csc"></label></div>'
+            '%s<button id="pay" type="submit">Pay %s</button></form>'
+            '<div class=cards><p>Test cards (any future expiry, any 3-digit CVC):</p><ul>%s</ul></div>'
+            '<form method="post" action="/pay/%s/expire"><button id="expire" class=quiet type="submit">'
+            'Let it expire</button></form>'
+            % (sid, value, DEFAULT_EXP, DEFAULT_CVC, alert, money, cards, sid))
 
 
 def _page(title, body):
     return ("<!doctype html><html><head><meta charset=utf-8><meta name=viewport "
             "content='width=device-width,initial-scale=1'><title>%s</title><style>body{font-family:sans-serif;"
             "margin:1.5em;max-width:30em}button{font-size:1.2em;padding:.6em 1.2em;background:#635bff;color:#fff;"
-            "border:0;border-radius:6px;width:100%%}</style></head><body>%s</body></html>" % (title, body)).encode()
+            "border:0;border-radius:6px;width:100%%;margin:.5em 0}button.quiet{background:#fff;color:#635bff;"
+            "border:1px solid #635bff;font-size:1em}label{display:block;margin:.4em 0;font-size:.9em;color:#444}"
+            "input{display:block;width:100%%;box-sizing:border-box;font-size:1.1em;padding:.45em;margin-top:.2em}"
+            ".row{display:flex;gap:1em}.row label{flex:1}#card-error{color:#df1b41;font-weight:600}"
+            ".test{display:inline-block;background:#ffde92;color:#a04100;font-size:.75em;font-weight:700;"
+            "padding:.2em .5em;border-radius:4px}.cards{font-size:.85em;color:#555}"
+            "</style></head><body>%s</body></html>" % (title, body)).encode()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -479,11 +578,11 @@ class _Handler(BaseHTTPRequestHandler):
                 status, body = self.fake.handle_api(method, split.path, dict(query_pairs), form_pairs, headers)
                 self._send(status, body)
                 return
-            self._hosted(method, split.path, dict(query_pairs))
+            self._hosted(method, split.path, dict(query_pairs), dict(form_pairs))
         except StripeError as e:
             self._send(e.status, e.body)
 
-    def _hosted(self, method, path, query):
+    def _hosted(self, method, path, query, form=None):
         fake = self.fake
         m = _PAY_PATH.match(path)
         if m and method == "GET":
@@ -491,15 +590,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(status, body, "text/html; charset=utf-8")
             return
         if m and method == "POST":
-            try:
-                target = fake.pay(m.group(1))
-            except KeyError:
-                self._send(404, _page("Not found", "<p>No such session.</p>"), "text/html; charset=utf-8")
-                return
-            if target:
-                self._send(303, b"", "text/plain", [("Location", target)])
-            else:
-                self._send(200, _page("Paid", "<p>Payment complete.</p>"), "text/html; charset=utf-8")
+            self._checkout_post(m.group(1), form or {})
+            return
+        m = _PAY_EXPIRE_PATH.match(path)
+        if m and method == "POST":
+            self._checkout_expire(m.group(1))
             return
         m = _LINK_PATH.match(path)
         if m and method == "GET":
@@ -519,6 +614,39 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(303, b"", "text/plain", [("Location", s["url"])])
             return
         self._send(404, _page("Not found", "<p>Nothing here.</p>"), "text/html; charset=utf-8")
+
+    def _checkout_post(self, sid, form):
+        """The card form's POST: 303 to success_url when paid, else the page again with the error."""
+        fake = self.fake
+        number = form["card"] if "card" in form else "4242424242424242"   # the old one-button form
+        try:
+            outcome, message = fake.pay_with_card(sid, number, form.get("exp"), form.get("cvc"))
+        except KeyError:
+            self._send(404, _page("Not found", "<p>No such session.</p>"), "text/html; charset=utf-8")
+            return
+        if outcome == "succeeded":
+            with fake._lock:
+                target = fake._success_url(fake.sessions[sid])
+            if target:
+                self._send(303, b"", "text/plain", [("Location", target)])
+            else:
+                self._send(200, _page("Paid", "<p>Payment complete.</p>"), "text/html; charset=utf-8")
+            return
+        if outcome.startswith("session_"):     # already paid or expired: show it as it is now
+            self._send(303, b"", "text/plain", [("Location", "%s/pay/%s" % (self.fake.url, sid))])
+            return
+        status, body = fake.hosted_page(sid, error=message, card=number)
+        self._send(status, body, "text/html; charset=utf-8")
+
+    def _checkout_expire(self, sid):
+        """"Let it expire": the session expires now (checkout.session.expired), then its page again."""
+        try:
+            self.fake.expire(sid)
+        except StripeError as e:
+            if e.status == 404:
+                self._send(404, _page("Not found", "<p>No such session.</p>"), "text/html; charset=utf-8")
+                return
+        self._send(303, b"", "text/plain", [("Location", "%s/pay/%s" % (self.fake.url, sid))])
 
     def do_GET(self):
         self._handle("GET")
