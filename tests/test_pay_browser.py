@@ -9,52 +9,22 @@ page and the cancel page.
 (The no-JavaScript fallback of /paid, a <noscript> meta refresh, is checked in test_pay_pages.py:
 chromedriver itself needs JavaScript.) Screenshots go to test-artifacts/browser/.
 """
-import os
-import tempfile
-from pathlib import Path
-
 import pytest
+from headless import PHONE, chrome, click, shot, text, wait
 
 from relay.ledger import open_ledger
 from tools.lab import stack
 from tools.lab.broker import free_port
 from tools.lab.fake_stripe import FakeStripe
 
-ROOT = Path(__file__).resolve().parents[1]
-ARTIFACTS = ROOT / "test-artifacts" / "browser"
 WEBHOOK_SECRET = "whsec_test_browser"
 API_KEY = "sk_test_browser_0123456789"
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-PHONE = {"width": 390, "height": 844, "pixelRatio": 2}
-PHONE_UA = ("Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
-            "Chrome/130.0 Mobile Safari/537.36")
 
 
 @pytest.fixture
-def browser(tmp_path, monkeypatch):
-    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
-        pytest.fail("Debian's chromium and chromium-driver are needed: run `make setup` (installs them with apt)")
-    monkeypatch.setenv("SE_OFFLINE", "true")      # selenium must never try to download a browser or driver
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--user-data-dir=%s" % tempfile.mkdtemp(dir=tmp_path, prefix="chrome-")):
-        opts.add_argument(flag)
-    opts.add_experimental_option("mobileEmulation", {"deviceMetrics": PHONE, "userAgent": PHONE_UA})
-    log = open(tmp_path / "chromedriver.log", "w")
-    driver = webdriver.Chrome(options=opts, service=Service(CHROMEDRIVER, log_output=log))
-    driver.set_page_load_timeout(20)
-    try:
+def browser(tmp_path):
+    with chrome(tmp_path) as driver:
         yield driver
-    finally:
-        try:
-            driver.quit()
-        finally:
-            log.close()
 
 
 @pytest.fixture
@@ -84,28 +54,6 @@ def world(tmp_path, broker):
         cab.stop()
         relay.stop()
         fake.stop()
-
-
-def shot(driver, name):
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    path = ARTIFACTS / name
-    driver.save_screenshot(str(path))
-    return path
-
-
-def wait(driver, condition, what, timeout=30):
-    from selenium.webdriver.support.ui import WebDriverWait
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: condition(d), message=what)
-
-
-def text(driver, css):
-    from selenium.webdriver.common.by import By
-    return driver.find_element(By.CSS_SELECTOR, css).text
-
-
-def click(driver, css):
-    from selenium.webdriver.common.by import By
-    driver.find_element(By.CSS_SELECTOR, css).click()
 
 
 def test_pay_for_a_bundle_and_watch_the_credits_arrive(browser, world):

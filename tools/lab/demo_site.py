@@ -16,6 +16,7 @@ Files: tools/lab/demo_web/ (template, script, style). None of this exists in pro
 never imports tools/, and `arcade relay` serves only the relay.
 """
 import http.client
+import io
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
@@ -67,8 +68,9 @@ def create_app(demo):
         import segno
         if cab_id not in demo.cabinets:
             abort(404)
-        svg = segno.make(demo.pay_url(cab_id), error="m").svg_inline(scale=4, dark="#15131f", light="#ffffff")
-        return app.response_class(svg, mimetype="image/svg+xml")
+        out = io.BytesIO()
+        segno.make(demo.pay_url(cab_id), error="m").save(out, kind="svg", scale=4, dark="#15131f", light="#ffffff")
+        return app.response_class(out.getvalue(), mimetype="image/svg+xml")
 
     def control(fn):
         if request.headers.get("X-Demo-Control") != "1":
@@ -82,7 +84,7 @@ def create_app(demo):
     def cabinet_action(cab_id, action):
         act = ACTIONS.get(action)
         if act is None:
-            abort(404)
+            return jsonify(ok=False, message="no button %r: %s" % (action[:40], ", ".join(ACTIONS))), 404
         return control(lambda: act(demo, cab_id))
 
     @app.post("/demo/broker/restart")

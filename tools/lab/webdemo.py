@@ -229,15 +229,24 @@ class WebDemo:
         return self
 
     def _serve(self):
-        from werkzeug.serving import make_server
+        from werkzeug.serving import WSGIRequestHandler, make_server
         from tools.lab import demo_site
-        wlog = logging.getLogger("werkzeug")          # one line per request, into web.log, not the terminal
-        wlog.propagate = False
-        handler = logging.FileHandler(self.work / "web.log")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
-        wlog.handlers[:] = [handler]
-        wlog.setLevel(logging.INFO)
-        self._server = make_server(self.host, self.port, demo_site.front(self, self.relay.url), threaded=True)
+        access = open(self.work / "web.log", "a", buffering=1)
+        lock = threading.Lock()
+
+        class Handler(WSGIRequestHandler):
+            """One plain line per request into web.log, not the terminal."""
+
+            def log(self, type, message, *args):
+                with lock:
+                    access.write("%s %s %s\n" % (self.log_date_time_string(), self.address_string(), message % args))
+
+            def log_request(self, code="-", size="-"):
+                self.log("info", '"%s" %s %s', self.requestline, code, size)
+
+        self._access_log = access
+        self._server = make_server(self.host, self.port, demo_site.front(self, self.relay.url), threaded=True,
+                                   request_handler=Handler)
         self._server.daemon_threads = True
         self._server_thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
                                                name="demo-web", daemon=True)
@@ -250,8 +259,7 @@ class WebDemo:
             self._server.server_close()
             self._server_thread.join(10)
             self._server = None
-            for h in logging.getLogger("werkzeug").handlers:
-                h.close()
+            self._access_log.close()
         for t in self._workers:
             t.join(30)
         for cab in self.cabinets.values():
