@@ -9,6 +9,7 @@ answered. Screenshots go to test-artifacts/browser/demo-*.png.
 """
 import pytest
 from headless import chrome, shot, text, wait
+from test_qr import zbar
 
 from tools.lab.webdemo import WebDemo
 
@@ -58,6 +59,9 @@ def test_three_cards_expiry_and_an_unplugged_cabinet(tmp_path, demo):
             wait(d, lambda d: text(d, "#relay-" + cab) == "online at the relay", cab + " online")
         assert "Happy hour" not in text(d, "#cab-pacman") and "happy hour" in text(d, "#cab-galaga")
         shot(d, "demo-01-page.png")
+        # the cabinet's code on the page, as chromium drew it, opens its pay page
+        d.find_element("css selector", "#cab-galaga .pay img").screenshot(str(tmp_path / "qr.png"))
+        assert zbar(tmp_path / "qr.png") == [demo.pay_url("galaga")]
         d.switch_to.new_window("tab")
         phone = d.current_window_handle
 

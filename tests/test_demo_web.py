@@ -17,6 +17,7 @@ from collections import Counter
 
 import pytest
 from PIL import Image
+from test_qr import zbar
 
 from tools.lab import stack, webdemo
 from tools.lab.fake_stripe import FakeStripe, card_outcome
@@ -272,7 +273,6 @@ def test_all_interfaces_print_a_terminal_qr_code_a_phone_can_read(tmp_path):
 
 def zbar_text_qr(text, path):
     """Draw a half-block text QR code (each character two modules, glyph = light) and decode it with zbarimg."""
-    import shutil
     rows = [r for r in text.split("\n") if r]
     upper = {"\u2588": (1, 1), "\u2580": (1, 0), "\u2584": (0, 1), " ": (0, 0)}
     width = max(len(r) for r in rows)
@@ -285,12 +285,7 @@ def zbar_text_qr(text, path):
     framed = Image.new("L", (width + 8, 2 * len(rows) + 8), 255)
     framed.paste(img, (4, 4))
     framed.resize((framed.width * 8, framed.height * 8), Image.NEAREST).save(path)
-    exe = shutil.which("zbarimg")
-    if exe is None:
-        pytest.fail("zbarimg is not installed: run `make setup` (installs zbar-tools with apt)")
-    out = subprocess.run([exe, "--raw", "-q", str(path)], capture_output=True, text=True, timeout=30)
-    assert out.returncode == 0, "zbarimg found no code: %s" % out.stderr
-    return out.stdout.strip().splitlines()
+    return zbar(path)
 
 
 # -- production never sees any of it -------------------------------------------------------------

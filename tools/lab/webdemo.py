@@ -306,10 +306,7 @@ class WebDemo:
             v = cab.view()
             v["relay_online"] = bool(sample.get("online", {}).get(cab.id))
             cabs.append(v)
-        attempts = []
-        if self.fake is not None:
-            with self.fake._lock:
-                attempts = [dict(a) for a in self.fake.attempts[-6:]]
+        attempts = [dict(a) for a in self.fake.attempts[-6:]] if self.fake is not None else []
         for a in attempts:
             a["time"] = time.strftime("%H:%M:%S", time.localtime(a.pop("t")))
             a["session"] = a["session"][-6:]
