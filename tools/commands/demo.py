@@ -25,7 +25,8 @@ def say(msg):
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="arcade demo", description=__doc__.strip().splitlines()[0])
-    p.add_argument("--dir", default=str(ROOT / "build" / "demo"), help="work folder for logs, database and flash")
+    p.add_argument("--dir", help="work folder for logs, database and flash (emptied first; default build/demo, "
+                                 "with --web build/demo-web)")
     p.add_argument("--amount", type=int, default=250, help="amount paid in cents (default 250 = the 3-play bundle)")
     p.add_argument("--web", action="store_true",
                    help="stay up with a demo page, two cabinets and the fake Stripe's checkout until Ctrl-C")
@@ -35,6 +36,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.web:
         return web(args)
+    args.dir = args.dir or str(ROOT / "build" / "demo")
 
     from relay.ledger import open_ledger
 
@@ -114,7 +116,7 @@ def web(args):
     if not 0 <= args.port <= 65535:
         say("arcade demo: --port %d is not a port number (1-65535, or 0 for any free port)" % args.port)
         return 2
-    demo = webdemo.WebDemo(Path(args.dir), host=args.host, port=args.port)
+    demo = webdemo.WebDemo(Path(args.dir or ROOT / "build" / "demo-web"), host=args.host, port=args.port)
     if not demo.port_free():
         say("arcade demo: cannot listen on %s:%d: it is in use (is another demo running? try --port 0)"
             % (args.host, demo.port))

@@ -37,7 +37,8 @@ ACTIONS = {
 
 
 def create_app(demo):
-    from tools.lab.webdemo import DemoError, FAST_PAYMENTS, CARD_NAMES
+    from tools.lab.fake_stripe import spaced
+    from tools.lab.webdemo import CARD_NAMES, FAST_PAYMENTS, DemoError
     app = Flask(__name__, template_folder=str(ASSETS / "templates"), static_folder=str(ASSETS / "static"),
                 static_url_path="/demo/static")
 
@@ -55,7 +56,7 @@ def create_app(demo):
 
     @app.get("/demo")
     def page():
-        cards = [(" ".join(n[i:i + 4] for i in range(0, 16, 4)), what) for n, what in CARD_NAMES.items()]
+        cards = [(spaced(n), what) for n, what in CARD_NAMES.items()]
         return render_template("demo.html", cabinets=demo.cabinet_info(), cards=cards, fast=FAST_PAYMENTS,
                                url=demo.url)
 

@@ -459,6 +459,11 @@ NON_TEST_CARD = ("Your card was declined. Your request was in test mode, but use
 DEFAULT_EXP, DEFAULT_CVC = "12 / 34", "123"
 
 
+def spaced(number):
+    """'4242424242424242' -> '4242 4242 4242 4242', as cards are printed."""
+    return " ".join(number[i:i + 4] for i in range(0, len(number), 4))
+
+
 def luhn_ok(digits):
     total = 0
     for i, ch in enumerate(reversed(digits)):
@@ -496,7 +501,7 @@ def _card_form(sid, money, error=None, card=None):
     """The open session's form: card, expiry, CVC, Pay; the test cards; a "Let it expire" button."""
     alert = '<p id="card-error" role="alert">%s</p>' % html.escape(error) if error else ""
     value = html.escape("4242 4242 4242 4242" if card is None else card[:40], quote=True)
-    cards = "".join("<li><code>%s</code> %s</li>" % (" ".join(n[i:i + 4] for i in range(0, 16, 4)), what)
+    cards = "".join("<li><code>%s</code> %s</li>" % (spaced(n), what)
                     for n, what in zip(TEST_CARDS, ("succeeds", "is declined", "has insufficient funds")))
     return ('<form id="card-form" method="post" action="/pay/%s">'
             '<label>Card number <input id="card" name="card" value="%s" inputmode="numeric" autocomplete="cc-number">'

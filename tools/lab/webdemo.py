@@ -28,7 +28,7 @@ from pathlib import Path
 
 from tools.lab import stack
 from tools.lab.broker import Mosquitto, free_port
-from tools.lab.fake_stripe import TEST_CARDS, FakeStripe
+from tools.lab.fake_stripe import TEST_CARDS, FakeStripe, spaced
 from tools.lab.tcpproxy import TcpProxy
 
 log = logging.getLogger("arcade.demo")
@@ -192,20 +192,20 @@ class WebDemo:
 
         self.broker = Mosquitto(self.work / "mosquitto").start()
         self.broker_state = "running"
-        say("2/6 mosquitto listening on %s" % self.broker.url)
+        say("2/6 mosquitto started (private, on loopback)")
 
         relay_port = free_port()
         self.fake = FakeStripe(webhook_url="http://127.0.0.1:%d/stripe/webhook" % relay_port,
                                webhook_secret=self.webhook_secret, api_key=self.api_key, host=self.host,
                                advertise=self.advertise).start()
-        say("3/6 fake Stripe (test mode) on %s" % self.fake.url)
+        say("3/6 fake Stripe started (test mode: no account, no money)")
 
         env = {"STRIPE_API_KEY": self.api_key, "STRIPE_API_BASE": self.fake.url,
                "ARCADE_PUBLIC_URL": self.url, "ARCADE_PROXY_HOPS": "1", "ARCADE_NAME": "Demo Arcade"}
         env.update(self.relay_env)
         self.relay = stack.Relay(self.work, str(self.db_path), self.broker.url, self.webhook_secret,
                                  port=relay_port, extra_env=env).start()
-        say("4/6 relay listening on %s (its public address: %s)" % (self.relay.url, self.url))
+        say("4/6 relay started on its own SQLite database")
 
         for spec in CABINETS:
             proxy = TcpProxy(self.broker.port).start()
@@ -225,7 +225,7 @@ class WebDemo:
         self._sampler = threading.Thread(target=self._sample_ledger, name="demo-sampler", daemon=True)
         self._sampler.start()
         self._serve()
-        say("6/6 demo page and pay pages on %s" % self.url)
+        say("6/6 demo page and pay pages ready")
         return self
 
     def _serve(self):
@@ -437,15 +437,18 @@ def run(demo, say, wait_forever=None):
         if demo.host in ("0.0.0.0", ""):
             say("(or scan this with a phone on the same network)")
             say(terminal_qr(demo.url + "/demo"))
-        say("Test cards: %s" % "; ".join("%s %s" % (" ".join(n[i:i + 4] for i in range(0, 16, 4)), what)
-                                        for n, what in CARD_NAMES.items()))
+        say("Test cards: %s" % "; ".join("%s %s" % (spaced(n), what) for n, what in CARD_NAMES.items()))
         say("Press Ctrl-C to stop.")
         return 0 if (wait_forever or _wait_forever)(demo, say) else 1
     except KeyboardInterrupt:
         return 0
     finally:
         say("stopping...")
-        demo.stop()
+        ctrl_c = signal.signal(signal.SIGINT, signal.SIG_IGN)    # a second Ctrl-C must not leave processes behind
+        try:
+            demo.stop()
+        finally:
+            signal.signal(signal.SIGINT, ctrl_c)
         say("stopped. logs: %s" % "; ".join("%s %s" % (what, path) for what, path in demo.logs()))
         say("database %s" % demo.db_path)
         signal.signal(signal.SIGTERM, previous)
