@@ -68,10 +68,9 @@ def lan_address():
 class DemoCabinet:
     """One simulated cabinet: its `arcade simulate` process, its link (a TcpProxy) and its coin blocker."""
 
-    def __init__(self, spec, secret, proc, proxy, inhibit_path):
+    def __init__(self, spec, proc, proxy, inhibit_path):
         self.spec = spec
         self.id = spec["id"]
-        self.secret = secret
         self.proc = proc
         self.proxy = proxy
         self.inhibit_path = Path(inhibit_path)
@@ -143,7 +142,7 @@ class WebDemo:
         self._server = self._server_thread = None
         self._sampler = None
         self._stop_sampling = threading.Event()
-        self._sample = {"payments": [], "online": {}, "promos": {}}
+        self._sample = {"payments": [], "online": {}}
         self._workers = []
 
     @property
@@ -212,7 +211,7 @@ class WebDemo:
             inhibit = self.work / ("coins-blocked-" + spec["id"])
             proc = stack.Cabinet(self.work, spec["id"], secrets_by_id[spec["id"]], proxy.url, keepalive=self.keepalive,
                                  extra_args=["--inhibit-file", str(inhibit)] + self.timing)
-            self.cabinets[spec["id"]] = DemoCabinet(spec, secrets_by_id[spec["id"]], proc, proxy, inhibit)
+            self.cabinets[spec["id"]] = DemoCabinet(spec, proc, proxy, inhibit)
             proc.start()
         for cab in self.cabinets.values():
             cab.proc.wait_connected(timeout=30)
