@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo mosquitto umqtt browser clean
+.PHONY: setup test demo demo-web mosquitto umqtt browser clean
 
 setup: $(STAMP) umqtt mosquitto browser node_modules/.package-lock.json
 
@@ -32,6 +32,10 @@ test: setup
 
 demo: setup
 	$(BIN)/arcade demo
+
+# Stays up until Ctrl-C: a demo page, two cabinets, Stripe's test cards (README, "Try it in a browser").
+demo-web: setup
+	$(BIN)/arcade demo --web
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

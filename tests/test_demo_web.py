@@ -262,6 +262,20 @@ def processes_mentioning(needle):
     return found
 
 
+def test_a_port_in_use_or_out_of_range_is_refused_before_anything_starts(tmp_path, capsys):
+    from tools.commands import demo as demo_cmd
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        assert demo_cmd.main(["--web", "--port", str(port), "--dir", str(tmp_path / "d")]) == 2
+    assert "cannot listen on 127.0.0.1:%d: it is in use" % port in capsys.readouterr().out
+    assert demo_cmd.main(["--web", "--port", "70000", "--dir", str(tmp_path / "d")]) == 2
+    assert "--port 70000 is not a port number" in capsys.readouterr().out
+    assert not (tmp_path / "d").exists()
+
+
 def test_all_interfaces_print_a_terminal_qr_code_a_phone_can_read(tmp_path):
     class Stub:               # run()'s side of a demo: no processes
         host, url, db_path = "0.0.0.0", "http://192.0.2.7:8080", tmp_path / "arcade.db"
