@@ -478,7 +478,7 @@ def card_outcome(number, exp=None, cvc=None, now=None):
     own error (incomplete_number, incorrect_number, incomplete_expiry, invalid_expiry, expired_card,
     incomplete_cvc). `exp` "MM / YY" and `cvc` default to a valid pair."""
     digits = re.sub(r"[\s-]", "", str(number or ""))[:40]
-    if not digits.isdigit() or len(digits) < 13:
+    if not re.fullmatch(r"[0-9]{13,}", digits):
         return "incomplete_number", "Your card number is incomplete."
     if len(digits) > 19 or not luhn_ok(digits):
         return "incorrect_number", "Your card number is invalid."
