@@ -92,7 +92,9 @@ class Cabinet:
         """One credit payload -> (result, ack payload). Pulses before it returns."""
         reason, m = protocol.check_credit(payload, self.cab, self.key)
         if reason:
-            if m is None:
+            if m is None or reason == "bad_signature":
+                # sign nothing we have not verified: echoing an unverified ledger/seq/session
+                # would hand a forger a signed "rejected" ack for a credit still to come
                 return "rejected", self._ack("", 0, "", "rejected", reason)
             return "rejected", self._ack(m["ledger"], m["seq"], m["session"], "rejected", reason)
         s = self.state

@@ -340,6 +340,13 @@ class Dispatcher:
                      "seq %d, session %s" % (flight.seq, flight.session) if flight else "none")
             return
         result, reason = msg["result"], msg["reason"]
+        if result == "rejected" and reason in protocol.UNVERIFIED_REASONS:
+            # The credit in flight is ours and correctly signed: a cabinet can't honestly find it
+            # forged or unreadable. Such an ack can only be an old firmware's signed echo of a
+            # forgery that carried this credit's seq and session (a signing oracle): not final.
+            log.warning("ignored ack from %s: %s for seq %d, which the relay signed; keeps it in flight", cab,
+                        reason, flight.seq)
+            return
         if result == "applied" and msg["pulses"] != flight.pulses:
             log.warning("ignored ack from %s: applied seq %d with %d pulses, the credit has %d", cab, flight.seq,
                         msg["pulses"], flight.pulses)

@@ -14,6 +14,9 @@ _INT_FIELDS = frozenset(("seq", "credits", "pulses", "ts", "last"))
 
 ACK_RESULTS = ("applied", "duplicate", "rejected")
 REJECT_REASONS = ("bad_signature", "malformed", "wrong_cabinet", "bad_pulses", "stale_seq")
+# Reasons a cabinet gives before (or without) verifying the credit's signature: its ack then names no
+# credit (ledger "", seq 0, session ""), and one that names the credit in flight is never final.
+UNVERIFIED_REASONS = ("bad_signature", "malformed")
 
 
 def _canonical(kind, fields, msg):

@@ -150,3 +150,46 @@ def test_forged_credit_on_the_broker_is_refused_and_nothing_pulses(world):
         pub.loop_stop()
         pub.disconnect()
         acks.close()
+
+
+def test_signing_oracle_replay_cannot_mark_a_real_credit_rejected(world, tmp_path):
+    """The attack of issue 9: a player who knows their Checkout Session id forges a credit with it
+    before paying, keeps the cabinet's signed `rejected` ack and replays it when the real credit goes
+    out. The cabinet signs no field it has not verified, and the relay takes as final only a
+    verified ack naming the credit in flight: 0 rejected, the real credit ends applied."""
+    relay, ledger = world["relay"], world["ledger"]
+    cab = world["cabinets"]["cab-b"]
+    acks = AckListener(world["broker"])
+    attacker = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="attacker")
+    attacker.connect("127.0.0.1", world["broker"].port)
+    attacker.loop_start()
+    try:
+        session = "cs_test_oracle_" + secrets.token_hex(6)
+        next_seq = ledger.get_cabinet("cab-b")["next_seq"]     # predictable: the next payment's seq
+        forged = protocol.build_credit("cab-b", ledger.ledger_id, next_seq, 1, 1, session, "f" * 64)
+        attacker.publish("arcade/cab-b/credit", forged, qos=1).wait_for_publish(10)
+        captured = acks.wait(lambda xs: any(a["reason"] == "bad_signature" for _, a in xs))[0][1]
+        assert protocol.verify_ack(captured, world["secrets"]["cab-b"]), "a signed ack, as the attacker keeps"
+        assert (captured["ledger"], captured["seq"], captured["session"]) == ("", 0, ""), \
+            "the cabinet signed fields it had not verified"
+        # The real credit goes out while the cabinet is away, so the replay reaches the relay first.
+        cab.stop()
+        sid, _, statuses = trigger.send(relay.webhook_url, WEBHOOK_SECRET, "cab-b", 50, session_id=session)
+        assert sid == session and statuses[0][0] == 200
+        stack.wait_until(lambda: ledger.get_payment(session)["state"] == "sent", 20, what="credit sent")
+        attacker.publish("arcade/cab-b/ack", json.dumps(captured), qos=1).wait_for_publish(10)
+        stack.wait_until(lambda: "ignored ack from cab-b for seq 0" in (tmp_path / "relay.log").read_text(), 20,
+                         what="the relay to see the replayed ack")
+        assert ledger.get_payment(session)["state"] == "sent"
+        back = stack.Cabinet(tmp_path, "cab-b", world["secrets"]["cab-b"], world["broker"].url,
+                             state_dir=cab.state_dir).start()
+        world["cabinets"]["cab-b"] = back
+        payment = final_state(ledger, session)
+        assert payment["state"] == "applied"
+        back.wait_pulses(1)
+        assert len(back.pulses()) == 1
+        assert not [p for p in ledger.list_payments() if p["state"] == "rejected"]
+    finally:
+        attacker.loop_stop()
+        attacker.disconnect()
+        acks.close()

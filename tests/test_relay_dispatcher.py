@@ -199,8 +199,11 @@ def test_credit_is_resent_at_once_when_the_cabinet_comes_online(world):
     lambda cab, c, lid: cab.ack(lid, c["seq"], "cs_test_paid_before_the_restore", "applied", "", c["pulses"],
                                 c["seq"]),
     lambda cab, c, lid: cab.client.publish("arcade/cab1/ack", b"{not json", qos=1),
+    # an old firmware's signing oracle: a forged credit with this seq and session, acked and replayed
+    lambda cab, c, lid: cab.ack(lid, c["seq"], c["session"], "rejected", "bad_signature", 0, 0),
+    lambda cab, c, lid: cab.ack(lid, c["seq"], c["session"], "rejected", "malformed", 0, 0),
 ], ids=["wrong secret", "wrong seq", "other ledger", "cab differs from topic", "pulses differ", "other session",
-        "garbage"])
+        "garbage", "oracle bad_signature", "oracle malformed"])
 def test_acks_that_are_not_for_the_credit_in_flight_are_ignored(world, forgery):
     ledger = world["ledger"]
     cab = world["cabinet"](auto=False)

@@ -161,8 +161,8 @@ def test_simulated_cabinet_pulses_acks_and_remembers_after_restart(broker, tmp_p
             "a forged credit gives no pulse"
         ack = obs.next("arcade/cab1/ack")
         assert ack_verifies(ack)
-        assert (ack["result"], ack["reason"], ack["seq"], ack["pulses"], ack["last"]) == \
-            ("rejected", "bad_signature", 2, 0, 1)
+        assert (ack["result"], ack["reason"], ack["ledger"], ack["seq"], ack["session"], ack["pulses"],
+                ack["last"]) == ("rejected", "bad_signature", "", 0, "", 0, 1)
 
         assert sim.stop() == 0
         assert sim.lines.get(timeout=WAIT)["event"] == "stopped", "clean stop on SIGTERM"

@@ -121,17 +121,18 @@ def test_rejected_credits_change_nothing():
     before = read_json(root + "state.json")
     n = len(machine.pins[25].history)
     forged = protocol.credit(b"not-the-secret-at-all", "cab1", LEDGER, 3, 1, 1, "cs_forged", TS)
+    # an unverified credit's ledger/seq/session are never echoed (signed) back: no signing oracle
     rows = [
-        (forged, "bad_signature", LEDGER, 3),
-        (b"garbage", "malformed", "", 0),
-        (protocol.credit(KEY, "cab2", LEDGER, 3, 1, 1, "cs_x", TS), "wrong_cabinet", LEDGER, 3),
-        (credit(3, 0, "cs_y"), "bad_pulses", LEDGER, 3),
+        (forged, "bad_signature", "", 0, ""),
+        (b"garbage", "malformed", "", 0, ""),
+        (protocol.credit(KEY, "cab2", LEDGER, 3, 1, 1, "cs_x", TS), "wrong_cabinet", LEDGER, 3, "cs_x"),
+        (credit(3, 0, "cs_y"), "bad_pulses", LEDGER, 3, "cs_y"),
     ]
-    for payload, reason, ledger, seq in rows:
+    for payload, reason, ledger, seq, session in rows:
         result, ack = cab.handle(payload)
         a = ack_of(ack)
-        assert (result, a["result"], a["reason"], a["ledger"], a["seq"], a["pulses"], a["last"]) == \
-            ("rejected", "rejected", reason, ledger, seq, 0, 2), reason
+        assert (result, a["result"], a["reason"], a["ledger"], a["seq"], a["session"], a["pulses"],
+                a["last"]) == ("rejected", "rejected", reason, ledger, seq, session, 0, 2), reason
     assert read_json(root + "state.json") == before
     assert len(machine.pins[25].history) == n
 
