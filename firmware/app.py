@@ -11,6 +11,7 @@ import umqtt.simple as simple
 from umqtt.simple import MQTTClient, MQTTException
 import protocol
 import config
+import inbound
 from coin import Coin
 from cabinet import Cabinet
 from journal import Journal
@@ -23,7 +24,6 @@ _BACKOFF_MAX = const(30000)
 _OUTBOX = const(8)
 _PID_MAX = const(65535)
 _ETIMEDOUT = const(110)
-_ECONNRESET = const(104)
 _INHIBIT_POLL = const(200)   # ms: how soon a change of the inhibit line is noticed
 
 
@@ -46,10 +46,7 @@ class DeadlineSocket:
             self.raw.setblocking(False)
 
     def read(self, n):
-        b = self.sock.read(n)
-        if b is not None and len(b) < n:
-            raise OSError(_ECONNRESET)
-        return b
+        return inbound.read(self.sock, n)     # bounded: one message never costs > MAX_MSG
 
     def write(self, buf, n=None):
         if n is None:
@@ -186,6 +183,8 @@ class App:
     # -- MQTT
     def _on_msg(self, topic, msg):
         # runs inside umqtt.simple (check_msg or publish's PUBACK wait): never publish here
+        if not msg:
+            return        # a retained message deleted, or one too big (inbound.py): nothing to do
         if topic == self.t_config:
             r = self.cabinet.handle_config(msg)
             self.emit("config", (r, self.cabinet.cfg_error or self.cabinet.cfg["ver"]))
@@ -239,7 +238,8 @@ class App:
         return {"uptime": self.up_ms // 1000, "heap": _mem_free(), "rssi": rssi,
                 "total": cab.state["total"], "inhibited": cab.inhibited(), "held": cab.held(),
                 "cfg": cab.cfg["ver"], "width_ms": self.coin.width_ms, "gap_ms": self.coin.gap_ms,
-                "cfg_error": cab.cfg_error, "test": cab.cfg["test"], "test_error": cab.test_error}
+                "cfg_error": cab.cfg_error, "test": cab.cfg["test"], "test_error": cab.test_error,
+                "dropped": inbound.dropped}
 
     def _uptime(self):
         # accumulated each loop turn, so ticks wrapping (every ~12 days) never shows
@@ -252,7 +252,7 @@ class App:
         cab = self.cabinet
         s = cab.state
         key = (s["ledger"], s["last"], s["total"], cab.inhibited(), cab.held(), cab.cfg["ver"],
-               cab.cfg_error, cab.cfg["test"], cab.test_error)
+               cab.cfg_error, cab.cfg["test"], cab.test_error, inbound.dropped)
         if not force and key == self.sent:
             return
         info = self.info()
@@ -359,7 +359,9 @@ class App:
                 self._connect()
                 backoff = _BACKOFF_MIN
                 self._serve()
-            except (OSError, MQTTException, AssertionError) as e:
+            except (OSError, MQTTException, AssertionError, MemoryError) as e:
+                # MemoryError too: a reconnect (gc.collect below) frees what the turn held; a
+                # reset would lose the session and bring back whatever caused it
                 self.emit("disconnected", repr(e))
             self._close()
             gc.collect()
