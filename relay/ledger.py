@@ -28,6 +28,8 @@ import time
 from contextlib import contextmanager
 
 CABINET_ID = re.compile(r"[A-Za-z0-9_-]{1,32}\Z")
+# The relay's broker user name: a '.' can't be in a cabinet id, so no cabinet can log in as the relay.
+RELAY_BROKER_USER = "arcade.relay"
 PENDING = ("queued", "sent")
 ACKED = ("applied", "duplicate", "rejected")
 FINAL = ACKED + ("invalid", "failed", "expired")
@@ -96,6 +98,22 @@ CREATE TABLE events (
 # before it (tests/data/ledger-v1.sql is one made by schema version 1 with rows in every table).
 # Each entry: (name, [SQL statements]) or (name, callable(cursor)).
 MIGRATIONS = []
+
+
+def _issue9_broker_users(cur):
+    # Each cabinet its own broker login (not its HMAC secret), the relay its own: a board's flash
+    # then gives away that one cabinet's topics, never the relay's or another cabinet's.
+    cur.execute("CREATE TABLE broker_users (username TEXT PRIMARY KEY, password TEXT NOT NULL, "
+                "cabinet_id TEXT UNIQUE, created_at REAL NOT NULL)")
+    now = time.time()
+    cur.execute("INSERT INTO broker_users (username, password, cabinet_id, created_at) VALUES (?, ?, NULL, ?)",
+                (RELAY_BROKER_USER, secrets.token_hex(16), now))
+    for (cab,) in cur.execute("SELECT id FROM cabinets ORDER BY id").fetchall():
+        cur.execute("INSERT INTO broker_users (username, password, cabinet_id, created_at) VALUES (?, ?, ?, ?)",
+                    (cab, secrets.token_hex(16), cab, now))
+
+
+MIGRATIONS.append(("issue9_broker_users", _issue9_broker_users))
 
 _CABINET_COLS = ("id, name, secret, enabled, currency, price_cents, bundles, coins_per_credit, next_seq, "
                  "last_seq, online, last_seen, status, created_at")
@@ -274,7 +292,35 @@ class Ledger:
                         (id, name or id, secret, currency, price_cents, json.dumps(clean), coins_per_credit, now))
             if cur.rowcount != 1:
                 raise CabinetExists("cabinet %r already exists: pick another id, or use `arcade cabinet list`" % id)
+            cur.execute("INSERT INTO broker_users (username, password, cabinet_id, created_at) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT (username) DO UPDATE SET password = excluded.password",
+                        (id, secrets.token_hex(16), id, now))
         return secret
+
+    # -- broker logins (relay/mosquitto.py writes them as a mosquitto password file and ACL) ---------
+
+    def broker_password(self, cabinet_id):
+        """The cabinet's own broker password (its user name is its id), or None."""
+        rows = self._rows("SELECT password FROM broker_users WHERE cabinet_id = ?", (cabinet_id,))
+        return rows[0]["password"] if rows else None
+
+    def broker_logins(self):
+        """{"relay": (user, password), "cabinets": [(id, password)]}: the enabled cabinets only, so a
+        disabled one (a board taken out of service, or stolen) can no longer log in."""
+        relay = self._rows("SELECT username, password FROM broker_users WHERE username = ?", (RELAY_BROKER_USER,))[0]
+        cabs = self._rows("SELECT b.cabinet_id, b.password FROM broker_users b JOIN cabinets c ON c.id = b.cabinet_id "
+                          "WHERE c.enabled = 1 ORDER BY b.cabinet_id")
+        return {"relay": (relay["username"], relay["password"]),
+                "cabinets": [(r["cabinet_id"], r["password"]) for r in cabs]}
+
+    def rekey_broker(self, cabinet_id):
+        """A new broker password for a cabinet (a board replaced, or its flash read); returns it."""
+        password = secrets.token_hex(16)
+        with self._write() as cur:
+            cur.execute("UPDATE broker_users SET password = ? WHERE cabinet_id = ?", (password, cabinet_id))
+            if cur.rowcount != 1:
+                raise UnknownCabinet("cabinet %r is not in the database" % (cabinet_id,))
+        return password
 
     @staticmethod
     def _cabinet(row):

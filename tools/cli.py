@@ -16,6 +16,7 @@ COMMANDS = {
     "qr": ("tools.commands.qr", "print QR stickers that open a cabinet's pay page (png, svg, pdf)"),
     "promo": ("tools.commands.promo", "add, list and remove promotions (happy hour bonus, percent off)"),
     "provision": ("tools.commands.provision", "write a cabinet's config.json and board profile for flashing"),
+    "broker": ("tools.commands.broker", "write a mosquitto config: a login per cabinet, one for the relay, an ACL"),
     "flash": ("tools.commands.flash", "copy the firmware, umqtt.simple and a cabinet's config to a board (mpremote)"),
     "demo": ("tools.commands.demo", "start mosquitto, the relay and a simulated cabinet, pay once, show the pulses; --web: try it in a browser"),
     "bench": ("tools.commands.bench", "benchmark the relay against the naive design on loopback (latency, rate, recovery)"),

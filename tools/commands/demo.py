@@ -51,20 +51,25 @@ def main(argv=None):
     ledger = open_ledger(str(db_path))
     cab_secret = ledger.add_cabinet(cab_id, name="Demo Pac-Cab", currency="usd", price_cents=100,
                                     bundles=[(3, 250)], coins_per_credit=2)
+    logins = ledger.broker_logins()
     ledger.close()
     say("1/5 cabinet %s registered: 1 play $1.00, 3 plays $2.50, 2 coins per play" % cab_id)
 
-    broker = Mosquitto(work / "mosquitto")
+    # the configuration `arcade broker config` writes: the relay and the cabinet each log in as
+    # themselves, and the ACL keeps each to its own topics
+    broker = Mosquitto(work / "mosquitto", logins=logins)
     relay = cabinet = None
     started = time.monotonic()
     try:
         broker.start()
-        say("2/5 mosquitto listening on %s" % broker.url)
-        relay = stack.Relay(work, str(db_path), broker.url, webhook_secret).start()
-        say("3/5 relay listening on %s" % relay.url)
-        cabinet = stack.Cabinet(work, cab_id, cab_secret, broker.url).start()
+        say("2/5 mosquitto listening on %s (no anonymous access: a login per cabinet, one for the relay, "
+            "an ACL; %s)" % (broker.url, broker.conf_path))
+        relay = stack.Relay(work, str(db_path), broker.relay_url, webhook_secret).start()
+        say("3/5 relay listening on %s, on the broker as %s" % (relay.url, logins["relay"][0]))
+        cabinet = stack.Cabinet(work, cab_id, cab_secret, broker.cabinet_url(cab_id)).start()
         cabinet.wait_connected(timeout=30)
-        say("4/5 simulated cabinet %s online (firmware from firmware/, flash in %s)" % (cab_id, cabinet.state_dir))
+        say("4/5 simulated cabinet %s online as broker user %s (firmware from firmware/, flash in %s)"
+            % (cab_id, cab_id, cabinet.state_dir))
         stack.wait_until(lambda: relay.health().get("broker") == "ok", 20, what="relay connected to the broker")
 
         session_id, event_id, statuses = trigger.send(relay.webhook_url, webhook_secret, cab_id, args.amount)

@@ -12,6 +12,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from relay import mosquitto as mosquitto_conf
+
 
 def free_port(host="127.0.0.1"):
     with socket.socket() as s:
@@ -56,8 +58,13 @@ class Mosquitto:
     """A mosquitto process on a free loopback port, with its config and data under `workdir`."""
 
     def __init__(self, workdir, port=None, persistence=True, autosave_interval=1, extra_conf="",
-                 tls=None):
+                 tls=None, logins=None, prefix="arcade"):
         self.workdir = Path(workdir)
+        # logins: a ledger's broker_logins(): then the configuration is what `arcade broker config`
+        # writes (a login per cabinet, the relay's, the ACL, no anonymous access), plus the lab's
+        # logging and the current user; without, an open broker for tests that need no identities.
+        self.logins = logins
+        self.prefix = prefix
         self.port = port or free_port()
         # tls: {"cafile", "certfile", "keyfile"[, "port"]} adds a TLS listener (TLS 1.2, the
         # version an ESP32's mbedTLS speaks) next to the plain one.
@@ -75,6 +82,25 @@ class Mosquitto:
     def url(self):
         return "mqtt://127.0.0.1:%d" % self.port
 
+    def url_for(self, user, password):
+        """mqtt:// URL with a login (see `logins`)."""
+        return mosquitto_conf.relay_url(user, password, "127.0.0.1", self.port)
+
+    @property
+    def relay_url(self):
+        """The relay's own login (a broker started with `logins`)."""
+        return self.url_for(*self.logins["relay"])
+
+    def cabinet_url(self, cab):
+        """Cabinet `cab`'s own login (a broker started with `logins`)."""
+        return self.url_for(cab, dict(self.logins["cabinets"])[cab])
+
+    def reload(self, logins):
+        """New logins (a cabinet added, disabled or re-keyed): rewrite the files, SIGHUP mosquitto."""
+        self.logins = logins
+        self._write_conf()
+        self.proc.send_signal(signal.SIGHUP)
+
     def tls_url(self, host="localhost"):
         """mqtts:// URL of the TLS listener; `host` must be a name the certificate carries."""
         if not self.tls:
@@ -84,6 +110,15 @@ class Mosquitto:
     def _write_conf(self):
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(exist_ok=True)
+        if self.logins is not None:
+            lab = ["autosave_interval %d" % self.autosave_interval, "max_inflight_messages 20",
+                   "log_dest file %s" % self.log_path, "log_type all", "connection_messages true",
+                   "user %s" % getpass.getuser(), self.extra_conf]
+            if not self.persistence:
+                lab.append("persistence false")
+            lab += self._tls_lines()
+            mosquitto_conf.write_config(self.workdir, self.logins, self.prefix, "127.0.0.1", self.port, extra=lab)
+            return
         lines = [
             "listener %d 127.0.0.1" % self.port,
             "allow_anonymous true",
@@ -104,13 +139,17 @@ class Mosquitto:
             "user %s" % getpass.getuser(),
             self.extra_conf,
         ]
-        if self.tls:
-            lines += ["listener %d 127.0.0.1" % self.tls_port,
-                      "cafile %s" % self.tls["cafile"],
-                      "certfile %s" % self.tls["certfile"],
-                      "keyfile %s" % self.tls["keyfile"],
-                      "tls_version tlsv1.2"]
+        lines += self._tls_lines()
         self.conf_path.write_text("\n".join(lines) + "\n")
+
+    def _tls_lines(self):
+        if not self.tls:
+            return []
+        return ["listener %d 127.0.0.1" % self.tls_port,
+                "cafile %s" % self.tls["cafile"],
+                "certfile %s" % self.tls["certfile"],
+                "keyfile %s" % self.tls["keyfile"],
+                "tls_version tlsv1.2"]
 
     def start(self, timeout=10.0):
         self._write_conf()
