@@ -69,3 +69,23 @@ def test_a_failing_migration_changes_nothing(tmp_path):
         assert "test_broken" not in led.migrations()
     cols = [r[1] for r in rows(tmp_path / "b.db", "PRAGMA table_info(cabinets)")]
     assert "colour" not in cols, "the first statement of a failed migration must be rolled back"
+
+
+def test_issue9_broker_users_gives_every_old_cabinet_and_the_relay_a_login(v1_db):
+    secrets_ = dict(rows(v1_db, "SELECT id, secret FROM cabinets"))
+    with open_ledger(v1_db) as led:
+        assert "issue9_broker_users" in led.migrations()
+        logins = led.broker_logins()
+        user, relay_pw = logins["relay"]
+        assert user == "arcade.relay" and len(relay_pw) == 32
+        cabs = dict(logins["cabinets"])
+        enabled = {c["id"] for c in led.list_cabinets() if c["enabled"]}
+        assert set(cabs) == enabled and enabled
+        passwords = [relay_pw] + [led.broker_password(c) for c in secrets_]
+        assert len(set(passwords)) == len(passwords), "every login has its own password"
+        assert not set(passwords) & set(secrets_.values()), "a broker password is never the HMAC secret"
+        # a cabinet added after the upgrade gets its login with it; re-keying changes only its own
+        led.add_cabinet("cab3", price_cents=100)
+        old = led.broker_password("cab3")
+        assert old and led.rekey_broker("cab3") != old
+        assert led.broker_logins()["relay"] == (user, relay_pw)
