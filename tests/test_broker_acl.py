@@ -213,8 +213,12 @@ def test_arcade_broker_config_runs_as_is_and_hashes_like_mosquitto_passwd(tmp_pa
 def test_own_payments_pulse_exactly_with_per_cabinet_logins_while_a_attacks_b(acl_world):
     ledger, broker, tmp = acl_world["ledger"], acl_world["broker"], acl_world["tmp"]
     relay = stack.Relay(tmp, acl_world["db"], broker.relay_url, WEBHOOK_SECRET).start()
-    cabs = {c: stack.Cabinet(tmp, c, acl_world["secrets"][c], broker.cabinet_url(c)).start()
-            for c in ("cab-a", "cab-b")}
+    cabs = {"cab-a": stack.Cabinet(tmp, "cab-a", acl_world["secrets"]["cab-a"], broker.cabinet_url("cab-a"))}
+    # B as an operator runs it: ARCADE_DB and the relay's MQTT_URL from .env, no --secret: `arcade
+    # simulate` takes B's secret and B's own login from the ledger (the relay's login can't read credits)
+    cabs["cab-b"] = stack.Cabinet(tmp, "cab-b", None, broker.relay_url, extra_env={"ARCADE_DB": acl_world["db"]})
+    for c in cabs.values():
+        c.start()
     try:
         for c in cabs.values():
             c.wait_connected()

@@ -53,7 +53,11 @@ def test_writes_config_board_and_nothing_secret_on_screen(env, capsys):
     assert mode(d) == 0o700 and mode(d / "config.json") == 0o600
     cfg = json.loads((d / "config.json").read_text())
     assert set(cfg) == KEYS
-    assert cfg == {"wifi_ssid": "Arcade", "wifi_password": PASSWORD, "broker": "mqtt://relay:brokerpw@192.168.1.5",
+    with open_ledger(env["db"]) as ledger:
+        own_pw = ledger.broker_password("galaga-1")
+    # the cabinet's own broker login, never the relay's from --broker (issue 9)
+    assert cfg == {"wifi_ssid": "Arcade", "wifi_password": PASSWORD,
+                   "broker": "mqtt://galaga-1:%s@192.168.1.5:1883" % own_pw,
                    "cabinet": "galaga-1", "secret": env["secret"], "board": "esp32-devkitc", "prefix": "arcade",
                    "keepalive": 30}
     assert (d / "board.json").read_bytes() == (ROOT / "boards" / "esp32-devkitc.json").read_bytes()
@@ -61,11 +65,12 @@ def test_writes_config_board_and_nothing_secret_on_screen(env, capsys):
     fw = fw_config()
     root = str(d) + "/"
     checked = fw.load_config(root, fw.load_board(root))
-    assert checked["mqtt"] == {"host": "192.168.1.5", "port": 1883, "user": "relay", "password": "brokerpw",
+    assert checked["mqtt"] == {"host": "192.168.1.5", "port": 1883, "user": "galaga-1", "password": own_pw,
                                "ssl": False}
-    for secret in (env["secret"], PASSWORD, "brokerpw"):
+    assert "brokerpw" not in (d / "config.json").read_text()
+    for secret in (env["secret"], PASSWORD, "brokerpw", own_pw):
         assert secret not in out + err
-    assert "mqtt://relay:***@192.168.1.5" in out
+    assert "mqtt://galaga-1:***@192.168.1.5:1883" in out
     with open_ledger(env["db"]) as ledger:
         assert ledger.cabinet_config("galaga-1")["board"] == "esp32-devkitc"
 
@@ -78,7 +83,9 @@ def test_tls_broker_with_ca_and_broker_from_the_environment(env, capsys, monkeyp
     d = env["out"] / "galaga-1"
     cfg = json.loads((d / "config.json").read_text())
     assert (cfg["broker"], cfg["ca"], cfg["prefix"], cfg["board"]) == \
-        ("mqtts://cab:pw@broker.example.net", "ca.pem", "arcade-eu", "esp32-c3")
+        ("mqtts://galaga-1:%s@broker.example.net:8883" % cfg["broker"].split(":")[2].split("@")[0], "ca.pem",
+         "arcade-eu", "esp32-c3")
+    assert "cab:pw" not in cfg["broker"]
     assert (d / "ca.pem").read_bytes() == CA_PEM
     fw = fw_config()
     root = str(d) + "/"

@@ -2,8 +2,10 @@
 
   arcade provision ID --board B --wifi-ssid S --wifi-password P [--broker URL] [--ca FILE] [--out build/]
 
-Writes <out>/<ID>/config.json (mode 0600, directory 0700) with the cabinet's secret from the relay
-database (ARCADE_DB), <out>/<ID>/board.json (a copy of boards/<B>.json) and, with --ca, ca.pem.
+Writes <out>/<ID>/config.json (mode 0600, directory 0700) with the cabinet's secret and its own broker
+login (user = its id, its password) from the relay database (ARCADE_DB): whatever login --broker or
+MQTT_URL carries (the relay's, typically) is never copied onto a board, whose flash anyone with a USB
+cable can read. Also <out>/<ID>/board.json (a copy of boards/<B>.json) and, with --ca, ca.pem.
 The result is checked by the firmware's own validation (firmware/config.py: load_board and
 load_config, the code the board runs at boot) before anything is put in place: bad input is a
 clear error and leaves an earlier provisioning untouched. The secret and the WiFi password are
@@ -91,7 +93,14 @@ def provision(cab, board, wifi_ssid, wifi_password, broker, db, out=DEFAULT_OUT,
         if cabinet is None:
             raise ProvisionError("cabinet %r is not in the relay database %s: add it with `arcade cabinet add "
                                  "%s --price ...` first" % (cab, db, cab))
-        config = {"wifi_ssid": wifi_ssid, "wifi_password": wifi_password, "broker": broker, "cabinet": cab,
+        broker_pw = ledger.broker_password(cab)
+        if broker_pw is None:
+            raise ProvisionError("cabinet %r has no broker login in %s: open it with this version's relay first"
+                                 % (cab, db))
+        # the cabinet's own login: host and port from --broker/MQTT_URL, never its user and password
+        own = "%s://%s:%s@%s:%d" % ("mqtts" if mqtt["ssl"] else "mqtt", cab, broker_pw,
+                                    "[%s]" % mqtt["host"] if ":" in mqtt["host"] else mqtt["host"], mqtt["port"])
+        config = {"wifi_ssid": wifi_ssid, "wifi_password": wifi_password, "broker": own, "cabinet": cab,
                   "secret": cabinet["secret"], "board": profile["name"], "prefix": prefix,
                   "keepalive": keepalive}
         if ca is not None:
@@ -124,7 +133,7 @@ def provision(cab, board, wifi_ssid, wifi_password, broker, db, out=DEFAULT_OUT,
         finally:
             shutil.rmtree(stage, ignore_errors=True)
         ledger.set_board(cab, profile["name"])
-    return target
+    return target, own
 
 
 def main(argv=None):
@@ -153,7 +162,7 @@ def main(argv=None):
     broker = args.broker or default_broker()
     db = args.db or db_path()
     try:
-        target = provision(args.cabinet, args.board, args.wifi_ssid, password, broker, db, args.out,
+        target, own = provision(args.cabinet, args.board, args.wifi_ssid, password, broker, db, args.out,
                            args.ca, prefix, args.keepalive)
     except ProvisionError as e:
         print("arcade provision: %s" % e, file=sys.stderr)
@@ -164,8 +173,9 @@ def main(argv=None):
     shown = os.path.relpath(target) if not os.path.relpath(target).startswith("..") else str(target)
     files = ["config.json (0600)", "board.json"] + ([CA_NAME] if args.ca else [])
     print("provisioned %s for %s in %s/: %s" % (args.cabinet, args.board, shown, ", ".join(files)))
-    print("  broker %s, topic prefix %s, WiFi %r; the secret and the WiFi password are in config.json only"
-          % (mask_url(broker), prefix, args.wifi_ssid))
+    print("  broker %s (the cabinet's own login; regenerate the broker's logins with `arcade broker config`), "
+          "topic prefix %s, WiFi %r; the secret and the passwords are in config.json only"
+          % (mask_url(own), prefix, args.wifi_ssid))
     print("next: make mpy, then `arcade flash %s --port /dev/ttyUSB0`" % args.cabinet)
     return 0
 

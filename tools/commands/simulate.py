@@ -48,8 +48,9 @@ def boards():
     return sorted(p.stem for p in (ROOT / "boards").glob("*.json"))
 
 
-def secret_from_db(cab_id, db):
-    """The cabinet's secret from the relay database (relay.ledger), or raise LookupError."""
+def secret_from_db(cab_id, db, what="secret"):
+    """The cabinet's secret (what="broker": its broker password, or None) from the relay database
+    (relay.ledger), or raise LookupError."""
     try:
         from relay.ledger import open_ledger
     except ImportError as e:
@@ -57,6 +58,8 @@ def secret_from_db(cab_id, db):
     ledger = open_ledger(db)
     try:
         cab = ledger.get_cabinet(cab_id)
+        if cab is not None and what == "broker":
+            return ledger.broker_password(cab_id)
     finally:
         close = getattr(ledger, "close", None)
         if close:
@@ -65,6 +68,12 @@ def secret_from_db(cab_id, db):
         raise LookupError("cabinet %r is not in the relay database %s: add it with "
                           "`arcade cabinet add %s --price ...` or pass --secret" % (cab_id, db, cab_id))
     return cab["secret"]
+
+
+def with_login(url, user, password):
+    """`url` with its user and password replaced."""
+    scheme, _, rest = url.partition("://")
+    return "%s://%s:%s@%s" % (scheme, user, password, rest.rpartition("@")[2])
 
 
 def parse_args(argv):
@@ -78,6 +87,9 @@ def parse_args(argv):
                    help="the simulated flash: config.json, board.json and state.json live here")
     p.add_argument("--secret", metavar="HEX",
                    help="the cabinet's secret (default: read from the relay database in ARCADE_DB)")
+    p.add_argument("--broker", metavar="URL",
+                   help="connect with exactly this mqtt[s]://user:pass@host:port (default: the host in "
+                        "MQTT_URL with the cabinet's own login from ARCADE_DB, as provisioned on a board)")
     p.add_argument("--board", default="esp32-devkitc", help="board profile from boards/ (default %(default)s)")
     p.add_argument("--prefix", default="arcade", help="topic prefix (default %(default)s)")
     p.add_argument("--keepalive", type=int, default=30, metavar="N",
@@ -97,7 +109,16 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    url = os.environ.get("MQTT_URL") or DEFAULT_MQTT_URL
+    url = args.broker or os.environ.get("MQTT_URL") or DEFAULT_MQTT_URL
+    if not args.broker and os.environ.get("ARCADE_DB"):
+        # a board logs in as itself (arcade provision writes its own login): so does the simulator,
+        # whatever login MQTT_URL (the relay's, in an operator's .env) carries
+        try:
+            own = secret_from_db(args.cabinet, os.environ["ARCADE_DB"], "broker")
+        except LookupError as e:
+            return fail(str(e))
+        if own:
+            url = with_login(url, args.cabinet, own)
     secret = args.secret
     if not secret:
         db = os.environ.get("ARCADE_DB")

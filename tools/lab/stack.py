@@ -134,15 +134,17 @@ class Relay(Proc):
 class Cabinet(Proc):
     """`arcade simulate`: the real firmware with simulated pins, its flash in `state_dir`."""
 
-    def __init__(self, workdir, cabinet_id, secret, mqtt_url, state_dir=None, keepalive=None, extra_args=()):
+    def __init__(self, workdir, cabinet_id, secret, mqtt_url, state_dir=None, keepalive=None, extra_args=(),
+                 extra_env=None):
         self.cabinet_id = cabinet_id
         self.state_dir = Path(state_dir or Path(workdir) / ("flash-" + cabinet_id))
-        argv = [sys.executable, "-m", "tools.cli", "simulate", cabinet_id, "--state", str(self.state_dir),
-                "--secret", secret]
+        argv = [sys.executable, "-m", "tools.cli", "simulate", cabinet_id, "--state", str(self.state_dir)]
+        if secret is not None:      # None: `simulate` reads it (and the cabinet's login) from ARCADE_DB
+            argv += ["--secret", secret]
         if keepalive:
             argv += ["--keepalive", str(keepalive)]
         argv += list(extra_args)
-        super().__init__(argv, _env({"MQTT_URL": mqtt_url}), Path(workdir) / ("cabinet-%s.log" % cabinet_id),
+        super().__init__(argv, _env(dict({"MQTT_URL": mqtt_url}, **(extra_env or {}))), Path(workdir) / ("cabinet-%s.log" % cabinet_id),
                          "cabinet " + cabinet_id)
 
     def wait_connected(self, timeout=20.0, count=1):
