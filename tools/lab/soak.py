@@ -30,6 +30,7 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from relay import mosquitto as mosquitto_conf
 from tools.lab import stack
 from tools.lab import stripe_events
 from tools.lab.bench import Http
@@ -89,8 +90,12 @@ class Soak:
     # -- processes -----------------------------------------------------------------------------
 
     def url_for(self, who):
+        """Where `who` (the relay or a cabinet) reaches the broker, with its own login."""
         proxy = self.proxies.get(who)
-        return proxy.url if proxy is not None else self.broker.url
+        port = proxy.port if proxy is not None else self.broker.port
+        logins = self.broker.logins
+        user, password = logins["relay"] if who == "relay" else (who, dict(logins["cabinets"])[who])
+        return mosquitto_conf.relay_url(user, password, "127.0.0.1", port)
 
     def start_relay(self):
         for attempt in range(20):
@@ -122,6 +127,8 @@ class Soak:
                 self.coins[cab] = self.pay_rng.choice((1, 2))
                 self.secret[cab] = ledger.add_cabinet(cab, price_cents=PRICE, bundles=[BUNDLE],
                                                       coins_per_credit=self.coins[cab])
+            # the broker an operator runs: a login per cabinet, the relay's, the ACL
+            self.broker.logins = ledger.broker_logins()
         self.broker.start()
         if self.proxy_cls is not None and 5 in self.kinds:
             for who in ["relay"] + self.cabs:
