@@ -239,7 +239,7 @@ class App:
                 "total": cab.state["total"], "inhibited": cab.inhibited(), "held": cab.held(),
                 "cfg": cab.cfg["ver"], "width_ms": self.coin.width_ms, "gap_ms": self.coin.gap_ms,
                 "cfg_error": cab.cfg_error, "test": cab.cfg["test"], "test_error": cab.test_error,
-                "dropped": inbound.dropped}
+                "dropped": inbound.dropped, "epoch": cab.state["epoch"]}
 
     def _uptime(self):
         # accumulated each loop turn, so ticks wrapping (every ~12 days) never shows
@@ -347,7 +347,7 @@ class App:
         s = self.cabinet.state
         self.emit("boot", {"recovered": left is not None, "pulses": left or 0,
                            "journal": self.cabinet.journal.note, "ledger": s["ledger"],
-                           "last": s["last"]})
+                           "last": s["last"], "epoch": s["epoch"]})
 
     def run(self):
         self.wdt = machine.WDT(timeout=_WDT_MS)

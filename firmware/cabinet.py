@@ -14,6 +14,12 @@ class Cabinet:
         self.tick = tick          # called before every pulse (feed the WDT, keep the link alive)
         self.inhibit = inhibit    # None or a callable: True while the game refuses coins
         self.state = journal.load()
+        if not self.state.get("epoch"):
+            # no usable journal (fresh, corrupt, erased, a new board) or one from before epochs: a
+            # new random epoch, stored before anything is applied. Credits signed for any earlier
+            # journal carry another epoch and are refused: nothing captured before replays now.
+            self.state["epoch"] = protocol.new_epoch()
+            journal.save(self.state)
         # pulse timing: the board's defaults unless a signed config overrides them (cfg.json)
         self.board = board or {"name": "?", "width_ms": coin.width_ms, "gap_ms": coin.gap_ms,
                                "width_ms_range": [1, 10000], "gap_ms_range": [1, 10000]}
@@ -86,7 +92,7 @@ class Cabinet:
 
     def _ack(self, ledger, seq, session, result, reason="", pulses=0):
         return protocol.ack(self.key, self.cab, ledger, seq, session, result, reason, pulses,
-                            self.state["last"])
+                            self.state["last"], self.state["epoch"])
 
     def handle(self, payload):
         """One credit payload -> (result, ack payload). Pulses before it returns."""
@@ -98,6 +104,11 @@ class Cabinet:
                 return "rejected", self._ack("", 0, "", "rejected", reason)
             return "rejected", self._ack(m["ledger"], m["seq"], m["session"], "rejected", reason)
         s = self.state
+        if m["epoch"] != s["epoch"]:
+            # signed for another journal's epoch (or by a relay that doesn't know ours yet): the
+            # ack names it (verified) and carries our epoch, so the relay signs it again for it
+            return "rejected", self._ack(m["ledger"], m["seq"], m["session"], "rejected",
+                                         "wrong_epoch")
         if m["session"] in s["recent"]:
             return "duplicate", self._ack(m["ledger"], m["seq"], m["session"], "duplicate")
         if s["cur"] is not None:

@@ -13,8 +13,8 @@ FW = "0.2.0"
 _BLOCK = const(64)
 MAX_PULSES = const(255)
 
-CREDIT_FIELDS = ("cab", "ledger", "seq", "credits", "pulses", "session", "ts")
-_STR = ("cab", "ledger", "session", "sig")
+CREDIT_FIELDS = ("cab", "ledger", "seq", "credits", "pulses", "session", "ts", "epoch")
+_STR = ("cab", "ledger", "session", "epoch", "sig")
 _INT = ("seq", "credits", "pulses", "ts")
 _HEX = "0123456789abcdef"
 
@@ -111,25 +111,39 @@ def check_credit(payload, cab, key):
     return "", m
 
 
-def credit(key, cab, ledger, seq, credits, pulses, session, ts):
+def credit(key, cab, ledger, seq, credits, pulses, session, ts, epoch=""):
     """A signed credit payload (the relay's job; here for tests and tools)."""
-    sig = sign(key, canonical("credit", (cab, ledger, seq, credits, pulses, session, ts)))
+    sig = sign(key, canonical("credit", (cab, ledger, seq, credits, pulses, session, ts, epoch)))
     return ('{"t":"credit","cab":%s,"ledger":%s,"seq":%d,"credits":%d,"pulses":%d,'
-            '"session":%s,"ts":%d,"sig":"%s"}' % (json.dumps(cab), json.dumps(ledger), seq, credits,
-                                                  pulses, json.dumps(session), ts, sig)).encode()
+            '"session":%s,"ts":%d,"epoch":%s,"sig":"%s"}'
+            % (json.dumps(cab), json.dumps(ledger), seq, credits, pulses, json.dumps(session), ts,
+               json.dumps(epoch), sig)).encode()
 
 
-ACK_FIELDS = ("cab", "ledger", "seq", "session", "result", "reason", "pulses", "last")
+ACK_FIELDS = ("cab", "ledger", "seq", "session", "result", "reason", "pulses", "last", "epoch")
 
 
-def ack(key, cab, ledger, seq, session, result, reason, pulses, last):
+def ack(key, cab, ledger, seq, session, result, reason, pulses, last, epoch=""):
     """A signed ack payload (bytes). `session` is the credit's: after a relay database is
-    restored, a seq can be reused, and only the session tells an old ack from a new one."""
-    sig = sign(key, canonical("ack", (cab, ledger, seq, session, result, reason, pulses, last)))
+    restored, a seq can be reused, and only the session tells an old ack from a new one.
+    `epoch` is the cabinet's current one (docs/protocol.md, No replay after flash loss)."""
+    sig = sign(key, canonical("ack", (cab, ledger, seq, session, result, reason, pulses, last,
+                                      epoch)))
     return ('{"t":"ack","cab":%s,"ledger":%s,"seq":%d,"session":%s,"result":"%s","reason":"%s",'
-            '"pulses":%d,"last":%d,"sig":"%s"}' % (json.dumps(cab), json.dumps(ledger), seq,
-                                                   json.dumps(session), result, reason, pulses,
-                                                   last, sig)).encode()
+            '"pulses":%d,"last":%d,"epoch":%s,"sig":"%s"}'
+            % (json.dumps(cab), json.dumps(ledger), seq, json.dumps(session), result, reason,
+               pulses, last, json.dumps(epoch), sig)).encode()
+
+
+def new_epoch():
+    """16 hex digits from the hardware RNG: a journal's identity (docs/protocol.md)."""
+    try:
+        from os import urandom
+        b = urandom(8)
+    except ImportError:
+        import random
+        b = bytes([random.getrandbits(8) for _ in range(8)])
+    return hexlify(b).decode()
 
 
 def check_ack(payload, key):
@@ -206,7 +220,7 @@ def test(key, cab, n, pulses, ts):
 
 
 STATUS_KEYS = ("uptime", "heap", "rssi", "total", "inhibited", "held", "cfg", "width_ms",
-               "gap_ms", "cfg_error", "test", "test_error", "dropped")
+               "gap_ms", "cfg_error", "test", "test_error", "dropped", "epoch")
 
 
 def status(cab, online, ledger="", last=0, info=None):

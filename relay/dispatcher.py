@@ -34,10 +34,14 @@ log = logging.getLogger("arcade.dispatcher")
 
 class _Flight:
     """The one credit in flight for a cabinet."""
-    __slots__ = ("cab", "session", "seq", "pulses", "payload", "since", "attempts", "next_retry", "warned")
+    __slots__ = ("cab", "session", "seq", "pulses", "payload", "since", "attempts", "next_retry", "warned", "row",
+                 "epoch", "online_resend_at")
 
-    def __init__(self, row, payload, since):
+    def __init__(self, row, payload, since, epoch=""):
         self.cab, self.session, self.seq, self.pulses = row["cabinet_id"], row["session_id"], row["seq"], row["pulses"]
+        self.row = row              # to sign it again for a new epoch
+        self.epoch = epoch          # the cabinet epoch it is signed for
+        self.online_resend_at = 0.0 # no resend on an "online" status before this (a storm of them costs nothing)
         self.payload = payload
         self.since = since          # when the payment was queued (for the stuck warning)
         self.attempts = 0
@@ -249,11 +253,32 @@ class Dispatcher:
     def _fill(self, ledger):
         """Put the lowest-seq unacknowledged credit of every idle cabinet in flight."""
         for row in ledger.next_deliveries(exclude=self._flights):
-            payload = protocol.build_credit(row["cabinet_id"], self.ledger_id, row["seq"], row["credits"],
-                                            row["pulses"], row["session_id"], row["secret"], ts=row["issued_ts"])
+            epoch = ledger.cabinet_epoch(row["cabinet_id"])
             since = self.clock() - max(0.0, time.time() - row["queued_at"])
-            flight = self._flights[row["cabinet_id"]] = _Flight(row, payload, since)
+            flight = self._flights[row["cabinet_id"]] = _Flight(row, self._credit(row, epoch), since, epoch)
             self._publish(flight)
+
+    def _credit(self, row, epoch):
+        return protocol.build_credit(row["cabinet_id"], self.ledger_id, row["seq"], row["credits"], row["pulses"],
+                                     row["session_id"], row["secret"], ts=row["issued_ts"], epoch=epoch)
+
+    def _new_epoch(self, ledger, cab, epoch, why):
+        """The cabinet's journal has `epoch`: record it; sign the credit in flight for it and send it now."""
+        changed = ledger.set_cabinet_epoch(cab, epoch)
+        flight = self._flights.get(cab)
+        if flight is None or flight.epoch == epoch:
+            return
+        log.info("cabinet %s has epoch %s (%s): seq %d signed again for it", cab, epoch, why, flight.seq)
+        cabinet = ledger.get_cabinet(cab)       # a re-provisioned board: a new journal and a new secret
+        if cabinet is not None:
+            flight.row = dict(flight.row, secret=cabinet["secret"])
+        flight.epoch, flight.payload = epoch, self._credit(flight.row, epoch)
+        flight.attempts = 0
+        if self._session_up:
+            self._publish(flight)
+        if changed:
+            log.warning("cabinet %s started a new journal (epoch %s): credits signed for its old one no longer "
+                        "apply; an applied credit whose ack was lost with the old flash would apply again", cab, epoch)
 
     def _publish(self, flight):
         info = self._client.publish(self._topic(flight.cab, "credit"), flight.payload, qos=1)
@@ -315,11 +340,18 @@ class Dispatcher:
         if not ledger.record_status(cab, online, msg):
             log.info("status from unknown cabinet %s ignored", cab)
             return
+        if online and protocol.valid_epoch(msg.get("epoch")):
+            # unsigned here: a false epoch only makes the cabinet answer wrong_epoch with its real one;
+            # a credit signed for an epoch not the cabinet's current one never applies
+            self._new_epoch(ledger, cab, msg["epoch"], "its status")
         flight = self._flights.get(cab)
-        # A live (not retained) online status means the cabinet just connected: resend at once.
-        if online and not retained and flight is not None and self._session_up:
+        # A live (not retained) online status means the cabinet just connected: resend at once, but
+        # at most once per ack timeout, so a stream of "online" statuses is no stream of publishes.
+        now = self.clock()
+        if online and not retained and flight is not None and self._session_up and now >= flight.online_resend_at:
             log.info("cabinet %s is online: sending seq %d again now", cab, flight.seq)
             flight.attempts = 0
+            flight.online_resend_at = now + self.ack_timeout
             self._publish(flight)
 
     def _on_ack(self, ledger, cab, msg):
@@ -340,6 +372,13 @@ class Dispatcher:
                      "seq %d, session %s" % (flight.seq, flight.session) if flight else "none")
             return
         result, reason = msg["result"], msg["reason"]
+        if result == "rejected" and reason == "wrong_epoch":
+            # the cabinet verified this very credit and names its journal's epoch: sign it for that one
+            if not protocol.valid_epoch(msg["epoch"]) or msg["epoch"] == flight.epoch:
+                log.warning("ignored wrong_epoch ack from %s for seq %d: epoch %r", cab, flight.seq, msg["epoch"])
+                return
+            self._new_epoch(ledger, cab, msg["epoch"], "its ack")
+            return
         if result == "rejected" and reason in protocol.UNVERIFIED_REASONS:
             # The credit in flight is ours and correctly signed: a cabinet can't honestly find it
             # forged or unreadable. Such an ack can only be an old firmware's signed echo of a

@@ -114,6 +114,10 @@ def _issue9_broker_users(cur):
 
 
 MIGRATIONS.append(("issue9_broker_users", _issue9_broker_users))
+# The epoch each cabinet's journal announced last (docs/protocol.md, No replay after flash loss):
+# credits are signed for it, so none signed for an earlier journal applies after the flash is lost.
+MIGRATIONS.append(("issue9_cabinet_epochs", ["CREATE TABLE cabinet_epochs (cabinet_id TEXT PRIMARY KEY, "
+                                             "epoch TEXT NOT NULL, seen_at REAL NOT NULL)"]))
 
 _CABINET_COLS = ("id, name, secret, enabled, currency, price_cents, bundles, coins_per_credit, next_seq, "
                  "last_seq, online, last_seen, status, created_at")
@@ -312,6 +316,38 @@ class Ledger:
                           "WHERE c.enabled = 1 ORDER BY b.cabinet_id")
         return {"relay": (relay["username"], relay["password"]),
                 "cabinets": [(r["cabinet_id"], r["password"]) for r in cabs]}
+
+    def cabinet_epoch(self, cabinet_id):
+        """The epoch the cabinet announced last ("" if none yet)."""
+        rows = self._rows("SELECT epoch FROM cabinet_epochs WHERE cabinet_id = ?", (cabinet_id,))
+        return rows[0]["epoch"] if rows else ""
+
+    def set_cabinet_epoch(self, cabinet_id, epoch, now=None):
+        """Record the cabinet's current epoch; True if it changed."""
+        if self.cabinet_epoch(cabinet_id) == epoch:
+            return False
+        with self._write() as cur:
+            cur.execute("INSERT INTO cabinet_epochs (cabinet_id, epoch, seen_at) VALUES (?, ?, ?) ON CONFLICT "
+                        "(cabinet_id) DO UPDATE SET epoch = excluded.epoch, seen_at = excluded.seen_at",
+                        (cabinet_id, epoch, now or time.time()))
+        return True
+
+    def rekey_cabinet(self, cabinet_id, secret=None, now=None):
+        """A new HMAC secret for the cabinet (`arcade provision` makes one for every board it writes):
+        credits signed for the old board stop verifying. Its retained config gets a new version, so the
+        dispatcher signs and publishes it again with the new secret. Returns the secret."""
+        secret = secret or secrets.token_hex(32)
+        now = time.time() if now is None else now
+        with self._write() as cur:
+            cur.execute("UPDATE cabinets SET secret = ? WHERE id = ?", (secret, cabinet_id))
+            if cur.rowcount != 1:
+                raise UnknownCabinet("cabinet %r is not in the database" % (cabinet_id,))
+            cur.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'cabinet_config'")
+            if cur.fetchone() is not None:
+                cur.execute("UPDATE cabinet_config SET ver = CASE WHEN ver + 1 > ? THEN ver + 1 ELSE ? END, ts = ?, "
+                            "updated_at = ? WHERE cabinet_id = ? AND ver > 0", (int(now), int(now), int(now), now,
+                                                                                 cabinet_id))
+        return secret
 
     def rekey_broker(self, cabinet_id):
         """A new broker password for a cabinet (a board replaced, or its flash read); returns it."""

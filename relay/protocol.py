@@ -8,12 +8,12 @@ import hmac
 import json
 import time
 
-CREDIT_FIELDS = ("cab", "ledger", "seq", "credits", "pulses", "session", "ts")
-ACK_FIELDS = ("cab", "ledger", "seq", "session", "result", "reason", "pulses", "last")
+CREDIT_FIELDS = ("cab", "ledger", "seq", "credits", "pulses", "session", "ts", "epoch")
+ACK_FIELDS = ("cab", "ledger", "seq", "session", "result", "reason", "pulses", "last", "epoch")
 _INT_FIELDS = frozenset(("seq", "credits", "pulses", "ts", "last"))
 
 ACK_RESULTS = ("applied", "duplicate", "rejected")
-REJECT_REASONS = ("bad_signature", "malformed", "wrong_cabinet", "bad_pulses", "stale_seq")
+REJECT_REASONS = ("bad_signature", "malformed", "wrong_cabinet", "bad_pulses", "stale_seq", "wrong_epoch")
 # Reasons a cabinet gives before (or without) verifying the credit's signature: its ack then names no
 # credit (ledger "", seq 0, session ""), and one that names the credit in flight is never final.
 UNVERIFIED_REASONS = ("bad_signature", "malformed")
@@ -86,18 +86,24 @@ def _encode(kind, fields, values, secret, canonical_fn):
     return json.dumps(msg, separators=(",", ":")).encode("utf-8")
 
 
-def build_credit(cab, ledger, seq, credits, pulses, session, secret, ts=None):
-    """The credit message as the bytes to publish (compact JSON, signed)."""
+def build_credit(cab, ledger, seq, credits, pulses, session, secret, ts=None, epoch=""):
+    """The credit message as the bytes to publish (compact JSON, signed) for the cabinet's `epoch`
+    (its journal's; "" when the relay doesn't know it yet: the cabinet then answers wrong_epoch)."""
     if ts is None:
         ts = int(time.time())
-    return _encode("credit", CREDIT_FIELDS, (cab, ledger, seq, credits, pulses, session, ts), secret,
+    return _encode("credit", CREDIT_FIELDS, (cab, ledger, seq, credits, pulses, session, ts, epoch), secret,
                    canonical_credit)
 
 
-def build_ack(cab, ledger, seq, session, result, reason, pulses, last, secret):
+def build_ack(cab, ledger, seq, session, result, reason, pulses, last, secret, epoch=""):
     """An ack as the bytes a cabinet publishes (used by tests and tools playing a cabinet)."""
-    return _encode("ack", ACK_FIELDS, (cab, ledger, seq, session, result, reason, pulses, last), secret,
+    return _encode("ack", ACK_FIELDS, (cab, ledger, seq, session, result, reason, pulses, last, epoch), secret,
                    canonical_ack)
+
+
+def valid_epoch(value):
+    """A cabinet epoch as the firmware draws it: 16 lower-case hex digits."""
+    return isinstance(value, str) and len(value) == 16 and all(c in "0123456789abcdef" for c in value)
 
 
 # -- config (retained pulse timing) and test pulse, relay -> cabinet ---------------------------

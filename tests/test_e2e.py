@@ -1,6 +1,7 @@
 """End to end through real processes: Stripe-signed webhook -> relay -> mosquitto -> firmware -> coin line -> ack."""
 import json
 import secrets
+import shutil
 import threading
 
 import paho.mqtt.client as mqtt
@@ -193,3 +194,76 @@ def test_signing_oracle_replay_cannot_mark_a_real_credit_rejected(world, tmp_pat
         attacker.loop_stop()
         attacker.disconnect()
         acks.close()
+
+
+class Recorder:
+    """A paho client recording every payload on one topic (what someone on the network captures)."""
+
+    def __init__(self, broker, topic):
+        self.payloads = []
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-rec-" + secrets.token_hex(4))
+        self.client.on_message = lambda c, u, m: self.payloads.append(bytes(m.payload))
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *a: subscribed.set()
+        self.client.connect("127.0.0.1", broker.port)
+        self.client.subscribe(topic, qos=1)
+        self.client.loop_start()
+        assert subscribed.wait(10), "recorder could not subscribe"
+
+    def publish(self, topic, payload):
+        self.client.publish(topic, payload, qos=1).wait_for_publish(10)
+
+    def close(self):
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def _corrupt(state):
+    (state / "state.json").write_text('{"v": 1, "ledger": "')
+
+
+def test_captured_credits_never_replay_after_flash_loss(world, tmp_path):
+    """Issue 9, attack 4: every credit captured on the broker, replayed after (a) state.json deleted,
+    (b) corrupted, (c) the flash erased and the board re-provisioned, (d) the board swapped for a new
+    one: 0 pulses each time (a fresh journal draws a new epoch; provisioning makes a new secret)."""
+    ledger, relay, broker = world["ledger"], world["relay"], world["broker"]
+    rec = Recorder(broker, "arcade/cab-b/credit")
+    cab = world["cabinets"]["cab-b"]
+    try:
+        for _ in range(3):
+            sid, _, _ = trigger.send(relay.webhook_url, WEBHOOK_SECRET, "cab-b", 50)
+            assert final_state(ledger, sid)["state"] == "applied"
+        cab.wait_pulses(3)
+        captured = list(dict.fromkeys(rec.payloads))
+        assert len(captured) == 3 and all(json.loads(c)["epoch"] == cab.epoch() for c in captured)
+        secret, state = world["secrets"]["cab-b"], cab.state_dir
+        scenarios = [("state.json deleted", lambda d: (d / "state.json").unlink(), False, False),
+                     ("state.json corrupted", _corrupt, False, False),
+                     ("erased and re-provisioned", lambda d: shutil.rmtree(d), True, False),
+                     ("board swapped for a new one", None, True, True)]
+        for n, (what, damage, reprovision, new_board) in enumerate(scenarios):
+            old_epoch = cab.epoch()
+            cab.stop()
+            if damage is not None:
+                damage(state)
+            if reprovision:
+                secret = ledger.rekey_cabinet("cab-b")      # what `arcade provision` does
+            if new_board:
+                state = tmp_path / ("flash-b-new-%d" % n)
+            cab = stack.Cabinet(tmp_path, "cab-b", secret, broker.url, state_dir=state).start()
+            world["cabinets"]["cab-b"] = cab
+            cab.wait_connected()
+            assert cab.epoch() != old_epoch, what
+            for c in captured:
+                rec.publish("arcade/cab-b/credit", c)
+            acks = cab.wait_for(lambda ls: len([x for x in ls if x.get("event") == "ack"]) >= len(captured) and
+                                [x for x in ls if x.get("event") == "ack"], 20, "an answer to every replay")
+            assert cab.pulses() == [], "%s: a replayed credit pulsed" % what
+            assert {a["result"] for a in acks} == {"rejected"}, (what, acks)
+            assert {a["reason"] for a in acks} == ({"bad_signature"} if reprovision else {"wrong_epoch"}), what
+        # and the last board still takes a real payment, exactly once: the relay learnt its epoch
+        sid, _, _ = trigger.send(relay.webhook_url, WEBHOOK_SECRET, "cab-b", 50)
+        assert final_state(ledger, sid)["state"] == "applied"
+        assert len(cab.wait_pulses(1)) == 1
+    finally:
+        rec.close()

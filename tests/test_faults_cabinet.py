@@ -136,7 +136,8 @@ app._connect()
 # writes; with Nagle each would wait for a delayed ACK): check it did, on the real host socket.
 assert app.client.sock.raw._s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
 key, cab = cfg["secret"].encode(), cfg["cabinet"]
-first = protocol.credit(key, cab, "ab" * 16, 1, 1, 1, "cs_test_pidwrap_1", int(time.time()))
+first = protocol.credit(key, cab, "ab" * 16, 1, 1, 1, "cs_test_pidwrap_1", int(time.time()),
+                        app.cabinet.state["epoch"])
 app._on_msg(app.t_credit, first)              # applied: one pulse, ack from flash
 app._flush()
 wraps, top, prev, started = 0, 0, app.client.pid, time.time()
@@ -225,7 +226,8 @@ def test_more_than_65535_qos1_acks_in_one_session_then_a_real_credit(tmp_path, b
 
         # the same session, past the wrap: a real credit pulses and its ack comes back signed
         ledger = "ab" * 16
-        credit = protocol.build_credit("cab9", ledger, 2, 2, 2, "cs_test_pidwrap_2", secret)
+        epoch = json.loads((root / "state.json").read_text())["epoch"]
+        credit = protocol.build_credit("cab9", ledger, 2, 2, 2, "cs_test_pidwrap_2", secret, epoch=epoch)
         pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-pidwrap-relay")
         pub.connect("127.0.0.1", broker.port)
         pub.loop_start()

@@ -89,3 +89,7 @@ def test_issue9_broker_users_gives_every_old_cabinet_and_the_relay_a_login(v1_db
         old = led.broker_password("cab3")
         assert old and led.rekey_broker("cab3") != old
         assert led.broker_logins()["relay"] == (user, relay_pw)
+        # issue9_cabinet_epochs: no epoch known for an old cabinet until it announces one
+        assert led.cabinet_epoch("cab1") == ""
+        assert led.set_cabinet_epoch("cab1", "0f1e2d3c4b5a6978") and not led.set_cabinet_epoch("cab1", "0f1e2d3c4b5a6978")
+        assert led.cabinet_epoch("cab1") == "0f1e2d3c4b5a6978"

@@ -55,10 +55,13 @@ def test_writes_config_board_and_nothing_secret_on_screen(env, capsys):
     assert set(cfg) == KEYS
     with open_ledger(env["db"]) as ledger:
         own_pw = ledger.broker_password("galaga-1")
+        new_secret = ledger.get_cabinet("galaga-1")["secret"]
+    # provisioning always makes a new secret (issue 9): the old board's credits stop verifying
+    assert new_secret != env["secret"] and len(new_secret) == 64
     # the cabinet's own broker login, never the relay's from --broker (issue 9)
     assert cfg == {"wifi_ssid": "Arcade", "wifi_password": PASSWORD,
                    "broker": "mqtt://galaga-1:%s@192.168.1.5:1883" % own_pw,
-                   "cabinet": "galaga-1", "secret": env["secret"], "board": "esp32-devkitc", "prefix": "arcade",
+                   "cabinet": "galaga-1", "secret": new_secret, "board": "esp32-devkitc", "prefix": "arcade",
                    "keepalive": 30}
     assert (d / "board.json").read_bytes() == (ROOT / "boards" / "esp32-devkitc.json").read_bytes()
     # what the board does at boot accepts it
@@ -68,7 +71,7 @@ def test_writes_config_board_and_nothing_secret_on_screen(env, capsys):
     assert checked["mqtt"] == {"host": "192.168.1.5", "port": 1883, "user": "galaga-1", "password": own_pw,
                                "ssl": False}
     assert "brokerpw" not in (d / "config.json").read_text()
-    for secret in (env["secret"], PASSWORD, "brokerpw", own_pw):
+    for secret in (env["secret"], new_secret, PASSWORD, "brokerpw", own_pw):
         assert secret not in out + err
     assert "mqtt://galaga-1:***@192.168.1.5:1883" in out
     with open_ledger(env["db"]) as ledger:
@@ -132,6 +135,8 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(env, capsys, change, show
     assert provision(capsys, env)[0] == 0
     d = env["out"] / "galaga-1"
     before = {p.name: p.read_bytes() for p in d.iterdir()}
+    with open_ledger(env["db"]) as ledger:
+        secret_before = ledger.get_cabinet("galaga-1")["secret"]
     kw = {k: v for k, v in change.items() if k != "extra"}
     extra = [a if a != "CA" else str(env["tmp"] / "ca.crt") for a in change.get("extra", [])]
     code, out, err = provision(capsys, env, *extra, **kw)
@@ -140,4 +145,6 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(env, capsys, change, show
     for secret in (env["secret"], PASSWORD, "p" * 65, "secretpw", "brokerpw"):
         assert secret not in out + err
     assert {p.name: p.read_bytes() for p in d.iterdir()} == before
+    with open_ledger(env["db"]) as ledger:
+        assert ledger.get_cabinet("galaga-1")["secret"] == secret_before, "a refused provisioning re-keyed"
     assert [p.name for p in env["out"].iterdir()] == ["galaga-1"]     # no staging directory left behind

@@ -31,17 +31,22 @@ def sign(secret, kind, values):
     return hmac.new(secret.encode(), canon, hashlib.sha256).hexdigest()
 
 
-def credit(seq, pulses, session, secret=SECRET, cab="cab1"):
+def epoch_of(state):
+    """The epoch the simulated board drew for its journal (it is in its flash from boot on)."""
+    return json.loads((Path(state) / "state.json").read_text())["epoch"]
+
+
+def credit(seq, pulses, session, secret=SECRET, cab="cab1", epoch=""):
     m = {"t": "credit", "cab": cab, "ledger": LEDGER, "seq": seq, "credits": pulses, "pulses": pulses,
-         "session": session, "ts": int(time.time())}
+         "session": session, "ts": int(time.time()), "epoch": epoch}
     m["sig"] = sign(secret, "credit", [m[k] for k in ("cab", "ledger", "seq", "credits", "pulses",
-                                                      "session", "ts")])
+                                                      "session", "ts", "epoch")])
     return json.dumps(m, separators=(",", ":")).encode()
 
 
 def ack_verifies(m):
     want = sign(SECRET, "ack", [m[k] for k in ("cab", "ledger", "seq", "session", "result", "reason", "pulses",
-                                               "last")])
+                                               "last", "epoch")])
     return hmac.compare_digest(want, m["sig"])
 
 
@@ -143,7 +148,7 @@ def test_simulated_cabinet_pulses_acks_and_remembers_after_restart(broker, tmp_p
         status = obs.next("arcade/cab1/status", lambda m: m["online"])
         assert (status["cab"], status["ledger"], status["last"]) == ("cab1", "", 0)
 
-        good = credit(1, 3, "cs_test_sim_1")
+        good = credit(1, 3, "cs_test_sim_1", epoch=epoch_of(state))
         obs.publish(good)
         lines = sim.next("ack")
         pulses = [x for x in lines if x["event"] == "pulse"]
@@ -294,7 +299,7 @@ def test_inhibit_file_holds_the_credit_config_sets_timing_test_pulse(broker, tmp
         assert (st["inhibited"], st["width_ms"], st["gap_ms"], st["held"]) == (True, 120, 300, 0)
         assert st["fw"] and st["uptime"] >= 0 and "rssi" in st and "heap" in st
 
-        obs.publish(credit(1, 2, "cs_test_inhibited"))
+        obs.publish(credit(1, 2, "cs_test_inhibited", epoch=epoch_of(state)))
         lines = sim.next("held")
         assert lines[-1]["seq"] == 1 and not [x for x in lines if x["event"] == "pulse"]
         st = obs.next("arcade/cab1/status", lambda m: m.get("held") == 1)

@@ -179,8 +179,8 @@ class Payer:
         self.c.subscribe("arcade/%s/ack" % cab, 1)
         assert self.subscribed.wait(WAIT)
 
-    def pay(self, seq, pulses, session, retain=False):
-        msg = protocol.build_credit(self.cab, LEDGER, seq, pulses, pulses, session, SECRET)
+    def pay(self, seq, pulses, session, retain=False, epoch=""):
+        msg = protocol.build_credit(self.cab, LEDGER, seq, pulses, pulses, session, SECRET, epoch=epoch)
         self.c.publish("arcade/%s/credit" % self.cab, msg, qos=1, retain=retain).wait_for_publish(WAIT)
 
     def close(self):
@@ -200,7 +200,7 @@ def test_simulated_cabinet_over_tls_pulses_and_acks(pki, tls_broker, tmp_path):
         cab.wait_connected(WAIT)
         assert (cab.state_dir / "ca.pem").read_bytes() == pki["ca"].read_bytes()
         assert json.loads((cab.state_dir / "config.json").read_text())["ca"] == "ca.pem"
-        payer.pay(1, 2, "cs_test_tls_1")
+        payer.pay(1, 2, "cs_test_tls_1", epoch=cab.epoch())
         pulses = cab.wait_pulses(2, WAIT)
         assert [(p["n"], p["of"], p["seq"]) for p in pulses] == [(1, 2, 1), (2, 2, 1)]
         ack = payer.acks.get(timeout=WAIT)

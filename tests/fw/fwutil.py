@@ -3,6 +3,7 @@ import json
 import os
 
 import machine
+import protocol
 from fakeclock import FakeClock
 from mqttwire import publish as mqtt_publish, puback  # noqa: F401 (re-exported for the tests)
 
@@ -13,6 +14,26 @@ SECRET = "5e1f0c2a9b7d4e6f8a1b3c5d7e9f0a2b4c6d8e0f1a3b5c7d9e1f2a4b6c8d0e2f"
 KEY = SECRET.encode()
 LEDGER = "0123456789abcdef0123456789abcdef"
 LEDGER2 = "fedcba9876543210fedcba9876543210"
+EPOCH = "0f1e2d3c4b5a6978"        # the epoch a cabinet with no journal draws in these tests
+
+_real_new_epoch = protocol.new_epoch
+_queue = []
+_random = [False]
+
+
+def _new_epoch():
+    if _random[0]:
+        return _real_new_epoch()
+    return _queue.pop(0) if _queue else EPOCH
+
+
+protocol.new_epoch = _new_epoch
+
+
+def epochs(*queue, real=False):
+    """The next epochs drawn (then EPOCH again), or real random ones with real=True."""
+    _queue[:] = list(queue)
+    _random[0] = real
 
 
 def vectors():

@@ -6,7 +6,7 @@ import protocol
 from cabinet import Cabinet
 from coin import Coin
 from journal import Journal
-from fwutil import KEY, LEDGER, LEDGER2, SECRET, clock, pulses, read_json, scratch
+from fwutil import EPOCH, KEY, LEDGER, LEDGER2, SECRET, clock, pulses, read_json, scratch
 
 TS = 1764165000
 
@@ -21,7 +21,7 @@ def boot(root, c, tick=None):
 
 
 def credit(seq, pulses_, session, ledger=LEDGER, credits=1):
-    return protocol.credit(KEY, "cab1", ledger, seq, credits, pulses_, session, TS)
+    return protocol.credit(KEY, "cab1", ledger, seq, credits, pulses_, session, TS, EPOCH)
 
 
 def ack_of(payload):
@@ -120,12 +120,12 @@ def test_rejected_credits_change_nothing():
     cab.handle(credit(2, 1, "cs_a"))
     before = read_json(root + "state.json")
     n = len(machine.pins[25].history)
-    forged = protocol.credit(b"not-the-secret-at-all", "cab1", LEDGER, 3, 1, 1, "cs_forged", TS)
+    forged = protocol.credit(b"not-the-secret-at-all", "cab1", LEDGER, 3, 1, 1, "cs_forged", TS, EPOCH)
     # an unverified credit's ledger/seq/session are never echoed (signed) back: no signing oracle
     rows = [
         (forged, "bad_signature", "", 0, ""),
         (b"garbage", "malformed", "", 0, ""),
-        (protocol.credit(KEY, "cab2", LEDGER, 3, 1, 1, "cs_x", TS), "wrong_cabinet", LEDGER, 3, "cs_x"),
+        (protocol.credit(KEY, "cab2", LEDGER, 3, 1, 1, "cs_x", TS, EPOCH), "wrong_cabinet", LEDGER, 3, "cs_x"),
         (credit(3, 0, "cs_y"), "bad_pulses", LEDGER, 3, "cs_y"),
     ]
     for payload, reason, ledger, seq, session in rows:

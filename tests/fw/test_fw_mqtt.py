@@ -6,7 +6,7 @@ import machine
 import protocol
 import app as fwapp
 from coin import Coin
-from fwutil import (KEY, LEDGER, FakeSock, board, clock, mqtt_publish, puback, pulses, scratch,
+from fwutil import (EPOCH, KEY, LEDGER, FakeSock, board, clock, mqtt_publish, puback, pulses, scratch,
                     write_json)
 from fwutil import config as good_config
 from umqtt.simple import MQTTClient
@@ -60,8 +60,8 @@ def _app(root):
 def test_credit_arriving_during_the_puback_wait_is_handled_and_acked_later():
     root = scratch()
     a, events = _app(root)
-    credit = protocol.credit(KEY, "cab1", LEDGER, 1, 1, 2, "cs_during", 1764165000)
-    forged = protocol.credit(b"x" * 20, "cab1", LEDGER, 2, 1, 2, "cs_forged", 1764165000)
+    credit = protocol.credit(KEY, "cab1", LEDGER, 1, 1, 2, "cs_during", 1764165000, EPOCH)
+    forged = protocol.credit(b"x" * 20, "cab1", LEDGER, 2, 1, 2, "cs_forged", 1764165000, EPOCH)
     raw = FakeSock()
     a.client.sock = fwapp.DeadlineSocket(raw, 5)
     # we publish a (pending) ack with pid 1; before its PUBACK the broker delivers a forged
@@ -127,7 +127,7 @@ def test_loop_holds_while_inhibited_feeds_the_wdt_and_publishes_status_on_change
         return found
 
     machine.pins[26].drive(0)                      # the game refuses coins
-    a._on_msg(a.t_credit, protocol.credit(KEY, "cab1", LEDGER, 4, 1, 2, "cs_held", 1764165000))
+    a._on_msg(a.t_credit, protocol.credit(KEY, "cab1", LEDGER, 4, 1, 2, "cs_held", 1764165000, EPOCH))
     assert a.outbox == [] and ("held", 4) in events
     a._step()
     a._step()

@@ -4,7 +4,7 @@ import json
 import protocol
 from fwutil import KEY, LEDGER, vectors
 
-FIELDS = ("cab", "ledger", "seq", "session", "result", "reason", "pulses", "last")
+FIELDS = ("cab", "ledger", "seq", "session", "result", "reason", "pulses", "last", "epoch")
 
 
 def test_hmac_matches_rfc4231():
@@ -56,7 +56,7 @@ def test_credit_builder_round_trips():
 
 def _signed(**kw):
     m = {"t": "credit", "cab": "cab1", "ledger": LEDGER, "seq": 3, "credits": 1, "pulses": 2,
-         "session": "cs_test_x", "ts": 1764165000}
+         "session": "cs_test_x", "ts": 1764165000, "epoch": ""}
     for k in kw:
         m[k] = kw[k]
     m["sig"] = protocol.sign(KEY, protocol.canonical("credit", [m[k] for k in protocol.CREDIT_FIELDS]))
@@ -170,7 +170,7 @@ def test_config_and_test_messages_that_do_not_parse():
 def test_status_with_device_fields_in_documented_order():
     info = {"test_error": "", "uptime": 5, "inhibited": True, "heap": 1000, "rssi": -60,
             "total": 3, "held": 0, "cfg": 0, "width_ms": 100, "gap_ms": 150, "cfg_error": "",
-            "test": 0, "dropped": 2}
+            "test": 0, "dropped": 2, "epoch": "0f1e2d3c4b5a6978"}
     p = protocol.status("cab1", True, LEDGER, 7, info)
     m = json.loads(p)
     assert m["inhibited"] is True and m["last"] == 7 and m["fw"] == protocol.FW

@@ -8,7 +8,7 @@ import protocol
 from cabinet import Cabinet
 from coin import Coin
 from journal import Journal
-from fwutil import KEY, LEDGER, SECRET, board, clock, exists, pulses, read_json, scratch
+from fwutil import EPOCH, KEY, LEDGER, SECRET, board, clock, exists, pulses, read_json, scratch
 
 TS = 1764165000
 INHIBIT = 26
@@ -30,7 +30,7 @@ def cfg(ver, width, gap, cpc=1, key=KEY, cab="cab1"):
 
 
 def credit(seq, n, session):
-    return protocol.credit(KEY, "cab1", LEDGER, seq, n, n, session, TS)
+    return protocol.credit(KEY, "cab1", LEDGER, seq, n, n, session, TS, EPOCH)
 
 
 def widths(c):

@@ -2,7 +2,8 @@
 
   arcade provision ID --board B --wifi-ssid S --wifi-password P [--broker URL] [--ca FILE] [--out build/]
 
-Writes <out>/<ID>/config.json (mode 0600, directory 0700) with the cabinet's secret and its own broker
+Writes <out>/<ID>/config.json (mode 0600, directory 0700) with a NEW secret for the cabinet (stored in
+the relay database: the board it replaces, and every credit signed for it, stop verifying) and its own broker
 login (user = its id, its password) from the relay database (ARCADE_DB): whatever login --broker or
 MQTT_URL carries (the relay's, typically) is never copied onto a board, whose flash anyone with a USB
 cable can read. Also <out>/<ID>/board.json (a copy of boards/<B>.json) and, with --ca, ca.pem.
@@ -15,6 +16,7 @@ import argparse
 import ipaddress
 import json
 import os
+import secrets
 import shutil
 import sys
 import tempfile
@@ -100,8 +102,11 @@ def provision(cab, board, wifi_ssid, wifi_password, broker, db, out=DEFAULT_OUT,
         # the cabinet's own login: host and port from --broker/MQTT_URL, never its user and password
         own = "%s://%s:%s@%s:%d" % ("mqtts" if mqtt["ssl"] else "mqtt", cab, broker_pw,
                                     "[%s]" % mqtt["host"] if ":" in mqtt["host"] else mqtt["host"], mqtt["port"])
+        # always a new secret: the board's flash is readable, and a replaced or re-provisioned board
+        # must not share a key with the old one (whose captured credits would verify on it)
+        secret = secrets.token_hex(32)
         config = {"wifi_ssid": wifi_ssid, "wifi_password": wifi_password, "broker": own, "cabinet": cab,
-                  "secret": cabinet["secret"], "board": profile["name"], "prefix": prefix,
+                  "secret": secret, "board": profile["name"], "prefix": prefix,
                   "keepalive": keepalive}
         if ca is not None:
             config["ca"] = CA_NAME
@@ -123,6 +128,7 @@ def provision(cab, board, wifi_ssid, wifi_password, broker, db, out=DEFAULT_OUT,
             except fw.ConfigError as e:
                 # the firmware's messages never contain the secret or the WiFi password
                 raise ProvisionError(str(e).replace(root, ""))
+            ledger.rekey_cabinet(cab, secret)
             target.mkdir(mode=0o700, exist_ok=True)
             os.chmod(target, 0o700)
             if ca is None and (target / CA_NAME).exists():

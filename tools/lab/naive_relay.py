@@ -36,6 +36,17 @@ def create_app(cabinets, webhook_secret, mqtt_url, prefix="arcade"):
     app = Flask(__name__)
     target = parse_mqtt_url(mqtt_url)
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="naive-relay-" + secrets.token_hex(4))
+    # the one thing it must know to be pulsed at all: each cabinet's epoch, from its status
+    epochs = {}
+
+    def on_status(c, userdata, msg):
+        try:
+            epochs[msg.topic.split("/")[-2]] = json.loads(msg.payload).get("epoch") or ""
+        except (ValueError, AttributeError):
+            pass
+
+    client.on_connect = lambda c, *a: c.subscribe("%s/+/status" % prefix, qos=0)
+    client.on_message = on_status
     client.connect_async(target["host"], target["port"], keepalive=30)
     client.loop_start()
     app.extensions["naive"] = client
@@ -61,7 +72,7 @@ def create_app(cabinets, webhook_secret, mqtt_url, prefix="arcade"):
         with lock:
             seq = next(counter)
         msg = protocol.build_credit(cab["id"], ledger, seq, credits, credits * cab["coins_per_credit"],
-                                    session["id"], cab["secret"])
+                                    session["id"], cab["secret"], epoch=epochs.get(cab["id"], ""))
         client.publish("%s/%s/credit" % (prefix, cab["id"]), msg, qos=0)  # fire and forget
         return jsonify(received=True), 200
 

@@ -154,6 +154,10 @@ class Cabinet(Proc):
     def pulses(self):
         return self.events("pulse")
 
+    def epoch(self):
+        """The epoch of the simulated board's journal (drawn at its first boot, kept in its flash)."""
+        return json.loads((self.state_dir / "state.json").read_text())["epoch"]
+
     def wait_pulses(self, n, timeout=30.0):
         return self.wait_for(lambda ls: len([x for x in ls if x.get("event") == "pulse"]) >= n and
                              [x for x in ls if x.get("event") == "pulse"], timeout, "%d pulses" % n)

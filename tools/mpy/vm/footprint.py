@@ -151,7 +151,7 @@ def steps():
     acks = 0
     for seq in range(1, CREDITS + 1):
         payload = protocol.credit(key, "cab1", LEDGER, seq, 1, PULSES, "cs_test_fp%05d" % seq,
-                                  1764165000 + seq)
+                                  1764165000 + seq, app.cabinet.state["epoch"])
         broker.deliver(topic, payload, seq)
         del payload
         for _ in range(4):       # a PINGRESP (the App pings before pulsing) may come first
