@@ -25,6 +25,8 @@ _OUTBOX = const(8)
 _PID_MAX = const(65535)
 _ETIMEDOUT = const(110)
 _INHIBIT_POLL = const(200)   # ms: how soon a change of the inhibit line is noticed
+_HEARTBEAT = const(60000)    # ms: the status is published at least this often (the relay's freshness)
+_SPAN = const(0x100000)      # status numbers reserved per connection; the will takes the top one
 
 
 class DeadlineSocket:
@@ -143,7 +145,8 @@ class App:
         self.up_at = time.ticks_ms()
         self.sent = None          # the status fields last published (to publish on change)
         self.client.set_callback(self._on_msg)
-        self.client.set_last_will(self.t_status, protocol.status(cab, False), True, 1)
+        self.sn = self.will_n = 0     # status numbers (docs/protocol.md, Status)
+        self.sent_at = 0
         self.outbox = []          # (result, ack) for rejected/duplicate; applied acks live in flash
         self.link_bad = False
         self.last_rx = self.ping_at = 0
@@ -239,7 +242,7 @@ class App:
                 "total": cab.state["total"], "inhibited": cab.inhibited(), "held": cab.held(),
                 "cfg": cab.cfg["ver"], "width_ms": self.coin.width_ms, "gap_ms": self.coin.gap_ms,
                 "cfg_error": cab.cfg_error, "test": cab.cfg["test"], "test_error": cab.test_error,
-                "dropped": inbound.dropped, "epoch": cab.state["epoch"]}
+                "dropped": inbound.dropped}
 
     def _uptime(self):
         # accumulated each loop turn, so ticks wrapping (every ~12 days) never shows
@@ -253,14 +256,31 @@ class App:
         s = cab.state
         key = (s["ledger"], s["last"], s["total"], cab.inhibited(), cab.held(), cab.cfg["ver"],
                cab.cfg_error, cab.cfg["test"], cab.test_error, inbound.dropped)
-        if not force and key == self.sent:
+        if not force and key == self.sent and \
+                time.ticks_diff(time.ticks_ms(), self.sent_at) < _HEARTBEAT:
             return
         info = self.info()
-        self._publish(self.t_status, protocol.status(self.cab, True, s["ledger"], s["last"], info),
-                      True)
+        self.sn += 1
+        self._publish(self.t_status, protocol.status(cab.key, self.cab, True, self._seal(self.sn),
+                                                     s["ledger"], s["last"], info), True)
         self.sent = key
+        self.sent_at = time.ticks_ms()
         info["ledger"], info["last"] = s["ledger"], s["last"]
         self.emit("status", info)
+
+    def _seal(self, n):
+        s = self.cabinet.state
+        return (s["epoch"], s["boots"], n)
+
+    def _offline(self):
+        # numbered above every status of this connection, below every one of the next
+        return protocol.status(self.cabinet.key, self.cab, False, self._seal(self.will_n))
+
+    def _will(self):
+        # each connection: a signed offline will, numbered above this connection's statuses
+        self.sn = self.will_n
+        self.will_n = self.sn + _SPAN
+        self.client.set_last_will(self.t_status, self._offline(), True, 1)
 
     def _wifi(self):
         w = self.wlan
@@ -278,6 +298,7 @@ class App:
     def _connect(self):
         c = self.client
         self.link_bad = False
+        self._will()
         c.connect(False)
         c.sock = DeadlineSocket(c.sock, self.sock_timeout, simple.socket.last)
         now = time.ticks_ms()
@@ -375,7 +396,7 @@ class App:
             return
         try:
             c.sock.setblocking(True)
-            c.publish(self.t_status, protocol.status(self.cab, False), True, 0)
+            c.publish(self.t_status, self._offline(), True, 0)
             c.disconnect()
         except OSError:
             pass

@@ -19,7 +19,10 @@ class Cabinet:
             # new random epoch, stored before anything is applied. Credits signed for any earlier
             # journal carry another epoch and are refused: nothing captured before replays now.
             self.state["epoch"] = protocol.new_epoch()
-            journal.save(self.state)
+            self.state["boots"] = 0
+        # one write per boot: statuses are numbered (boot, n), so an old one can't pass for new
+        self.state["boots"] = self.state.get("boots", 0) + 1
+        journal.save(self.state)
         # pulse timing: the board's defaults unless a signed config overrides them (cfg.json)
         self.board = board or {"name": "?", "width_ms": coin.width_ms, "gap_ms": coin.gap_ms,
                                "width_ms_range": [1, 10000], "gap_ms_range": [1, 10000]}

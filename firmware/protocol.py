@@ -220,17 +220,33 @@ def test(key, cab, n, pulses, ts):
 
 
 STATUS_KEYS = ("uptime", "heap", "rssi", "total", "inhibited", "held", "cfg", "width_ms",
-               "gap_ms", "cfg_error", "test", "test_error", "dropped", "epoch")
+               "gap_ms", "cfg_error", "test", "test_error", "dropped")
 
 
-def status(cab, online, ledger="", last=0, info=None):
-    """Status payload; `info` holds the fields of STATUS_KEYS (written in that order)."""
-    if not online:
-        return ('{"t":"status","cab":%s,"online":false}' % json.dumps(cab)).encode()
-    extra = ""
-    if info:
-        for k in STATUS_KEYS:
-            if k in info:
-                extra += ',"%s":%s' % (k, json.dumps(info[k]))
-    return ('{"t":"status","cab":%s,"online":true,"fw":"%s","ledger":%s,"last":%d%s}'
-            % (json.dumps(cab), FW, json.dumps(ledger), last, extra)).encode()
+def _text(v):
+    if v is True:
+        return "true"
+    if v is False:
+        return "false"
+    return str(v)
+
+
+def status(key, cab, online, seal, ledger="", last=0, info=None):
+    """Signed status payload. `seal` = (epoch, boot, n): the journal's epoch, the boot count and a
+    number rising with every status of this boot, so the relay can tell an old one (replayed) from
+    a new one. `info` holds the fields of STATUS_KEYS (written in that order). The signature covers
+    every field present as key=value lines in that order (docs/protocol.md, Status)."""
+    f = [("cab", cab), ("online", online), ("epoch", seal[0]), ("boot", seal[1]), ("n", seal[2])]
+    if online:
+        f += [("fw", FW), ("ledger", ledger), ("last", last)]
+        if info:
+            for k in STATUS_KEYS:
+                if k in info:
+                    v = info[k]
+                    f.append((k, v.replace("\n", " ") if isinstance(v, str) else v))
+    canon = "status"
+    out = '{"t":"status"'
+    for k, v in f:
+        canon += "\n%s=%s" % (k, _text(v))
+        out += ',"%s":%s' % (k, json.dumps(v))
+    return (out + ',"sig":"%s"}' % sign(key, canon.encode())).encode()

@@ -59,11 +59,18 @@ def offers(cabinet, promos, tz_name, now=None):
                              cabinet.get("coins_per_credit", 1))
 
 
-def readiness(cabinet):
+# The relay stores only verified, fresh statuses (relay/dispatcher.py), so last_seen is when the cabinet
+# itself last said how it is; it says so at least every minute (firmware/app.py _HEARTBEAT). A cabinet
+# silent for longer than this is not sold to, whatever its last status said.
+STATUS_FRESH_SECONDS = 150
+
+
+def readiness(cabinet, now=None):
     """(ready, reason): reason is "" when ready, else "disabled", "offline" or "inhibited"."""
     if not cabinet["enabled"]:
         return False, "disabled"
-    if not cabinet.get("online"):
+    now = time.time() if now is None else now
+    if not cabinet.get("online") or now - (cabinet.get("last_seen") or 0) > STATUS_FRESH_SECONDS:
         return False, "offline"
     status = cabinet.get("status") or {}
     if isinstance(status, dict) and (status.get("inhibited") or status.get("inhibit")):

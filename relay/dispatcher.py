@@ -30,6 +30,9 @@ from relay.config import mask_url, parse_mqtt_url
 from relay.ledger import StorageError, open_ledger
 
 log = logging.getLogger("arcade.dispatcher")
+# Seconds after (re)connecting to wait for the broker's retained configs before publishing again those
+# it did not send back (retained messages follow the SUBACK at once; this only has to outlast a round trip).
+CONFIG_CHECK_AFTER = 3.0
 
 
 class _Flight:
@@ -75,6 +78,9 @@ class Dispatcher:
         self._mids = {}             # paho message id -> _Flight
         self._cfg_mids = {}         # paho message id -> (cabinet id, config ver) of a retained config publish
         self._cfg_sent = {}         # cabinet id -> config ver published in this connection (PUBACK pending)
+        self._cfg_seen = set()      # cabinets whose retained config the broker sent back since connecting
+        self._cfg_check_at = None   # when to republish the configs the broker no longer holds
+        self._quiet = {}            # (cabinet id, what) -> when an ignored message was last logged
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -165,7 +171,9 @@ class Dispatcher:
         if reason_code.is_failure:
             log.error("broker %s refused the connection: %s", mask_url(self.mqtt_url), reason_code)
             return
-        client.subscribe([(self._topic("+", "ack"), 1), (self._topic("+", "status"), 1)])
+        # config too: the broker sends back the retained configs it holds, to compare with the ledger
+        client.subscribe([(self._topic("+", "ack"), 1), (self._topic("+", "status"), 1),
+                          (self._topic("+", "config"), 1)])
         self.connected = True
         self._post(("connected", flags.session_present))
 
@@ -208,6 +216,7 @@ class Dispatcher:
         self._drain(ledger)
         if self._session_up:
             self._fill(ledger)
+            self._check_retained_configs(ledger)
             self._publish_configs(ledger)
             self._redeliver_due()
         return self._next_timeout()
@@ -215,6 +224,8 @@ class Dispatcher:
     def _next_timeout(self):
         now = self.clock()
         deadline = now + self.rescan
+        if self._cfg_check_at is not None:
+            deadline = min(deadline, self._cfg_check_at)
         for f in self._flights.values():
             if f.next_retry is not None:
                 deadline = min(deadline, f.next_retry)
@@ -229,6 +240,8 @@ class Dispatcher:
                 self._mids.clear()
                 self._cfg_mids.clear()
                 self._cfg_sent.clear()      # unacknowledged configs are published again below
+                self._cfg_seen.clear()
+                self._cfg_check_at = self.clock() + CONFIG_CHECK_AFTER
                 log.info("connected to %s (session %s); resuming %d credit(s) in flight", mask_url(self.mqtt_url),
                          "kept" if item[1] else "new", len(self._flights))
                 for flight in self._flights.values():
@@ -262,9 +275,8 @@ class Dispatcher:
         return protocol.build_credit(row["cabinet_id"], self.ledger_id, row["seq"], row["credits"], row["pulses"],
                                      row["session_id"], row["secret"], ts=row["issued_ts"], epoch=epoch)
 
-    def _new_epoch(self, ledger, cab, epoch, why):
-        """The cabinet's journal has `epoch`: record it; sign the credit in flight for it and send it now."""
-        changed = ledger.set_cabinet_epoch(cab, epoch)
+    def _new_epoch(self, ledger, cab, epoch, why, changed):
+        """The cabinet's journal has `epoch` (recorded): sign the credit in flight for it and send it now."""
         flight = self._flights.get(cab)
         if flight is None or flight.epoch == epoch:
             return
@@ -302,6 +314,30 @@ class Dispatcher:
             log.info("published config ver %d for %s: pulse %s ms, gap %s ms, %d coin(s) per credit", ver, cab,
                      row["pulse_ms"] or "default", row["gap_ms"] or "default", row["coins_per_credit"])
 
+    def _on_retained_config(self, ledger, cab, msg):
+        """The broker's retained config for `cab` (sent back on every subscribe, and whenever it changes):
+        if the ledger says it was published and the broker's copy is gone or another, publish it again."""
+        self._cfg_seen.add(cab)
+        cfg = ledger.cabinet_config(cab)
+        if cfg is None or not cfg["ver"] or cfg["published_ver"] < cfg["ver"]:
+            return                  # nothing issued, or a publish still on its way
+        if isinstance(msg, dict) and msg.get("ver") == cfg["ver"] and protocol.verify_config(msg, cfg["secret"]):
+            return
+        log.warning("the broker's retained config for %s is %s: publishing ver %d again", cab,
+                    "gone" if msg is None else "not the one issued", cfg["ver"])
+        ledger.mark_config_unpublished(cab)
+        self._cfg_sent.pop(cab, None)
+
+    def _check_retained_configs(self, ledger):
+        """A while after connecting: configs the broker sent no retained copy of are published again
+        (a broker that lost its persistence, or a retained message deleted while the relay was away)."""
+        if self._cfg_check_at is None or self.clock() < self._cfg_check_at:
+            return
+        self._cfg_check_at = None
+        for cab in ledger.published_configs():
+            if cab not in self._cfg_seen:
+                self._on_retained_config(ledger, cab, None)
+
     def _redeliver_due(self):
         now = self.clock()
         for flight in self._flights.values():
@@ -322,28 +358,56 @@ class Dispatcher:
         if head or not sep or len(parts) != 2:
             return
         cab, kind = parts
+        if len(payload) > protocol.MAX_STATUS_BYTES:
+            # no cabinet sends that much (the broker's max_packet_size refuses it too): never parsed or stored
+            self._ignored(cab, "size", "ignored a %d-byte %s on %s's topic (at most %d)", len(payload), kind, cab,
+                          protocol.MAX_STATUS_BYTES)
+            return
         try:
             msg = json.loads(payload) if payload else None
         except ValueError:
             msg = None
+        if kind == "config":
+            self._on_retained_config(ledger, cab, msg)
+            return
         if not isinstance(msg, dict):
             if payload:
-                log.warning("ignored %s from %s: not a JSON object", kind, cab)
+                self._ignored(cab, "json", "ignored %s from %s: not a JSON object", kind, cab)
             return
         if kind == "status":
             self._on_status(ledger, cab, msg, retained)
         elif kind == "ack":
             self._on_ack(ledger, cab, msg)
 
+    def _ignored(self, cab, what, text, *args):
+        # a stream of bad messages is one log line a minute per cabinet, not one per message
+        now = self.clock()
+        if now - self._quiet.get((cab, what), -1e9) >= 60.0:
+            self._quiet[(cab, what)] = now
+            log.warning(text, *args)
+
     def _on_status(self, ledger, cab, msg, retained):
-        online = msg.get("online") is True
-        if not ledger.record_status(cab, online, msg):
+        cabinet = ledger.get_cabinet(cab)
+        if cabinet is None:
             log.info("status from unknown cabinet %s ignored", cab)
             return
-        if online and protocol.valid_epoch(msg.get("epoch")):
-            # unsigned here: a false epoch only makes the cabinet answer wrong_epoch with its real one;
-            # a credit signed for an epoch not the cabinet's current one never applies
-            self._new_epoch(ledger, cab, msg["epoch"], "its status")
+        if msg.get("cab") != cab or not protocol.verify_status(msg, cabinet["secret"]):
+            self._ignored(cab, "status", "ignored a status on %s's topic: unsigned, not signed with its secret, or "
+                          "for another cabinet (firmware older than protocol v2, or a forgery)", cab)
+            return
+        if not protocol.valid_epoch(msg["epoch"]):
+            self._ignored(cab, "status", "ignored a status from %s: epoch %r", cab, msg["epoch"])
+            return
+        verdict = ledger.set_cabinet_epoch(cab, msg["epoch"], msg["boot"], msg["n"])
+        if verdict == "stale":
+            self._ignored(cab, "stale", "ignored a stale status from %s (epoch %s, boot %d, n %d): a replay, or "
+                          "the retained copy of one already seen", cab, msg["epoch"], msg["boot"], msg["n"])
+            return
+        online = msg["online"]
+        ledger.record_status(cab, online, protocol.signed_status_fields(msg))
+        if online:
+            # a credit signed for another epoch than the cabinet's current one never applies
+            self._new_epoch(ledger, cab, msg["epoch"], "its status", verdict == "new")
         flight = self._flights.get(cab)
         # A live (not retained) online status means the cabinet just connected: resend at once, but
         # at most once per ack timeout, so a stream of "online" statuses is no stream of publishes.
@@ -374,10 +438,14 @@ class Dispatcher:
         result, reason = msg["result"], msg["reason"]
         if result == "rejected" and reason == "wrong_epoch":
             # the cabinet verified this very credit and names its journal's epoch: sign it for that one
-            if not protocol.valid_epoch(msg["epoch"]) or msg["epoch"] == flight.epoch:
-                log.warning("ignored wrong_epoch ack from %s for seq %d: epoch %r", cab, flight.seq, msg["epoch"])
+            verdict = "stale"
+            if protocol.valid_epoch(msg["epoch"]) and msg["epoch"] != flight.epoch:
+                verdict = ledger.set_cabinet_epoch(cab, msg["epoch"])
+            if verdict == "stale":
+                log.warning("ignored wrong_epoch ack from %s for seq %d: epoch %r is not new", cab, flight.seq,
+                            msg["epoch"])
                 return
-            self._new_epoch(ledger, cab, msg["epoch"], "its ack")
+            self._new_epoch(ledger, cab, msg["epoch"], "its ack", verdict == "new")
             return
         if result == "rejected" and reason in protocol.UNVERIFIED_REASONS:
             # The credit in flight is ours and correctly signed: a cabinet can't honestly find it

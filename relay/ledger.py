@@ -116,8 +116,13 @@ def _issue9_broker_users(cur):
 MIGRATIONS.append(("issue9_broker_users", _issue9_broker_users))
 # The epoch each cabinet's journal announced last (docs/protocol.md, No replay after flash loss):
 # credits are signed for it, so none signed for an earlier journal applies after the flash is lost.
+# boot, n: the seal of the last status accepted in that epoch (an older one is a replay); retired:
+# the cabinet's earlier epochs (JSON list, newest last, at most RETIRED_EPOCHS), never current again.
 MIGRATIONS.append(("issue9_cabinet_epochs", ["CREATE TABLE cabinet_epochs (cabinet_id TEXT PRIMARY KEY, "
-                                             "epoch TEXT NOT NULL, seen_at REAL NOT NULL)"]))
+                                             "epoch TEXT NOT NULL, boot INTEGER NOT NULL DEFAULT 0, "
+                                             "n INTEGER NOT NULL DEFAULT 0, retired TEXT NOT NULL DEFAULT '[]', "
+                                             "seen_at REAL NOT NULL)"]))
+RETIRED_EPOCHS = 16
 
 _CABINET_COLS = ("id, name, secret, enabled, currency, price_cents, bundles, coins_per_credit, next_seq, "
                  "last_seq, online, last_seen, status, created_at")
@@ -322,15 +327,33 @@ class Ledger:
         rows = self._rows("SELECT epoch FROM cabinet_epochs WHERE cabinet_id = ?", (cabinet_id,))
         return rows[0]["epoch"] if rows else ""
 
-    def set_cabinet_epoch(self, cabinet_id, epoch, now=None):
-        """Record the cabinet's current epoch; True if it changed."""
-        if self.cabinet_epoch(cabinet_id) == epoch:
-            return False
+    def set_cabinet_epoch(self, cabinet_id, epoch, boot=None, n=None, now=None):
+        """Record what the cabinet said about its journal: `epoch`, with the (boot, n) seal of a status
+        (None: from an ack, no seal). Returns "new" (another epoch than the current one: the old one is
+        retired), "fresh" (same epoch, a higher seal or none), or "stale" (a retired epoch, or a seal not
+        above the last one accepted: a replay), in one transaction."""
+        now = time.time() if now is None else now
         with self._write() as cur:
-            cur.execute("INSERT INTO cabinet_epochs (cabinet_id, epoch, seen_at) VALUES (?, ?, ?) ON CONFLICT "
-                        "(cabinet_id) DO UPDATE SET epoch = excluded.epoch, seen_at = excluded.seen_at",
-                        (cabinet_id, epoch, now or time.time()))
-        return True
+            cur.execute("SELECT epoch, boot, n, retired FROM cabinet_epochs WHERE cabinet_id = ?", (cabinet_id,))
+            row = cur.fetchone()
+            retired = json.loads(row[3]) if row else []
+            if epoch in retired:
+                return "stale"
+            if row is not None and row[0] == epoch:
+                if boot is None:
+                    return "fresh"
+                if (boot, n) <= (row[1], row[2]):
+                    return "stale"
+                cur.execute("UPDATE cabinet_epochs SET boot = ?, n = ?, seen_at = ? WHERE cabinet_id = ?",
+                            (boot, n, now, cabinet_id))
+                return "fresh"
+            if row is not None and row[0]:
+                retired = (retired + [row[0]])[-RETIRED_EPOCHS:]
+            cur.execute("INSERT INTO cabinet_epochs (cabinet_id, epoch, boot, n, retired, seen_at) VALUES "
+                        "(?, ?, ?, ?, ?, ?) ON CONFLICT (cabinet_id) DO UPDATE SET epoch = excluded.epoch, "
+                        "boot = excluded.boot, n = excluded.n, retired = excluded.retired, seen_at = excluded.seen_at",
+                        (cabinet_id, epoch, boot or 0, n or 0, json.dumps(retired), now))
+            return "new"
 
     def rekey_cabinet(self, cabinet_id, secret=None, now=None):
         """A new HMAC secret for the cabinet (`arcade provision` makes one for every board it writes):
@@ -758,6 +781,16 @@ class Ledger:
             cur.execute("UPDATE cabinet_config SET published_ver = ? WHERE cabinet_id = ? AND published_ver < ?",
                         (ver, id, ver))
             return cur.rowcount == 1
+
+    def mark_config_unpublished(self, id):
+        """The broker no longer holds this cabinet's retained config: publish it again."""
+        with self._write() as cur:
+            cur.execute("UPDATE cabinet_config SET published_ver = 0 WHERE cabinet_id = ?", (id,))
+
+    def published_configs(self):
+        """Cabinets whose issued config the broker acknowledged (it should hold it retained)."""
+        return [r["cabinet_id"] for r in self._rows("SELECT cabinet_id FROM cabinet_config WHERE ver > 0 AND "
+                                                    "published_ver >= ver ORDER BY cabinet_id")]
 
     def next_test_n(self, id, now=None):
         """Allocate a test pulse number max(last + 1, Unix seconds) for this cabinet; returns it."""

@@ -161,3 +161,59 @@ def build_test(cab, n, pulses, secret, ts=None):
     if ts is None:
         ts = int(time.time())
     return _encode("test", TEST_FIELDS, (cab, n, pulses, ts), secret, canonical_test)
+
+
+# -- status (cabinet -> relay, retained), signed ------------------------------------------------
+
+# Every field a status may carry, in the order the signature covers them (docs/protocol.md, Status):
+# the seal (epoch, boot, n) first; offline statuses (the last will) carry only cab..n.
+STATUS_FIELDS = ("cab", "online", "epoch", "boot", "n", "fw", "ledger", "last", "uptime", "heap", "rssi", "total",
+                 "inhibited", "held", "cfg", "width_ms", "gap_ms", "cfg_error", "test", "test_error", "dropped")
+_STATUS_REQUIRED = ("cab", "online", "epoch", "boot", "n")
+_STATUS_BOOL = frozenset(("online", "inhibited"))
+_STATUS_STR = frozenset(("cab", "epoch", "fw", "ledger", "cfg_error", "test_error"))
+MAX_STATUS_BYTES = 2048
+
+
+def canonical_status(msg):
+    """The bytes a status's signature covers: `status` then key=value lines for the fields present, in
+    STATUS_FIELDS order (booleans true/false). Raises ValueError (or KeyError) on a bad message."""
+    for name in _STATUS_REQUIRED:
+        msg[name]
+    parts = ["status"]
+    for name in STATUS_FIELDS:
+        if name not in msg:
+            continue
+        value = msg[name]
+        if name in _STATUS_BOOL:
+            if not isinstance(value, bool):
+                raise ValueError("%s must be true or false, not %r" % (name, value))
+            text = "true" if value else "false"
+        elif name in _STATUS_STR:
+            if not isinstance(value, str) or "\n" in value:
+                raise ValueError("%s must be a string without a newline, not %r" % (name, value))
+            text = value
+        else:
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError("%s must be an integer, not %r" % (name, value))
+            text = str(value)
+        parts.append("%s=%s" % (name, text))
+    return "\n".join(parts).encode("utf-8")
+
+
+def verify_status(msg, secret):
+    """True iff `msg` (a parsed status dict) is well formed and signed with `secret`."""
+    return _verify(canonical_status, msg, secret, "status")
+
+
+def build_status(secret, cab, online, epoch, boot, n, **fields):
+    """A signed status as the bytes a cabinet publishes (for tests and tools playing a cabinet)."""
+    msg = {"t": "status", "cab": cab, "online": online, "epoch": epoch, "boot": boot, "n": n}
+    msg.update((k, fields[k]) for k in STATUS_FIELDS if k in fields)
+    msg["sig"] = sign(secret, canonical_status(msg))
+    return json.dumps(msg, separators=(",", ":")).encode("utf-8")
+
+
+def signed_status_fields(msg):
+    """The signed fields of a verified status (what the relay stores; anything else is ignored)."""
+    return {k: msg[k] for k in STATUS_FIELDS if k in msg}

@@ -91,5 +91,9 @@ def test_issue9_broker_users_gives_every_old_cabinet_and_the_relay_a_login(v1_db
         assert led.broker_logins()["relay"] == (user, relay_pw)
         # issue9_cabinet_epochs: no epoch known for an old cabinet until it announces one
         assert led.cabinet_epoch("cab1") == ""
-        assert led.set_cabinet_epoch("cab1", "0f1e2d3c4b5a6978") and not led.set_cabinet_epoch("cab1", "0f1e2d3c4b5a6978")
-        assert led.cabinet_epoch("cab1") == "0f1e2d3c4b5a6978"
+        assert led.set_cabinet_epoch("cab1", "0f1e2d3c4b5a6978", 1, 5) == "new"
+        assert led.set_cabinet_epoch("cab1", "0f1e2d3c4b5a6978", 1, 5) == "stale"      # the same status again
+        assert led.set_cabinet_epoch("cab1", "0f1e2d3c4b5a6978", 2, 1) == "fresh"      # rebooted
+        assert led.set_cabinet_epoch("cab1", "1" * 16, 1, 1) == "new"                  # flash lost
+        assert led.set_cabinet_epoch("cab1", "0f1e2d3c4b5a6978", 9, 9) == "stale"      # the old journal's, replayed
+        assert led.cabinet_epoch("cab1") == "1" * 16

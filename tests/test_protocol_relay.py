@@ -76,3 +76,29 @@ def test_a_newline_in_a_field_is_refused():
     msg = json.loads(protocol.build_credit("cab1", "0" * 32, 1, 1, 1, "cs_test_1", SECRET))
     msg["session"] = "cs_test\n1"
     assert not protocol.verify_credit(msg, SECRET)
+
+
+@pytest.mark.parametrize("vec", VECTORS["statuses"], ids=_ids(VECTORS["statuses"]))
+def test_status_vectors(vec):
+    msg = vec["message"]
+    assert protocol.verify_status(msg, SECRET) is vec["valid"]
+    if vec["valid"]:
+        assert protocol.canonical_status(msg) == vec["canonical"].encode()
+        fields = {k: v for k, v in msg.items() if k not in ("t", "sig", "cab", "online", "epoch", "boot", "n")}
+        built = protocol.build_status(SECRET, msg["cab"], msg["online"], msg["epoch"], msg["boot"], msg["n"],
+                                      **fields)
+        assert built == json.dumps(msg, separators=(",", ":")).encode()
+
+
+@pytest.mark.parametrize("change", [{"online": 1}, {"n": "5"}, {"inhibited": "false"}, {"ledger": None},
+                                    {"cfg_error": "a\nb"}, {"sig": None}])
+def test_status_with_wrong_field_types_does_not_verify(change):
+    msg = json.loads(protocol.build_status(SECRET, "cab1", True, "0" * 16, 1, 1, ledger="", last=0, inhibited=False,
+                                           cfg_error=""))
+    assert protocol.verify_status(msg, SECRET)
+    msg.update(change)
+    assert not protocol.verify_status(msg, SECRET)
+
+
+def test_unsigned_status_of_v1_firmware_does_not_verify():
+    assert not protocol.verify_status({"t": "status", "cab": "cab1", "online": True, "fw": "0.2.0"}, SECRET)

@@ -67,10 +67,14 @@ class FakeCabinet:
                                   secret or self.secret)
         self.client.publish("%s/%s/ack" % (self.prefix, self.cab), body, qos=1)
 
-    def status(self, online=True):
-        body = json.dumps({"t": "status", "cab": self.cab, "online": online, "fw": "test", "ledger": self.ledger,
-                           "last": self.last})
+    def status(self, online=True, n=None, epoch="0123456789abcdef", secret=None, **extra):
+        """A signed status, numbered above the last one unless `n` says otherwise; returns its bytes."""
+        self.n = n if n is not None else getattr(self, "n", 0) + 1
+        fields = dict(fw="test", ledger=self.ledger, last=self.last) if online else {}
+        fields.update(extra)
+        body = protocol.build_status(secret or self.secret, self.cab, online, epoch, 1, self.n, **fields)
         self.client.publish("%s/%s/status" % (self.prefix, self.cab), body, qos=1, retain=True)
+        return body
 
     def wait(self, predicate, timeout=15, what="credits"):
         with self.cond:
@@ -175,9 +179,13 @@ def test_unacknowledged_credit_is_resent_with_the_same_bytes_after_the_timeout(w
 def test_credit_is_resent_at_once_when_the_cabinet_comes_online(world):
     ledger = world["ledger"]
     cab = world["cabinet"](auto=False)
+    d = world["start"]()                 # ack timeout 30 s: only the status can trigger the resend
+    cab.status(online=True)
+    wait_until(lambda: ledger.cabinet_epoch("cab1") == "0123456789abcdef", 10, what="the epoch announced")
     session = pay(ledger)
-    world["start"]()                     # ack timeout 30 s: only the status can trigger the resend
-    cab.wait(lambda r: len(r) == 1)
+    d.wake()
+    first = cab.wait(lambda r: len(r) == 1)[0][1]
+    assert first["epoch"] == "0123456789abcdef", "signed for the epoch the status announced"
     cab.status(online=True)
     received = cab.wait(lambda r: len(r) >= 2, what="a resend after the online status")
     assert received[0][0] == received[1][0]

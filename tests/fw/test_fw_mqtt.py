@@ -96,8 +96,13 @@ def test_app_topics_will_and_client_id():
     a, events = _app(root)
     c = a.client
     assert c.client_id == b"cab1" and c.keepalive == 30
+    a._will()                           # what each connect does first
     assert (c.lw_topic, c.lw_qos, c.lw_retain) == (b"arcade/cab1/status", 1, True)
-    assert json.loads(c.lw_msg) == {"t": "status", "cab": "cab1", "online": False}
+    will = json.loads(c.lw_msg)
+    assert (will["online"], will["epoch"], will["boot"], will["n"]) == \
+        (False, a.cabinet.state["epoch"], a.cabinet.state["boots"], 0x100000)
+    a._will()                           # the next connection: numbered above the last will
+    assert json.loads(c.lw_msg)["n"] == 0x200000 and a.sn == 0x100000
     assert (a.t_credit, a.t_ack) == (b"arcade/cab1/credit", b"arcade/cab1/ack")
     assert (c.user, c.pswd, c.server, c.port) == (b"cab", b"mqtt-pass-456", "broker.example", 1883)
 

@@ -107,10 +107,31 @@ def test_equal_is_exact():
 
 
 def test_status_payloads():
-    assert protocol.status("cab1", False) == b'{"t":"status","cab":"cab1","online":false}'
-    m = json.loads(protocol.status("cab1", True, LEDGER, 7))
-    assert m == {"t": "status", "cab": "cab1", "online": True, "fw": protocol.FW,
-                 "ledger": LEDGER, "last": 7}
+    seal = ("0f1e2d3c4b5a6978", 3, 5)
+    off = json.loads(protocol.status(KEY, "cab1", False, seal))
+    assert sorted(off) == ["boot", "cab", "epoch", "n", "online", "sig", "t"] and off["online"] is False
+    m = json.loads(protocol.status(KEY, "cab1", True, seal, LEDGER, 7))
+    del m["sig"]
+    assert m == {"t": "status", "cab": "cab1", "online": True, "epoch": "0f1e2d3c4b5a6978", "boot": 3, "n": 5,
+                 "fw": protocol.FW, "ledger": LEDGER, "last": 7}
+
+
+def test_every_status_vector():
+    v = vectors()
+    key = v["secret"].encode()
+    assert len(v["statuses"]) >= 3
+    for c in v["statuses"]:
+        m = c["message"]
+        info = {}
+        for k in protocol.STATUS_KEYS:
+            if k in m:
+                info[k] = m[k]
+        built = protocol.status(key, m["cab"], m["online"], (m["epoch"], m["boot"], m["n"]),
+                                m.get("ledger", ""), m.get("last", 0), info)
+        if c["valid"]:
+            assert built == json.dumps(m, separators=(",", ":")).encode(), c["name"]
+        else:
+            assert json.loads(built)["sig"] != m["sig"], c["name"]
 
 
 def _compact(m):
@@ -170,8 +191,8 @@ def test_config_and_test_messages_that_do_not_parse():
 def test_status_with_device_fields_in_documented_order():
     info = {"test_error": "", "uptime": 5, "inhibited": True, "heap": 1000, "rssi": -60,
             "total": 3, "held": 0, "cfg": 0, "width_ms": 100, "gap_ms": 150, "cfg_error": "",
-            "test": 0, "dropped": 2, "epoch": "0f1e2d3c4b5a6978"}
-    p = protocol.status("cab1", True, LEDGER, 7, info)
+            "test": 0, "dropped": 2}
+    p = protocol.status(KEY, "cab1", True, ("0f1e2d3c4b5a6978", 1, 1), LEDGER, 7, info)
     m = json.loads(p)
     assert m["inhibited"] is True and m["last"] == 7 and m["fw"] == protocol.FW
     # MicroPython dicts are unordered: check the bytes
