@@ -325,3 +325,124 @@ def test_redelivery_backoff_doubles_up_to_the_cap(world):
     d._inbox.append(("puback", 1))
     d.step(ledger)
     assert state(ledger, session) == "sent"
+
+
+class Attacker:
+    """Any broker user (this broker has no ACL: the signatures are what is tested here)."""
+
+    def __init__(self, broker):
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="attacker-" + secrets.token_hex(4))
+        self.client.connect("127.0.0.1", broker.port)
+        self.client.loop_start()
+
+    def publish(self, topic, payload, retain=True):
+        self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
+
+    def close(self):
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def _selling(ledger):
+    from relay.checkout import readiness
+    return readiness(ledger.get_cabinet("cab1"))[0]
+
+
+def test_forged_stale_and_oversized_statuses_change_nothing_and_cause_no_resends(world, monkeypatch):
+    from relay.ledger import Ledger
+    stored = []                     # every status the relay stores, in order (its view of the cabinet)
+    real = Ledger.record_status
+    monkeypatch.setattr(Ledger, "record_status", lambda self, id, online, status=None, seen_at=None: (
+        stored.append((online, dict(status or {}))), real(self, id, online, status, seen_at))[1])
+    ledger = world["ledger"]
+    cab = world["cabinet"](auto=False)
+    d = world["start"]()
+    online = cab.status(online=True, total=1)
+    wait_until(lambda: _selling(ledger), 10, what="selling on the cabinet's own status")
+    cab.status(online=False)
+    wait_until(lambda: not ledger.get_cabinet("cab1")["online"], 10, what="offline recorded")
+    session = pay(ledger)
+    d.wake()
+    cab.wait(lambda r: len(r) == 1)
+    evil = Attacker(world["broker"])
+    try:
+        topic = "arcade/cab1/status"
+        forged = [
+            json.dumps({"t": "status", "cab": "cab1", "online": True, "fw": "x"}).encode(),        # unsigned
+            protocol.build_status("f" * 64, "cab1", True, "0123456789abcdef", 9, 9, total=2),  # wrong secret
+            protocol.build_status(world["secret"], "cab2", True, "0123456789abcdef", 9, 9),    # another cabinet's
+            b'{"t":"status","pad":"' + b"x" * 100_000 + b'"}',                                   # oversized
+        ] + [online] * 30                               # the cabinet's own "online", replayed: stale
+        before = len(stored)
+        for body in forged:
+            evil.publish(topic, body)
+        # the cabinet's next genuine status: once the relay has it, it has handled everything before it
+        cab.status(online=False, n=5, inhibited=False)
+        wait_until(lambda: ledger.get_cabinet("cab1")["status"]["n"] == 5, 10, what="the genuine status")
+        assert [(on, st["n"]) for on, st in stored[before:]] == [(False, 5)], "a forged or stale status was stored"
+        c = ledger.get_cabinet("cab1")
+        assert not _selling(ledger) and not c["online"]
+        assert set(c["status"]) <= set(protocol.STATUS_FIELDS) and c["status"].get("total") is None
+        assert len(cab.received) == 1, "a replayed online status made the relay publish the credit again"
+        # the cabinet's own fresh "online" statuses in a burst: one resend at most (per ack timeout)
+        for _ in range(10):
+            cab.status(online=True)
+        wait_until(lambda: ledger.get_cabinet("cab1")["status"]["n"] == 15, 10, what="the burst handled")
+        assert _selling(ledger)
+        assert len(cab.received) == 2, [c["seq"] for _, c in cab.received]
+        cab.answer(cab.received[-1][1])
+        wait_until(lambda: state(ledger, session) == "applied", 10, what="applied")
+    finally:
+        evil.close()
+
+
+def test_a_stale_status_can_not_keep_a_silent_cabinet_on_sale(world):
+    from relay.checkout import STATUS_FRESH_SECONDS, readiness
+    ledger = world["ledger"]
+    ledger.record_status("cab1", True, {"online": True}, seen_at=1000.0)
+    assert readiness(ledger.get_cabinet("cab1"), now=1000.0 + STATUS_FRESH_SECONDS)[0]
+    assert readiness(ledger.get_cabinet("cab1"), now=1001.0 + STATUS_FRESH_SECONDS) == (False, "offline")
+
+
+class Retained:
+    """What the broker holds retained on one topic, read by subscribing afresh."""
+
+    @staticmethod
+    def get(broker, topic, timeout=3.0):
+        got = []
+        done = threading.Event()
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="peek-" + secrets.token_hex(4))
+        c.on_message = lambda cl, u, m: (got.append(bytes(m.payload)), done.set())
+        c.connect("127.0.0.1", broker.port)
+        c.subscribe(topic, 1)
+        c.loop_start()
+        done.wait(timeout)          # bounded: no retained message means no callback at all
+        c.loop_stop()
+        c.disconnect()
+        return got[0] if got else None
+
+
+def test_the_relay_publishes_again_a_retained_config_the_broker_lost(world):
+    ledger = world["ledger"]
+    ledger.set_cabinet_config("cab1", pulse_ms=120)
+    ver = ledger.cabinet_config("cab1")["ver"]
+    d = world["start"]()
+    wait_until(lambda: ledger.cabinet_config("cab1")["published_ver"] == ver, 10, what="config published")
+    topic = "arcade/cab1/config"
+    assert json.loads(Retained.get(world["broker"], topic))["ver"] == ver
+    # deleted by a broker user (an empty retained message): published again at once
+    evil = Attacker(world["broker"])
+    try:
+        evil.publish(topic, b"")
+        wait_until(lambda: (Retained.get(world["broker"], topic) or b"{}").find(b'"ver":%d' % ver) > 0, 15,
+                   what="the config back on the broker")
+    finally:
+        evil.close()
+    # the broker loses everything (no persistence): the relay compares on reconnecting and publishes again
+    d.stop()
+    world["broker"].restart(persistence=False, wipe=True)
+    assert Retained.get(world["broker"], topic, timeout=1.0) is None
+    world["start"]()
+    wait_until(lambda: Retained.get(world["broker"], topic, timeout=1.0), 20, what="config republished")
+    msg = json.loads(Retained.get(world["broker"], topic))
+    assert msg["ver"] == ver and protocol.verify_config(msg, world["secret"])
