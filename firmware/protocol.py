@@ -2,6 +2,7 @@
 # HMAC-SHA256 (MicroPython has no hmac module), credit checks, signed acks, status.
 import hashlib
 import json
+import os
 from micropython import const
 
 try:
@@ -137,13 +138,7 @@ def ack(key, cab, ledger, seq, session, result, reason, pulses, last, epoch=""):
 
 def new_epoch():
     """16 hex digits from the hardware RNG: a journal's identity (docs/protocol.md)."""
-    try:
-        from os import urandom
-        b = urandom(8)
-    except ImportError:
-        import random
-        b = bytes([random.getrandbits(8) for _ in range(8)])
-    return hexlify(b).decode()
+    return hexlify(os.urandom(8)).decode()
 
 
 def check_ack(payload, key):

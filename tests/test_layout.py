@@ -15,7 +15,7 @@ HOSTSIM_MODULES = {p.stem for p in (ROOT / "tools" / "hostsim").glob("*.py")}
 MICROPYTHON = {"binascii", "ubinascii", "gc", "hashlib", "uhashlib", "json", "ujson", "machine", "micropython",
                "network", "ntptime", "os", "uos", "select", "uselect", "socket", "usocket", "ssl", "ussl", "struct",
                "ustruct", "sys", "time", "utime", "errno", "uerrno", "esp", "esp32", "io", "framebuf", "umqtt",
-               "umqtt.simple", "requests", "collections", "deflate", "array", "random", "urandom"}
+               "umqtt.simple", "requests", "collections", "deflate", "array"}
 
 # room -> the rooms it may import (its own room always)
 ALLOWED = {

@@ -21,6 +21,11 @@ _queue = []
 _random = [False]
 
 
+if not hasattr(os, "urandom"):    # an ESP32 and CPython have a hardware/OS RNG; the WebAssembly VM doesn't
+    import random
+    os.urandom = lambda n: bytes([random.getrandbits(8) for _ in range(n)])
+
+
 def _new_epoch():
     if _random[0]:
         return _real_new_epoch()
