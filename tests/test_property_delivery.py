@@ -217,10 +217,14 @@ class World:
         if left is not None:
             self.applied[cur["session"]] += 1
         box.up = True
-        s = box.fw.state
         # connect: a live (not retained) online status, as the firmware publishes on every connect
-        self.to_relay.append(("message", "%s/%s/status" % (PREFIX, box.cab),
-                              fwprotocol.status(box.cab, True, s["ledger"], s["last"])))
+        self.to_relay.append(("message", "%s/%s/status" % (PREFIX, box.cab), self._status(box)))
+
+    def _status(self, box):
+        """The signed online status the firmware publishes on connecting, numbered like it (a rising n)."""
+        s = box.fw.state
+        box.sn = getattr(box, "sn", 0) + 1
+        return fwprotocol.status(box.fw.key, box.cab, True, (s["epoch"], s["boots"], box.sn), s["ledger"], s["last"])
 
     def _deliver_credit(self, i, duplicate=False, cut_in=None):
         cab, payload = self.to_cab[i]
@@ -411,9 +415,7 @@ class World:
         self._step()
         for box in self.boxes.values():    # cabinets reconnect; their RAM and flash are intact
             if box.up:
-                s = box.fw.state
-                self.to_relay.append(("message", "%s/%s/status" % (PREFIX, box.cab),
-                                      fwprotocol.status(box.cab, True, s["ledger"], s["last"])))
+                self.to_relay.append(("message", "%s/%s/status" % (PREFIX, box.cab), self._status(box)))
 
     def a_time(self, seconds):
         self.now += seconds

@@ -98,7 +98,7 @@ def test_states_and_their_times_in_the_ledger_and_the_table(world, capsys):
     assert [t for _, t in row["timeline"]] == [p["paid_at"], p["queued_at"], p["sent_at"], p["done_at"]]
 
 
-@pytest.mark.parametrize("result, reason", [("duplicate", ""), ("rejected", "bad_signature")])
+@pytest.mark.parametrize("result, reason", [("duplicate", ""), ("rejected", "bad_pulses")])
 def test_duplicate_and_rejected_end_the_timeline(world, capsys, result, reason):
     ledger, d = world["ledger"], world["d"]
     pay(ledger, "cs_test_x")
