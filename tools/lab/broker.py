@@ -82,18 +82,18 @@ class Mosquitto:
     def url(self):
         return "mqtt://127.0.0.1:%d" % self.port
 
-    def url_for(self, user, password):
-        """mqtt:// URL with a login (see `logins`)."""
-        return mosquitto_conf.relay_url(user, password, "127.0.0.1", self.port)
+    def url_for(self, user, password, port=None):
+        """mqtt:// URL with a login (see `logins`); `port`: another way in (a fault proxy's)."""
+        return mosquitto_conf.relay_url(user, password, "127.0.0.1", port or self.port)
 
     @property
     def relay_url(self):
         """The relay's own login (a broker started with `logins`)."""
         return self.url_for(*self.logins["relay"])
 
-    def cabinet_url(self, cab):
+    def cabinet_url(self, cab, port=None):
         """Cabinet `cab`'s own login (a broker started with `logins`)."""
-        return self.url_for(cab, dict(self.logins["cabinets"])[cab])
+        return self.url_for(cab, dict(self.logins["cabinets"])[cab], port)
 
     def reload(self, logins):
         """New logins (a cabinet added, disabled or re-keyed): rewrite the files, SIGHUP mosquitto."""

@@ -30,7 +30,6 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from relay import mosquitto as mosquitto_conf
 from tools.lab import stack
 from tools.lab import stripe_events
 from tools.lab.bench import Http
@@ -92,10 +91,10 @@ class Soak:
     def url_for(self, who):
         """Where `who` (the relay or a cabinet) reaches the broker, with its own login."""
         proxy = self.proxies.get(who)
-        port = proxy.port if proxy is not None else self.broker.port
-        logins = self.broker.logins
-        user, password = logins["relay"] if who == "relay" else (who, dict(logins["cabinets"])[who])
-        return mosquitto_conf.relay_url(user, password, "127.0.0.1", port)
+        port = proxy.port if proxy is not None else None
+        if who == "relay":
+            return self.broker.url_for(*self.broker.logins["relay"], port=port)
+        return self.broker.cabinet_url(who, port)
 
     def start_relay(self):
         for attempt in range(20):

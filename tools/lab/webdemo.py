@@ -187,9 +187,11 @@ class WebDemo:
                     bundles=spec["bundles"], coins_per_credit=spec["coins_per_credit"])
                 if spec.get("happy_hour"):
                     ledger.add_promotion(spec["id"], "bonus", spec["happy_hour"], range(7), 0, 24 * 60, "Happy hour")
+            logins = ledger.broker_logins()
         say("1/6 cabinets registered: %s" % "; ".join(_price_text(s) for s in CABINETS))
 
-        self.broker = Mosquitto(self.work / "mosquitto").start()
+        # what `arcade broker config` writes: a login per cabinet, the relay's, the ACL
+        self.broker = Mosquitto(self.work / "mosquitto", logins=logins).start()
         self.broker_state = "running"
         say("2/6 mosquitto started (private, on loopback)")
 
@@ -202,14 +204,15 @@ class WebDemo:
         env = {"STRIPE_API_KEY": self.api_key, "STRIPE_API_BASE": self.fake.url,
                "ARCADE_PUBLIC_URL": self.url, "ARCADE_PROXY_HOPS": "1", "ARCADE_NAME": "Demo Arcade"}
         env.update(self.relay_env)
-        self.relay = stack.Relay(self.work, str(self.db_path), self.broker.url, self.webhook_secret,
+        self.relay = stack.Relay(self.work, str(self.db_path), self.broker.relay_url, self.webhook_secret,
                                  port=relay_port, extra_env=env).start()
         say("4/6 relay started on its own SQLite database")
 
         for spec in CABINETS:
             proxy = TcpProxy(self.broker.port).start()
             inhibit = self.work / ("coins-blocked-" + spec["id"])
-            proc = stack.Cabinet(self.work, spec["id"], secrets_by_id[spec["id"]], proxy.url, keepalive=self.keepalive,
+            proc = stack.Cabinet(self.work, spec["id"], secrets_by_id[spec["id"]],
+                                 self.broker.cabinet_url(spec["id"], proxy.port), keepalive=self.keepalive,
                                  extra_args=["--inhibit-file", str(inhibit)] + self.timing)
             self.cabinets[spec["id"]] = DemoCabinet(spec, proc, proxy, inhibit)
             proc.start()
