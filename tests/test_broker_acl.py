@@ -205,6 +205,25 @@ def test_arcade_broker_config_runs_as_is_and_hashes_like_mosquitto_passwd(tmp_pa
                 assert c.rc.is_failure != ok, (user, c.rc)
             finally:
                 c.close()
+        # a cabinet added later: `arcade broker config` again with --reload PIDFILE, and it logs in
+        with open_ledger(db) as ledger:
+            ledger.add_cabinet("cab-new", price_cents=100)
+            new_pw = ledger.broker_password("cab-new")
+        pidfile = tmp_path / "mosquitto.pid"
+        pidfile.write_text("%d\n" % proc.pid)
+        assert cli.main(argv + ["--reload", str(pidfile)]) == 0
+        assert "SIGHUP" in capsys.readouterr().out
+
+        def logs_in():
+            c = Client(port, "cab-new", new_pw, "cab-new")
+            try:
+                return c.connected.wait(10) and not c.rc.is_failure
+            finally:
+                c.close()
+        stack.wait_until(logs_in, 10, what="the new cabinet's login after SIGHUP")
+        assert proc.poll() is None, "mosquitto survived the reload"
+        assert cli.main(argv + ["--reload", str(tmp_path / "no-such.pid")]) == 2
+        assert "can't read a process id" in capsys.readouterr().err
     finally:
         end_process(proc)
         proc.stderr.close()
@@ -246,3 +265,24 @@ def test_own_payments_pulse_exactly_with_per_cabinet_logins_while_a_attacks_b(ac
         for c in cabs.values():
             c.stop()
         relay.stop()
+
+
+@pytest.mark.parametrize("extra, shown", [
+    (["--tls-cert", "cert.pem"], "--tls-cert and --tls-key go together"),
+    (["--tls-cert", "missing.pem", "--tls-key", "missing.key"], "missing.pem is not a file"),
+    (["--db", "nowhere.db"], "no relay database at nowhere.db"),
+    (["--listen", "1883"], "not HOST:PORT"),
+], ids=["cert without key", "missing cert", "no database", "no host"])
+def test_arcade_broker_config_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, capsys, monkeypatch, extra,
+                                                                          shown):
+    monkeypatch.chdir(tmp_path)
+    with open_ledger(str(tmp_path / "arcade.db")) as ledger:
+        ledger.add_cabinet("cab-a", price_cents=100)
+    (tmp_path / "cert.pem").write_text("x")
+    argv = ["broker", "config", "--out", "out", "--db", "arcade.db"] + extra
+    try:
+        code = cli.main(argv)
+    except SystemExit as e:            # argparse's own errors (exit 2, message on stderr)
+        code = e.code
+    assert code == 2 and shown in capsys.readouterr().err
+    assert not (tmp_path / "out" / "passwd").exists()
