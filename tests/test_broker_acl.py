@@ -62,8 +62,8 @@ class Client:
         self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
 
     def close(self):
-        self.client.loop_stop()
         self.client.disconnect()
+        self.client.loop_stop()
 
 
 @pytest.fixture
