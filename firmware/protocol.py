@@ -206,7 +206,7 @@ def test(key, cab, n, pulses, ts):
 
 
 STATUS_KEYS = ("uptime", "heap", "rssi", "total", "inhibited", "held", "cfg", "width_ms",
-               "gap_ms", "cfg_error", "test", "test_error")
+               "gap_ms", "cfg_error", "test", "test_error", "crashes", "wifi")
 
 
 def status(cab, online, ledger="", last=0, info=None):

@@ -1,5 +1,5 @@
 """TLS to a real mosquitto TLS listener: the unchanged firmware, the pinned umqtt.simple and
-firmware/ussl.py, over tools/hostsim/mpssl.py (MicroPython's ssl semantics on CPython's OpenSSL).
+firmware/brokertls.py (installed as `ussl`), over tools/hostsim/mpssl.py (MicroPython's ssl semantics on CPython's OpenSSL).
 A throwaway CA and broker certificate are made with the openssl command line for each run."""
 import importlib.util
 import json
@@ -130,7 +130,7 @@ def test_stand_in_refuses_like_mbedtls(pki, tls_broker, ca, host, error):
 
 
 def _load_ussl():
-    spec = importlib.util.spec_from_file_location("fw_ussl", ROOT / "firmware" / "ussl.py")
+    spec = importlib.util.spec_from_file_location("fw_brokertls", ROOT / "firmware" / "brokertls.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

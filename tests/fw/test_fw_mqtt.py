@@ -111,6 +111,7 @@ def test_loop_holds_while_inhibited_feeds_the_wdt_and_publishes_status_on_change
     a = fwapp.App(fwapp.config.check_config(good_config()), b, coin, root,
                   lambda e, d: events.append((e, d)))
     a.wdt = machine.WDT(timeout=30000)
+    a._wifi()                                      # the loop runs with WiFi up
     raw = FakeSock()
     a.client.sock = fwapp.DeadlineSocket(raw, 5)
     # the broker PUBACKs each QoS 1 publish once its payload (the last write) is in
@@ -138,6 +139,9 @@ def test_loop_holds_while_inhibited_feeds_the_wdt_and_publishes_status_on_change
     assert len(a.wdt.feeds) >= 2, "the loop feeds the WDT while it waits"
     assert b'{"t":"ack"' not in bytes(raw.out)
     machine.pins[26].drive(1)                      # cleared
+    a._step()
+    assert len(machine.pins[25].history) == 1, "not before the line has been quiet for 50 ms"
+    c.advance(50)                                  # the debounce time (firmware/inhibit.py)
     a._step()
     assert [p[1] for p in pulses(machine.pins[25])] == [100, 100]
     out = bytes(raw.out)
