@@ -97,19 +97,6 @@ class _TimedSockets:
         return r
 
 
-def _resets(n):
-    # the crash-reset count in RTC memory (resets.py, loaded for this and dropped: boot-only code
-    # stays off the heap): n < 0 reads it, else stores n. Returns the count.
-    import resets
-    try:
-        if n < 0:
-            return resets.count()
-        resets.store(n)
-        return n
-    finally:
-        sys.modules.pop("resets", None)
-
-
 def guard_pid(client):
     """umqtt.simple 1.3.4 never wraps its packet id: at 65536 struct.pack fails. Wrap it."""
     if client.pid >= _PID_MAX:
@@ -126,7 +113,7 @@ def _mem_free():
 
 
 class App:
-    def __init__(self, cfg, board, coin, root="", emit=None):
+    def __init__(self, cfg, board, coin, root="", emit=None, crashes=0):
         self.cfg = cfg
         self.emit = emit or _print
         self.coin = coin
@@ -173,7 +160,7 @@ class App:
             sys.modules["ussl"] = brokertls
             brokertls.feed = self._feed
             self.tls = brokertls
-        self.crashes = _resets(-1)      # crash resets before this boot (reported in the status)
+        self.crashes = crashes          # crash resets before this boot (resets.py; in the status)
         self.wifi_err = 0               # the last reason WiFi was down: 201 no AP, 202 password
         self.client = MQTTClient(cab.encode(), m["host"], m["port"], user, pswd,
                                  cfg["keepalive"], m["ssl"], tls)
@@ -382,7 +369,8 @@ class App:
             raise OSError(_ETIMEDOUT)       # WiFi is down: drop the link now, not a keepalive later
         self._uptime()
         if self.crashes and self.up_ms >= _STABLE_MS:
-            self.crashes = _resets(0)       # connected for long enough: the reset loop is over
+            machine.RTC().memory(b"")       # connected long enough: the reset loop is over
+            self.crashes = 0
         if self._stored(self.cabinet.resume) is not None:
             self.emit("resumed", self.cabinet.state["last"])
         self._flush()
@@ -453,7 +441,7 @@ class App:
         self._close()
 
 
-def main(root="", emit=None):
+def main(root="", emit=None, crashes=0):
     coin = None
     app = None
     try:
@@ -466,7 +454,7 @@ def main(root="", emit=None):
             print("CONFIG ERROR:", e)
             return 1
         gc.collect()
-        app = App(cfg, board, coin, root, emit)
+        app = App(cfg, board, coin, root, emit, crashes)
         app.run()
     finally:
         if coin is not None:

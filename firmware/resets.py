@@ -1,8 +1,8 @@
 # Consecutive crash resets, counted in RTC memory (machine.RTC().memory(): survives a reset, not a
 # power cut). boot.py counts every reset that was neither a power-on nor a soft reset (Ctrl-D):
 # machine.reset() after an uncaught exception, a watchdog reset, a panic. The app reports it in its
-# status (`crashes`) and clears it once it has been up and connected for 5 minutes. Loaded when
-# needed and dropped again (safemode.boot, app): it stays off the heap.
+# status (`crashes`, handed down by main.py) and clears it (RTC memory emptied) once it has been up
+# and connected for 5 minutes. Loaded by boot.py's work and dropped again: it stays off the heap.
 import machine
 
 _TAG = b"AP"

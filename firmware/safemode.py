@@ -121,7 +121,7 @@ def run(root="", emit=None):
     try:
         backoff(crashes, _clock[1])
         import app
-        return app.main(root, emit)
+        return app.main(root, emit, crashes)
     except KeyboardInterrupt:
         raise                  # Ctrl-C over USB: stay at the REPL
     except Exception as e:

@@ -21,7 +21,7 @@ DAY = 24 * 3600 * 1000
 _REAL = getattr(fwapp.simple.socket, "mod", fwapp.simple.socket)   # the socket module umqtt had
 
 
-def _app(root, c, net=None, **kw):
+def _app(root, c, net=None, crashes=0, **kw):
     """An App on `root`; with `net`, umqtt's socket module is `net` (wrapped by the App as it
     wraps the real one). Put it back with _unnet()."""
     write_json(root + "board.json", board(**kw))
@@ -30,7 +30,7 @@ def _app(root, c, net=None, **kw):
     fwapp.simple.socket = net if net is not None else _REAL
     a = fwapp.App(fwapp.config.check_config(good_config()), b,
                   Coin(25, True, 100, 150, c.ticks_ms, c.sleep_ms), root,
-                  lambda e, d: events.append((e, d)))
+                  lambda e, d: events.append((e, d)), crashes)
     if net is None:
         fwapp.simple.socket = _REAL
     return a, events
@@ -170,10 +170,12 @@ def test_after_three_crash_resets_in_a_row_main_backs_off_then_reports_it():
     c = clock()
     write_json(root + "board.json", board(led_pin=2))
     started = []
+    handed = []
     orig = fwapp.main
 
-    def crash(root, emit):
+    def crash(root, emit, crashes):
         started.append(c.now)
+        handed.append(crashes)
         raise RuntimeError("a bug the loop did not expect")
 
     fwapp.main = crash
@@ -193,13 +195,13 @@ def test_after_three_crash_resets_in_a_row_main_backs_off_then_reports_it():
                 assert waited < 5000, (n, waited)
             else:
                 assert waited >= 60000, "crash %d: started again after %d ms" % (n, waited)
-        assert safemode.crashes == 4
+        assert safemode.crashes == 4 and handed == [0, 1, 2, 3, 4], handed
         assert len(machine.pins[2].history) > 10, "the LED blinks while it waits"
     finally:
         fwapp.main = orig
         safemode.active = False
-    # the next status says so; connected long enough, the count is cleared
-    a, _ = _app(root, c)
+    # the next status says so (main.py hands the count to the app); connected long enough, cleared
+    a, _ = _app(root, c, crashes=4)
     a._wifi()
     raw = FakeSock()
     a.client.sock = fwapp.DeadlineSocket(raw, 5)
