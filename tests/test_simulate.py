@@ -335,6 +335,25 @@ def test_inhibit_file_is_documented_in_help():
     r = subprocess.run([sys.executable, "-m", "tools.cli", "simulate", "--help"], cwd=ROOT,
                        capture_output=True, text=True, timeout=WAIT)
     assert r.returncode == 0 and "--inhibit-file" in r.stdout
+    for switch in ("--ticks-start", "--watchdog-ms", "--dns-delay", "--micropython", "--chip",
+                   "--wifi-off-file"):
+        assert switch in r.stdout, switch
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ticks-start", str(1 << 30)], "--ticks-start 1073741824: the tick counter runs from 0 to"),
+    (["--ticks-start", "-1"], "the tick counter runs from 0 to"),
+    (["--watchdog-ms", "0"], "--watchdog-ms must be at least 1"),
+    (["--dns-delay", "-2"], "--dns-delay must be 0 or more seconds"),
+])
+def test_unkind_board_switches_refuse_bad_values(tmp_path, args, message):
+    env = dict(os.environ)
+    env.pop("ARCADE_DB", None)
+    r = subprocess.run([sys.executable, "-m", "tools.cli", "simulate", "cab1", "--state", str(tmp_path / "s"),
+                        "--secret", SECRET] + args, cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=WAIT)
+    assert r.returncode == 2 and message in r.stderr and r.stdout == "", r.stderr
+    assert not (tmp_path / "s").exists(), "nothing written for a refused option"
 
 
 # -- an unkind board (issue 11): the switches that make the simulation fail where an ESP32 fails ----
