@@ -32,7 +32,6 @@ _STAT_WRONG_PASSWORD = const(202)
 _STABLE_MS = const(300000)    # connected this long after boot: the crash count is cleared
 
 
-
 class DeadlineSocket:
     # umqtt.simple's check_msg()/wait_msg() call setblocking(True): blocking *forever* on a
     # half-open link. Here it means "blocking with a deadline", so a dead link raises OSError,

@@ -378,7 +378,7 @@ def test_watchdog_really_resets_the_simulated_board_on_the_same_flash(broker, tm
 
 
 def test_dns_slower_than_a_step_but_within_the_watchdog_connects(broker, tmp_path):
-    sim = Sim(tmp_path, broker.url, tmp_path / "flash", "--watchdog-ms", "4000", "--dns-delay", "1")
+    sim = Sim(tmp_path, broker.url, tmp_path / "flash", "--watchdog-ms", "6000", "--dns-delay", "1")
     try:
         lines = sim.next("connected")
         assert not [x for x in lines if x["event"] == "reset"], lines
