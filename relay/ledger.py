@@ -1,12 +1,16 @@
-"""The ledger: the one module that owns storage (SQLite in WAL mode today).
+"""The ledger: the one module that owns storage, SQLite in WAL mode (a file path, the default) or
+PostgreSQL (ARCADE_DB=postgresql://user:pass@host:port/db).
 
 Every SQL statement of the relay lives here, behind a narrow interface, written in plain DB-API
-and the SQL that SQLite and PostgreSQL share (ON CONFLICT DO NOTHING, no SQLite-only functions),
-so another backend is a new connection and placeholder style, not a rewrite.
+(qmark `?` placeholders) and the SQL that SQLite and PostgreSQL share (ON CONFLICT, RETURNING, no
+engine-only functions). relay/backends.py is the seam for the few differences (connecting, the write
+lock, catalogue questions, PostgreSQL's spelling of placeholders and DDL types), so a method or a
+MIGRATIONS entry added here runs on both engines unchanged.
 
 A Ledger wraps one connection and is used by one thread at a time: the web app opens one per
-request, the dispatcher owns one. Writes take the database lock up front (BEGIN IMMEDIATE) so
-that check-then-write sequences (idempotency, sequence allocation) are serialised.
+request, the dispatcher owns one. Writes take the database's write lock up front (SQLite: BEGIN
+IMMEDIATE; PostgreSQL: an advisory lock every relay on that database shares) so that
+check-then-write sequences (idempotency, sequence allocation) are serialised.
 
 Payment states:
   pending    checkout completed, payment not yet settled (async methods); no credit yet
@@ -23,9 +27,10 @@ Payment states:
 import json
 import re
 import secrets
-import sqlite3
 import time
 from contextlib import contextmanager
+
+from relay import backends
 
 CABINET_ID = re.compile(r"[A-Za-z0-9_-]{1,32}\Z")
 PENDING = ("queued", "sent")
@@ -94,7 +99,9 @@ CREATE TABLE events (
 # meta as "migration:<name>". Add a change at the END with a unique name (work in parallel adds
 # entries, never renumbers) and a test in tests/test_migrations.py that upgrades a database made
 # before it (tests/data/ledger-v1.sql is one made by schema version 1 with rows in every table).
-# Each entry: (name, [SQL statements]) or (name, callable(cursor)).
+# Each entry: (name, [SQL statements]) or (name, callable(cursor)); both run on SQLite and PostgreSQL
+# (relay/backends.py translates; a callable asks cur.dialect.has_table(cur, t) / .columns(cur, t)
+# rather than PRAGMA or sqlite_master).
 MIGRATIONS = []
 
 _CABINET_COLS = ("id, name, secret, enabled, currency, price_cents, bundles, coins_per_credit, next_seq, "
@@ -104,9 +111,9 @@ _PAYMENT_COLS = ("session_id, cabinet_id, state, reason, credits, pulses, amount
                  "sent_at, done_at")
 
 
-# What a storage failure raises (the webhook answers 5xx so that Stripe retries). A PostgreSQL
-# backend would make this its driver's base error.
-StorageError = sqlite3.Error
+# What a storage failure raises (the webhook answers 5xx so that Stripe retries): a tuple of the
+# engines' base errors, for `except StorageError`.
+StorageError = backends.StorageError
 
 
 class LedgerError(Exception):
@@ -126,26 +133,31 @@ def valid_cabinet_id(cabinet_id):
 
 
 def open_ledger(path, busy_timeout_ms=5000):
-    """Open (creating if needed) the ledger database at `path`."""
+    """Open (creating and migrating if needed) the ledger at `path`: a SQLite file or a postgresql:// URL."""
     return Ledger(path, busy_timeout_ms)
 
 
 class Ledger:
     def __init__(self, path, busy_timeout_ms=5000):
         self.path = str(path)
-        # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT) in _write().
-        self._db = sqlite3.connect(self.path, timeout=busy_timeout_ms / 1000.0, isolation_level=None)
+        # Autocommit mode: transactions are explicit (BEGIN + the write lock ... COMMIT) in _write().
+        self._db, self.dialect = backends.open_backend(self.path, busy_timeout_ms)
         try:
-            self._db.execute("PRAGMA busy_timeout = %d" % int(busy_timeout_ms))
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = FULL")
-            self.ledger_id = self._meta("ledger_id") or self._create()
-            self._ensure_pay_tables()
-            self._ensure_config_table()
-            self._migrate()
+            self.ledger_id = self.dialect.schema_cached(self._db)
+            if self.ledger_id is None:
+                self.ledger_id = self._meta("ledger_id") or self._create()
+                self._ensure_pay_tables()
+                self._ensure_config_table()
+                self._migrate()
+                self.dialect.remember_schema(self._db, self.ledger_id)
         except BaseException:
             self._db.close()
             raise
+
+    @property
+    def backend(self):
+        """The engine: "sqlite" or "postgresql"."""
+        return self.dialect.name
 
     def close(self):
         self._db.close()
@@ -162,7 +174,7 @@ class Ledger:
     def _write(self):
         """One write transaction holding the database lock from its start."""
         cur = self._db.cursor()
-        cur.execute("BEGIN IMMEDIATE")
+        self.dialect.begin(cur)
         try:
             yield cur
             cur.execute("COMMIT")
@@ -181,20 +193,23 @@ class Ledger:
         finally:
             cur.close()
 
-    def _meta(self, key):
+    def _has_table(self, name):
+        cur = self._db.cursor()
         try:
-            rows = self._rows("SELECT value FROM meta WHERE key = ?", (key,))
-        except sqlite3.OperationalError as e:
-            if "no such table" in str(e):
-                return None
-            raise
+            return self.dialect.has_table(cur, name)
+        finally:
+            cur.close()
+
+    def _meta(self, key):
+        if not self._has_table("meta"):
+            return None
+        rows = self._rows("SELECT value FROM meta WHERE key = ?", (key,))
         return rows[0]["value"] if rows else None
 
     def _create(self):
         with self._write() as cur:
             # Another process may have created it between our check and our lock.
-            cur.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'meta'")
-            if cur.fetchone() is None:
+            if not self.dialect.has_table(cur, "meta"):
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         cur.execute(statement)
@@ -498,13 +513,8 @@ class Ledger:
     """
 
     def _ensure_pay_tables(self):
-        cur = self._db.cursor()
-        try:
-            cur.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'payment_links'")
-            if cur.fetchone() is not None:
-                return
-        finally:
-            cur.close()
+        if self._has_table("payment_links"):
+            return
         with self._write() as cur:
             for statement in self._PAY_SCHEMA.split(";"):
                 if statement.strip():
@@ -602,13 +612,8 @@ class Ledger:
     TIMING_MAX_MS = 10000   # the firmware's hard limit for any profile's range (firmware/config.py)
 
     def _ensure_config_table(self):
-        cur = self._db.cursor()
-        try:
-            cur.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'cabinet_config'")
-            if cur.fetchone() is not None:
-                return
-        finally:
-            cur.close()
+        if self._has_table("cabinet_config"):
+            return
         with self._write() as cur:
             cur.execute(self._CONFIG_SCHEMA)
 
