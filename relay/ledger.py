@@ -25,6 +25,7 @@ Payment states:
   expired    checkout.session.expired                             (final, no credit)
 """
 import json
+import os
 import re
 import secrets
 import time
@@ -132,6 +133,12 @@ def valid_cabinet_id(cabinet_id):
     return isinstance(cabinet_id, str) and bool(CABINET_ID.match(cabinet_id))
 
 
+def ledger_exists(db):
+    """Whether `db` can name an existing ledger without creating one: a SQLite file that exists, or a
+    postgresql:// URL (whether that server and database answer is for opening it to say)."""
+    return backends.is_postgres(db) or os.path.exists(str(db))
+
+
 def open_ledger(path, busy_timeout_ms=5000):
     """Open (creating and migrating if needed) the ledger at `path`: a SQLite file or a postgresql:// URL."""
     return Ledger(path, busy_timeout_ms)
@@ -142,13 +149,15 @@ class Ledger:
         self.path = str(path)
         # Autocommit mode: transactions are explicit (BEGIN + the write lock ... COMMIT) in _write().
         self._db, self.dialect = backends.open_backend(self.path, busy_timeout_ms)
+        self.created_now = False
+        self.migrated_now = []          # the MIGRATIONS this open applied (`arcade db upgrade` prints them)
         try:
             self.ledger_id = self.dialect.schema_cached(self._db)
             if self.ledger_id is None:
                 self.ledger_id = self._meta("ledger_id") or self._create()
                 self._ensure_pay_tables()
                 self._ensure_config_table()
-                self._migrate()
+                self.migrated_now = self._migrate()
                 self.dialect.remember_schema(self._db, self.ledger_id)
         except BaseException:
             self._db.close()
@@ -214,6 +223,7 @@ class Ledger:
                     if statement.strip():
                         cur.execute(statement)
                 ledger_id = secrets.token_hex(16)
+                self.created_now = True
                 cur.executemany("INSERT INTO meta (key, value) VALUES (?, ?)",
                                 [("ledger_id", ledger_id), ("schema_version", str(SCHEMA_VERSION)),
                                  ("created_at", repr(time.time()))])

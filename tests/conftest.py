@@ -17,6 +17,35 @@ def broker(tmp_path):
 
 
 @pytest.fixture(scope="session")
+def postgres():
+    """One private PostgreSQL cluster for the whole session (initdb in a temp dir, a free port; fsync off:
+    no power cut to survive). Missing server binaries fail with what to install, never a skip."""
+    from tools.lab.postgres import Postgres
+    with Postgres(fsync=False) as pg:
+        yield pg
+
+
+@pytest.fixture
+def pg_url(postgres, request):
+    """A fresh, empty database in the session's cluster for this test; dropped afterwards."""
+    import re
+    from relay import backends
+    name = "t_%s_%d" % (re.sub(r"[^A-Za-z0-9]+", "_", request.node.name)[:40].lower(), id(request) % 100000)
+    url = postgres.create_database(name)
+    yield url
+    backends.close_pools(url)
+    postgres.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_db(request, tmp_path):
+    """The ledger's database on each backend: a SQLite path, or a postgresql:// URL of a fresh database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "arcade.db")
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture(scope="session")
 def vectors():
     import json
     return json.loads((ROOT / "tests" / "vectors.json").read_text())

@@ -53,6 +53,40 @@ def _run_as():
     raise RuntimeError("running as root and there is no `postgres` or `nobody` user to run PostgreSQL as")
 
 
+def load_sqlite_dump(url, dump_sql):
+    """Make in the PostgreSQL database at `url` the same tables, rows and indexes as a SQLite dump
+    (`sqlite3 db .dump`), spelled for PostgreSQL the way the ledger spells its own schema: how the
+    tests get a PostgreSQL database made by an older release of the schema."""
+    import sqlite3
+
+    import psycopg
+
+    from relay.backends import to_postgres
+    src = sqlite3.connect(":memory:")
+    try:
+        src.executescript(dump_sql)
+        objects = src.execute("SELECT type, name, tbl_name, sql FROM sqlite_master WHERE sql IS NOT NULL "
+                              "ORDER BY type = 'index', name").fetchall()
+        with psycopg.connect(url) as dst, dst.cursor() as cur:    # one transaction
+            for kind, name, table, sql in objects:
+                cur.execute(to_postgres(sql).replace("%%", "%"))
+                if kind != "table":
+                    continue
+                data = src.execute('SELECT * FROM "%s"' % name)
+                cols = [d[0] for d in data.description]
+                rows = data.fetchall()
+                if rows:
+                    cur.executemany('INSERT INTO "%s" (%s) VALUES (%s)' % (name, ", ".join(cols),
+                                                                          ", ".join(["%s"] * len(cols))), rows)
+                for col in cols:     # identity columns continue after the copied ids
+                    cur.execute("SELECT pg_get_serial_sequence(%s, %s)", (name, col))
+                    seq = cur.fetchone()[0]
+                    if seq and rows:
+                        cur.execute('SELECT setval(%%s, (SELECT MAX(%s) FROM "%s"))' % (col, name), (seq,))
+    finally:
+        src.close()
+
+
 class Postgres:
     """A PostgreSQL cluster in a temporary directory, listening on 127.0.0.1:port and its own socket dir.
 
