@@ -255,13 +255,20 @@ def _get_pool(url, timeout):
     with _pools_lock:
         entry = _pools.get(url)
         if entry is None:
+            # One plain connection first: a refused connection or a wrong password fails now, with
+            # the server's reason, instead of after the pool's retries.
+            try:
+                psycopg.connect(url, connect_timeout=max(1, int(timeout))).close()
+            except psycopg.OperationalError as e:
+                raise psycopg.OperationalError("cannot connect to PostgreSQL at %s: %s (is the server running, and "
+                                               "are ARCADE_DB's host, port, user and password right?)"
+                                               % (redact(url), str(e).strip().replace(url, redact(url)))) from None
             entry = _Pool(url)
             try:
                 entry.pool.open(wait=True, timeout=timeout)
             except psycopg_pool.PoolTimeout as e:
                 entry.pool.close()
-                raise psycopg.OperationalError("cannot connect to PostgreSQL at %s within %.0f s: is the server "
-                                               "running, and are ARCADE_DB's user and password right? (%s)"
+                raise psycopg.OperationalError("cannot connect to PostgreSQL at %s within %.0f s (%s)"
                                                % (redact(url), timeout, e)) from None
             _pools[url] = entry
         return entry
