@@ -22,6 +22,7 @@ A MIGRATIONS callable gets a cursor whose `dialect` attribute answers has_table 
 either engine; it should not use PRAGMA or sqlite_master directly.
 """
 import atexit
+import fcntl
 import re
 import sqlite3
 import threading
@@ -37,6 +38,8 @@ StorageError = (sqlite3.Error, psycopg.Error)
 
 # The advisory lock every PostgreSQL write transaction holds: b"arcade" as a number.
 WRITE_LOCK = 0x617263616465
+# The session-level advisory lock of the one dispatcher on a PostgreSQL database: b"arcdsp".
+DISPATCHER_LOCK = 0x617263647370
 
 
 def is_postgres(db):
@@ -323,3 +326,51 @@ class PostgreSQL:
         cur.execute("SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
                     "AND table_name = ? ORDER BY ordinal_position", (table,))
         return [r[0] for r in cur.fetchall()]
+
+
+# -- the dispatcher's lock: one dispatcher (one broker client id) per database --------------------
+
+class _FileLock:
+    def __init__(self, f):
+        self._f = f
+
+    def release(self):
+        if self._f is not None:
+            self._f.close()     # closing the descriptor drops the flock
+            self._f = None
+
+
+class _PgSessionLock:
+    """Held as long as its own connection lives: a killed relay's lock goes with its connection."""
+
+    def __init__(self, conn):
+        self._conn = conn
+
+    def release(self):
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def take_dispatcher_lock(db):
+    """The database's dispatcher lock, or None when another process holds it. SQLite: an exclusive
+    flock on DB.dispatcher.lock (one host); PostgreSQL: a session advisory lock on a connection of
+    its own (any host on that database)."""
+    if is_postgres(db):
+        conn = psycopg.connect(db, autocommit=True, connect_timeout=10)
+        try:
+            got = conn.execute("SELECT pg_try_advisory_lock(%s)", (DISPATCHER_LOCK,)).fetchone()[0]
+        except BaseException:
+            conn.close()
+            raise
+        if not got:
+            conn.close()
+            return None
+        return _PgSessionLock(conn)
+    f = open(str(db) + ".dispatcher.lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        return None
+    return _FileLock(f)
