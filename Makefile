@@ -68,5 +68,6 @@ flash: $(STAMP) umqtt
 .PHONY: bench soak
 bench: $(STAMP) umqtt mosquitto
 	$(BIN)/arcade bench
-soak: $(STAMP) umqtt mosquitto
-	$(BIN)/arcade soak --payments 1000 --cabinets 20 --seed $(or $(SEED),4242)
+# make soak BACKEND=sqlite|postgresql
+soak: $(STAMP) umqtt mosquitto postgresql
+	$(BIN)/arcade soak --payments 1000 --cabinets 20 --seed $(or $(SEED),4242) --backend $(or $(BACKEND),sqlite)

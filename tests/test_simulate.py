@@ -149,6 +149,8 @@ def test_simulated_cabinet_pulses_acks_and_remembers_after_restart(broker, tmp_p
         pulses = [x for x in lines if x["event"] == "pulse"]
         assert [p["n"] for p in pulses] == [1, 2, 3]
         assert all(p["seq"] == 1 and p["of"] == 3 and p["width_ms"] >= 100 for p in pulses)
+        assert [(x["event"], x["n"]) for x in lines if x["event"].startswith("pulse")] == \
+            [("pulse_on", 1), ("pulse", 1), ("pulse_on", 2), ("pulse", 2), ("pulse_on", 3), ("pulse", 3)]
         assert lines[-1]["result"] == "applied"
         ack = obs.next("arcade/cab1/ack")
         assert ack_verifies(ack)

@@ -13,7 +13,9 @@ the firmware keeps retrying with backoff, as the board would.
 stdout carries only JSON lines, one per event, flushed:
   {"event":"boot","cab":ID,"recovered":bool,"pulses":N,"journal":"fresh|loaded|corrupt ...","ledger":L,"last":S,"t":T}
   {"event":"connected","cab":ID,"t":T}
+  {"event":"pulse_on","cab":ID,"n":k,"seq":S,"session":ID,"t":T}   (the coin line went active: a pulse began)
   {"event":"pulse","cab":ID,"n":k,"of":P,"seq":S,"session":ID,"width_ms":W,"t":T}   (T: when the line went active)
+      (a pulse_on with no pulse after it in that run: the process died with the line active)
   {"event":"ack","cab":ID,"ledger":L,"seq":S,"result":R,"reason":X,"pulses":N,"last":S,"t":T}  (after PUBACK)
   {"event":"status","cab":ID,"ledger":L,"last":S,"inhibited":bool,"held":S,"total":N,"cfg":V,"width_ms":W,"gap_ms":G,...,"t":T}
       (each retained status the firmware published: on connect and on every change)
@@ -140,22 +142,28 @@ def run(cab, url, secret, state, profile, board, prefix="arcade", keepalive=30, 
         out.write(json.dumps(d, separators=(",", ":")) + "\n")
         out.flush()
 
+    def journal_cur():
+        try:
+            with open(journal_path) as f:
+                return json.load(f).get("cur") or {}
+        except (OSError, ValueError):
+            return {}
+
     def watch(pin, t, v):
         if pin.id != board["coin_pin"]:
             return
         if v == active:
             pulse["on"], pulse["t"] = t, time.time()
+            cur = journal_cur()
+            line("pulse_on", {"n": cur.get("done", 0) + 1, "seq": cur.get("seq"), "session": cur.get("session"),
+                              "t": pulse["t"]})
             return
         if pulse["on"] is None:
             return
         width = time.ticks_diff(t, pulse["on"])
         pulse["on"] = None
         # what is in flash at the end of pulse k: cur with done = k - 1
-        try:
-            with open(journal_path) as f:
-                cur = json.load(f).get("cur") or {}
-        except OSError:
-            cur = {}
+        cur = journal_cur()
         fields = {"n": cur.get("done", 0) + 1, "of": cur.get("pulses"), "seq": cur.get("seq"),
                   "session": cur.get("session"), "width_ms": width, "t": pulse["t"]}
         if not cur:
