@@ -42,7 +42,8 @@ def rows(db, sql):
 
 def columns(db, table):
     if db.startswith("postgresql://"):
-        return [r[0] for r in rows(db, "SELECT column_name FROM information_schema.columns WHERE table_name = '%s'"
+        return [r[0] for r in rows(db, "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+                                       "AND table_name = '%s'"
                                        % table)]
     return [r[1] for r in rows(db, "PRAGMA table_info(%s)" % table)]
 

@@ -177,10 +177,23 @@ class Postgres:
         raise RuntimeError("postgres did not accept connections on port %d within %.0f s (%s): see %s"
                            % (self.port, timeout, last, self.log_path))
 
-    def _admin(self, sql):
+    def _admin(self, sql, dbname="postgres"):
         import psycopg
-        with psycopg.connect(self.url(), autocommit=True, connect_timeout=10) as conn:
+        with psycopg.connect(self.url(dbname), autocommit=True, connect_timeout=10) as conn:
             conn.execute(sql)
+
+    def create_schema(self, name, dbname):
+        """A new empty schema in database `dbname`; returns a URL whose connections use only it
+        (search_path): as isolated as a new database for the ledger, for a fraction of the cost
+        (CREATE DATABASE takes ~0.5 s on a loaded machine, CREATE SCHEMA milliseconds)."""
+        import urllib.parse
+        if not name.replace("_", "").isalnum():
+            raise ValueError("schema name %r: use letters, digits and _" % (name,))
+        self._admin('CREATE SCHEMA "%s"' % name, dbname)
+        return self.url(dbname) + "?options=" + urllib.parse.quote("-csearch_path=%s" % name)
+
+    def drop_schema(self, name, dbname):
+        self._admin('DROP SCHEMA IF EXISTS "%s" CASCADE' % name, dbname)
 
     def create_database(self, name):
         """A new empty database; returns its URL."""
