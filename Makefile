@@ -4,9 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo demo-web mosquitto umqtt browser clean
+.PHONY: setup test demo demo-web mosquitto postgresql umqtt browser clean
 
-setup: $(STAMP) umqtt mosquitto browser node_modules/.package-lock.json
+setup: $(STAMP) umqtt mosquitto postgresql browser node_modules/.package-lock.json
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,6 +20,12 @@ mosquitto:
 	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || \
 	  { echo "installing mosquitto with apt..."; \
 	    $$(command -v sudo) apt-get update -q && $$(command -v sudo) apt-get install -y -q mosquitto; }
+
+# The PostgreSQL ledger's tests start their own cluster (initdb + postgres in a temp dir); only the binaries are needed.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
+	  { echo "installing postgresql (server binaries for the tests' private cluster) with apt..."; \
+	    $$(command -v sudo) apt-get update -q && $$(command -v sudo) apt-get install -y -q postgresql; }
 
 # zbarimg decodes the QR stickers in tests; headless chromium + chromedriver run the pay-page browser test.
 browser:
@@ -62,5 +68,6 @@ flash: $(STAMP) umqtt
 .PHONY: bench soak
 bench: $(STAMP) umqtt mosquitto
 	$(BIN)/arcade bench
-soak: $(STAMP) umqtt mosquitto
-	$(BIN)/arcade soak --payments 1000 --cabinets 20 --seed $(or $(SEED),4242)
+# make soak BACKEND=sqlite|postgresql
+soak: $(STAMP) umqtt mosquitto postgresql
+	$(BIN)/arcade soak --payments 1000 --cabinets 20 --seed $(or $(SEED),4242) --backend $(or $(BACKEND),sqlite)

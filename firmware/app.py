@@ -2,6 +2,7 @@
 # credits applied by cabinet.Cabinet inside the subscription callback, acks published here,
 # outside it. Link loss of any kind -> reconnect with backoff; the coin line ends idle.
 import gc
+import sys
 import time
 import select
 import machine
@@ -24,7 +25,12 @@ _BACKOFF_MAX = const(30000)
 _OUTBOX = const(8)
 _PID_MAX = const(65535)
 _ETIMEDOUT = const(110)
+_ECONNRESET = const(104)
 _INHIBIT_POLL = const(200)   # ms: how soon a change of the inhibit line is noticed
+_STAT_IDLE = const(1000)      # network.WLAN.status(): not asked to join (ports/esp32/network_wlan.c)
+_STAT_NO_AP = const(201)
+_STAT_WRONG_PASSWORD = const(202)
+_STABLE_MS = const(300000)    # connected this long after boot: the crash count is cleared
 _HEARTBEAT = const(60000)    # ms: the status is published at least this often (the relay's freshness)
 _SPAN = const(0x100000)      # status numbers reserved per connection; the will takes the top one
 
@@ -62,9 +68,10 @@ class DeadlineSocket:
 class _TimedSockets:
     # Stands in for the socket module inside umqtt.simple so that connect() and its CONNACK
     # read time out too (they run before we can wrap the socket).
-    def __init__(self, mod, timeout_s):
+    def __init__(self, mod, timeout_s, feed):
         self.mod = mod
         self.timeout = timeout_s
+        self.feed = feed
         self.last = None
 
     def socket(self, *a):
@@ -82,7 +89,11 @@ class _TimedSockets:
         return s
 
     def getaddrinfo(self, *a):
-        return self.mod.getaddrinfo(*a)
+        # lwIP's DNS ignores timeouts and blocks for seconds per dead server: feed on both sides
+        self.feed()
+        r = self.mod.getaddrinfo(*a)
+        self.feed()
+        return r
 
 
 def guard_pid(client):
@@ -101,10 +112,11 @@ def _mem_free():
 
 
 class App:
-    def __init__(self, cfg, board, coin, root="", emit=None):
+    def __init__(self, cfg, board, coin, root="", emit=None, crashes=0):
         self.cfg = cfg
         self.emit = emit or _print
         self.coin = coin
+        self.sleep_ms = coin.sleep_ms     # the board's one clock (a FakeClock's in tests)
         cab = cfg["cabinet"]
         self.cab = cab
         base = "%s/%s/" % (cfg["prefix"], cab)
@@ -124,11 +136,12 @@ class App:
         inhibit = None
         self.poll_cap = _WDT_MS // 4
         if board["inhibit_pin"] is not None:
+            from inhibit import Inhibit     # debounced (inhibit.py)
             # null: an external resistor, internal pulls off (Pin's pull=None)
             pull = {"up": machine.Pin.PULL_UP, "down": machine.Pin.PULL_DOWN}.get(
                 board["inhibit_pull"])
-            inhibit = machine.Signal(machine.Pin(board["inhibit_pin"], machine.Pin.IN, pull),
-                                     invert=board["inhibit_active"] == "low").value
+            inhibit = Inhibit(board["inhibit_pin"], pull, board["inhibit_active"] == "low",
+                              coin.ticks_ms)
             self.poll_cap = _INHIBIT_POLL
         self.wdt = None
         self.wlan = network.WLAN(network.STA_IF)
@@ -136,9 +149,18 @@ class App:
         m = cfg["mqtt"]
         user = m["user"].encode() if m["user"] is not None else None
         pswd = m["password"].encode() if m["password"] is not None else None
-        # TLS: umqtt.simple calls ussl.wrap_socket(sock, **ssl_params); firmware/ussl.py maps it
-        # to MicroPython's ssl with CERT_REQUIRED, the CA file and the broker's name (SNI + check)
+        # TLS: umqtt.simple does `import ussl; ussl.wrap_socket(sock, **ssl_params)`; brokertls.py
+        # maps it to MicroPython's ssl with CERT_REQUIRED, the CA file and the broker's name. It is
+        # installed as sys.modules["ussl"]: on 1.22 `import ussl` would return the built-in first
         tls = {"cafile": cfg.get("ca"), "server_hostname": m["host"]} if m["ssl"] else {}
+        self.tls = None
+        if m["ssl"]:
+            import brokertls
+            sys.modules["ussl"] = brokertls
+            brokertls.feed = self._feed
+            self.tls = brokertls
+        self.crashes = crashes          # crash resets before this boot (resets.py; in the status)
+        self.wifi_err = 0               # the last reason WiFi was down: 201 no AP, 202 password
         self.client = MQTTClient(cab.encode(), m["host"], m["port"], user, pswd,
                                  cfg["keepalive"], m["ssl"], tls)
         self.up_ms = 0            # uptime from ticks: NTP may set the wall clock after boot
@@ -154,7 +176,7 @@ class App:
         mod = simple.socket
         if isinstance(mod, _TimedSockets):
             mod = mod.mod
-        simple.socket = _TimedSockets(mod, self.sock_timeout)
+        simple.socket = _TimedSockets(mod, self.sock_timeout, self._feed)
 
     # -- time and watchdog
     def _feed(self):
@@ -165,7 +187,7 @@ class App:
         while ms > 0:
             self._feed()
             step = 1000 if ms > 1000 else ms
-            time.sleep_ms(step)
+            self.sleep_ms(step)
             ms -= step
 
     def _tick(self):
@@ -188,6 +210,9 @@ class App:
         # runs inside umqtt.simple (check_msg or publish's PUBACK wait): never publish here
         if not msg:
             return        # a retained message deleted, or one too big (inbound.py): nothing to do
+        self._stored(self._apply, topic, msg)
+
+    def _apply(self, topic, msg):
         if topic == self.t_config:
             r = self.cabinet.handle_config(msg)
             self.emit("config", (r, self.cabinet.cfg_error or self.cabinet.cfg["ver"]))
@@ -219,7 +244,7 @@ class App:
             a = self.cabinet.pending_ack()
             if a is not None:
                 self._publish(self.t_ack, a)
-                self.cabinet.ack_sent(a)
+                self._stored(self.cabinet.ack_sent, a)
                 self.emit("ack", a)
                 continue
             if not self.outbox:
@@ -242,7 +267,7 @@ class App:
                 "total": cab.state["total"], "inhibited": cab.inhibited(), "held": cab.held(),
                 "cfg": cab.cfg["ver"], "width_ms": self.coin.width_ms, "gap_ms": self.coin.gap_ms,
                 "cfg_error": cab.cfg_error, "test": cab.cfg["test"], "test_error": cab.test_error,
-                "dropped": inbound.dropped}
+                "crashes": self.crashes, "wifi": self.wifi_err, "dropped": inbound.dropped}
 
     def _uptime(self):
         # accumulated each loop turn, so ticks wrapping (every ~12 days) never shows
@@ -261,56 +286,71 @@ class App:
             return
         info = self.info()
         self.sn += 1
-        self._publish(self.t_status, protocol.status(cab.key, self.cab, True, self._seal(self.sn),
+        self._publish(self.t_status, protocol.status(cab.key, self.cab, True,
+                                                     (s["epoch"], s["boots"], self.sn),
                                                      s["ledger"], s["last"], info), True)
         self.sent = key
         self.sent_at = time.ticks_ms()
         info["ledger"], info["last"] = s["ledger"], s["last"]
         self.emit("status", info)
 
-    def _seal(self, n):
-        s = self.cabinet.state
-        return (s["epoch"], s["boots"], n)
-
-    def _offline(self):
-        # numbered above every status of this connection, below every one of the next
-        return protocol.status(self.cabinet.key, self.cab, False, self._seal(self.will_n))
-
     def _will(self):
         # each connection: a signed offline will, numbered above this connection's statuses
         self.sn = self.will_n
         self.will_n = self.sn + _SPAN
-        self.client.set_last_will(self.t_status, self._offline(), True, 1)
+        s = self.cabinet.state
+        self.client.set_last_will(self.t_status, protocol.status(
+            self.cabinet.key, self.cab, False, (s["epoch"], s["boots"], self.will_n)), True, 1)
 
     def _wifi(self):
+        # connect() once: from then on the driver rejoins by itself, and a second connect() while
+        # it is trying raises "Wifi Internal Error" (C3/S3). status() says why it is not up.
         w = self.wlan
-        if w.isconnected():
-            return
-        w.active(True)
-        w.connect(self.cfg["wifi_ssid"], self.cfg["wifi_password"])
-        for _ in range(200):
-            if w.isconnected():
-                return
+        if not w.isconnected():
+            if not w.active():
+                w.active(True)
+            for _ in range(200):
+                st = w.status()
+                if w.isconnected():
+                    break
+                if st == _STAT_IDLE:
+                    w.connect(self.cfg["wifi_ssid"], self.cfg["wifi_password"])
+                elif (st == _STAT_NO_AP or st == _STAT_WRONG_PASSWORD) and st != self.wifi_err:
+                    self.wifi_err = st
+                    self.emit("wifi", st)
+                self._feed()
+                self.sleep_ms(100)
+            else:
+                raise OSError(_ETIMEDOUT)
+        if self.tls is not None:
+            # the clock, for the certificate dates: now, before any broker socket is open
             self._feed()
-            time.sleep_ms(100)
-        raise OSError(_ETIMEDOUT)
+            self.tls.set_clock()
+            self._feed()
 
     def _connect(self):
         c = self.client
         self.link_bad = False
         self._will()
-        c.connect(False)
+        try:
+            c.connect(False)
+        except (IndexError, TypeError):
+            # the peer closed before the 4-byte CONNACK (a plain client on a TLS port, a broker at
+            # max_connections): umqtt indexes an empty read. A lost link, not a crash.
+            raise OSError(_ECONNRESET)
+        self._feed()
         c.sock = DeadlineSocket(c.sock, self.sock_timeout, simple.socket.last)
         now = time.ticks_ms()
         self.last_rx = now
         self.ping_at = time.ticks_add(now, self.ping_ms)
-        guard_pid(c)
-        c.subscribe(self.t_config, 1)     # first: the retained timing before anything pulses
-        guard_pid(c)
-        c.subscribe(self.t_test, 1)
-        guard_pid(c)
-        c.subscribe(self.t_credit, 1)
+        # each SUBACK and the status PUBACK may take a socket timeout: feed before each
+        for t in (self.t_config, self.t_test, self.t_credit):   # config first: timing before pulses
+            self._feed()
+            guard_pid(c)
+            c.subscribe(t, 1)
+        self._feed()
         self._status(True)
+        self._feed()
         self.connects += 1
         if self.led is not None:
             self.led.on()
@@ -327,11 +367,26 @@ class App:
                 pass
             c.sock = None
 
+    def _stored(self, fn, *a):
+        # a cabinet call that writes flash: an OSError from it is the flash, not the link, and RAM
+        # is now ahead of flash. RuntimeError is not taken for a lost link: it escapes to main.py,
+        # which logs it and resets, and the board boots into the journal's state (recover()
+        # finishes a cut credit, never a pulse twice). The broker had no PUBACK: it redelivers.
+        try:
+            return fn(*a)
+        except OSError as e:
+            raise RuntimeError("flash write failed: %r" % (e,))
+
     def _step(self):
         # each turn of the loop: a held credit whose inhibit cleared, pending acks, status changes
         self._feed()
+        if not self.wlan.isconnected():
+            raise OSError(_ETIMEDOUT)       # WiFi is down: drop the link now, not a keepalive later
         self._uptime()
-        if self.cabinet.resume() is not None:
+        if self.crashes and self.up_ms >= _STABLE_MS:
+            machine.RTC().memory(b"")       # connected long enough: the reset loop is over
+            self.crashes = 0
+        if self._stored(self.cabinet.resume) is not None:
             self.emit("resumed", self.cabinet.state["last"])
         self._flush()
         self._status()
@@ -368,7 +423,7 @@ class App:
         s = self.cabinet.state
         self.emit("boot", {"recovered": left is not None, "pulses": left or 0,
                            "journal": self.cabinet.journal.note, "ledger": s["ledger"],
-                           "last": s["last"], "epoch": s["epoch"]})
+                           "last": s["last"], "crashes": self.crashes, "epoch": s["epoch"]})
 
     def run(self):
         self.wdt = machine.WDT(timeout=_WDT_MS)
@@ -396,14 +451,14 @@ class App:
             return
         try:
             c.sock.setblocking(True)
-            c.publish(self.t_status, self._offline(), True, 0)
+            c.publish(self.t_status, c.lw_msg, True, 0)     # the signed offline will
             c.disconnect()
         except OSError:
             pass
         self._close()
 
 
-def main(root="", emit=None):
+def main(root="", emit=None, crashes=0):
     coin = None
     app = None
     try:
@@ -416,7 +471,7 @@ def main(root="", emit=None):
             print("CONFIG ERROR:", e)
             return 1
         gc.collect()
-        app = App(cfg, board, coin, root, emit)
+        app = App(cfg, board, coin, root, emit, crashes)
         app.run()
     finally:
         if coin is not None:

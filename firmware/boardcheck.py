@@ -18,6 +18,21 @@ _PINS = (("coin_pin", "output"), ("led_pin", "led"), ("inhibit_pin", "input"),
          ("meter_pin", "input"), ("safe_pin", "safe"))
 
 
+def chip(machine):
+    """The chip named by sys.implementation._machine ('Generic ESP32S3 module with ESP32S3' ->
+    'esp32s3'); '' when it names no ESP32 (the host, WebAssembly)."""
+    i = machine.rfind(" with ESP32")
+    return machine[i + 6:].strip().lower() if i >= 0 else ""
+
+
+def same_chip(b, src, machine):
+    c = chip(machine)
+    if c and c != b["chip"]:
+        raise ConfigError("%s: 'chip' is %s but this board is an %s (%s): the coin pin is not driven. "
+                          "Provision it again with the profile for its chip (`arcade provision "
+                          "--board`), then flash" % (src, json.dumps(b["chip"]), c.upper(), machine))
+
+
 def _level(b, src, k):
     if b[k] not in ("high", "low"):
         raise bad(src, k, "\"high\" or \"low\"", b[k])

@@ -23,10 +23,12 @@ class Coin:
         self.line.off()
 
     def ready(self):
-        # wait out the gap now, so the caller can journal right before the edge
-        wait = self.gap_ms - time.ticks_diff(self.ticks_ms(), self._idle_since)
-        if wait > 0:
-            self.sleep_ms(wait)
+        # wait out the gap now, so the caller can journal right before the edge. ticks wrap every
+        # 2^30 ms: after 6.2-12.4 idle days ticks_diff comes out negative, which means "idle for
+        # ages" (never a wait of days inside the MQTT callback with the watchdog running)
+        idle = time.ticks_diff(self.ticks_ms(), self._idle_since)
+        if 0 <= idle < self.gap_ms:
+            self.sleep_ms(self.gap_ms - idle)
 
     def pulse(self):
         self.ready()

@@ -120,20 +120,28 @@ def check_config(d, src="config.json"):
     return c
 
 
-def check_board(d, src="board.json"):
-    """Validate a board profile; returns it with defaults filled. The checks live in
+def check_board(d, src="board.json", machine=None):
+    """Validate a board profile; returns it with defaults filled. With `machine` (a board's
+    sys.implementation._machine) a profile for another chip is refused too. The checks live in
     boardcheck.py, loaded for this and dropped again: boot-only code stays off the heap."""
     import boardcheck
     try:
-        return boardcheck.check(d, src)
+        b = boardcheck.check(d, src)
+        if machine:
+            boardcheck.same_chip(b, src, machine)
+        return b
     finally:
         sys.modules.pop("boardcheck", None)
 
 
-def load_board(root=""):
-    """board.json, checked. Read first so the coin line can be driven idle at once."""
+def load_board(root="", machine=None):
+    """board.json, checked. Read first so the coin line can be driven idle at once. A profile for
+    another chip is refused before any pin is touched: a C3 profile on a classic ESP32 would drive
+    GPIO10, which is wired to the SPI flash there."""
+    if machine is None:
+        machine = getattr(sys.implementation, "_machine", "")
     return check_board(_load_json(root + "board.json", "copy boards/<board>.json to the device "
-                                  "as board.json"), root + "board.json")
+                                  "as board.json"), root + "board.json", machine)
 
 
 def load_config(root, board):

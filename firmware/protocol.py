@@ -112,15 +112,6 @@ def check_credit(payload, cab, key):
     return "", m
 
 
-def credit(key, cab, ledger, seq, credits, pulses, session, ts, epoch=""):
-    """A signed credit payload (the relay's job; here for tests and tools)."""
-    sig = sign(key, canonical("credit", (cab, ledger, seq, credits, pulses, session, ts, epoch)))
-    return ('{"t":"credit","cab":%s,"ledger":%s,"seq":%d,"credits":%d,"pulses":%d,'
-            '"session":%s,"ts":%d,"epoch":%s,"sig":"%s"}'
-            % (json.dumps(cab), json.dumps(ledger), seq, credits, pulses, json.dumps(session), ts,
-               json.dumps(epoch), sig)).encode()
-
-
 ACK_FIELDS = ("cab", "ledger", "seq", "session", "result", "reason", "pulses", "last", "epoch")
 
 
@@ -139,16 +130,6 @@ def ack(key, cab, ledger, seq, session, result, reason, pulses, last, epoch=""):
 def new_epoch():
     """16 hex digits from the hardware RNG: a journal's identity (docs/protocol.md)."""
     return hexlify(os.urandom(8)).decode()
-
-
-def check_ack(payload, key):
-    """True when an ack payload's signature verifies (the relay's job; here for tests)."""
-    try:
-        m = json.loads(payload)
-        canon = canonical("ack", [m[k] for k in ACK_FIELDS])
-        return equal(sign(key, canon), m["sig"])
-    except (ValueError, TypeError, KeyError):
-        return False
 
 
 def _fields(m, strs, ints):
@@ -199,31 +180,8 @@ def check_test(payload, cab, key):
     return reason, m
 
 
-def config(key, cab, ver, width_ms, gap_ms, coins_per_credit, ts):
-    """A signed config payload (the relay's job; here for tests and tools)."""
-    sig = sign(key, canonical("config", (cab, ver, width_ms, gap_ms, coins_per_credit, ts)))
-    return ('{"t":"config","cab":%s,"ver":%d,"width_ms":%d,"gap_ms":%d,"coins_per_credit":%d,'
-            '"ts":%d,"sig":"%s"}' % (json.dumps(cab), ver, width_ms, gap_ms, coins_per_credit, ts,
-                                     sig)).encode()
-
-
-def test(key, cab, n, pulses, ts):
-    """A signed test-pulse payload (the relay's job; here for tests and tools)."""
-    sig = sign(key, canonical("test", (cab, n, pulses, ts)))
-    return ('{"t":"test","cab":%s,"n":%d,"pulses":%d,"ts":%d,"sig":"%s"}'
-            % (json.dumps(cab), n, pulses, ts, sig)).encode()
-
-
 STATUS_KEYS = ("uptime", "heap", "rssi", "total", "inhibited", "held", "cfg", "width_ms",
-               "gap_ms", "cfg_error", "test", "test_error", "dropped")
-
-
-def _text(v):
-    if v is True:
-        return "true"
-    if v is False:
-        return "false"
-    return str(v)
+               "gap_ms", "cfg_error", "test", "test_error", "crashes", "wifi", "dropped")
 
 
 def status(key, cab, online, seal, ledger="", last=0, info=None):
@@ -242,6 +200,6 @@ def status(key, cab, online, seal, ledger="", last=0, info=None):
     canon = "status"
     out = '{"t":"status"'
     for k, v in f:
-        canon += "\n%s=%s" % (k, _text(v))
+        canon += "\n%s=%s" % (k, ("true" if v else "false") if v is True or v is False else v)
         out += ',"%s":%s' % (k, json.dumps(v))
     return (out + ',"sig":"%s"}' % sign(key, canon.encode())).encode()

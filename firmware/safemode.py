@@ -1,7 +1,9 @@
-# Boot hardening. boot.py: coin line idle first, then the safe-mode pin (board.json `safe_pin`):
-# held within `safe_window_ms` of boot -> main.py does not start the app, so a bad config can be
-# fixed over USB. main.py: an uncaught exception is written to crash.log (bounded) and the board
-# resets; the WDT started by the app is only the last resort.
+# Boot hardening. boot.py: coin line idle first (unless board.json is for another chip: then the
+# pin is never driven), then the safe-mode pin (board.json `safe_pin`): held within
+# `safe_window_ms` of boot -> main.py does not start the app, so a bad config can be fixed over USB.
+# main.py: an uncaught exception is written to crash.log (bounded) and the board resets; the WDT
+# started by the app is only the last resort. Reset loops: after CRASHES consecutive crash resets
+# (resets.py) main.py backs off before starting the app again, blinking the LED, REPL reachable.
 import os
 import sys
 import time
@@ -10,8 +12,14 @@ from micropython import const
 
 _LOG_MAX = const(4096)      # crash.log rolls over to crash.old past this: at most ~8 KB of flash
 _POLL_MS = const(20)
+CRASHES = const(3)          # consecutive crash resets before main.py backs off
+_BACKOFF_MS = const(60000)  # the first back-off; doubles with each further crash, up to an hour
+_BACKOFF_MAX = const(3600000)
 
 active = False              # set by boot(), read by main.py (same interpreter, same module)
+crashes = 0                 # consecutive crash resets before this boot (boot() reads RTC memory)
+_board = None
+_clock = (None, None)
 
 
 def held(board, ticks_ms=None, sleep_ms=None):
@@ -34,15 +42,23 @@ def held(board, ticks_ms=None, sleep_ms=None):
 
 def boot(root="", ticks_ms=None, sleep_ms=None):
     """boot.py's work. Returns the board profile, or None when it could not be read."""
-    global active
+    global active, crashes, _board, _clock
+    try:
+        import resets
+        crashes = resets.at_boot()
+    except Exception as e:
+        print("boot: reset count not read:", e)
+    sys.modules.pop("resets", None)
+    _clock = (ticks_ms, sleep_ms)
     try:
         import config
         from coin import Coin
-        b = config.load_board(root)
+        b = config.load_board(root)      # refuses a profile for another chip: no pin driven
         Coin(b["coin_pin"], b["active"] == "high", b["width_ms"], b["gap_ms"])
     except Exception as e:   # never stop the board from reaching the REPL
         print("boot: coin line not set:", e)
         return None
+    _board = b
     active = held(b, ticks_ms, sleep_ms)
     if active:
         print("SAFE MODE: safe-mode pin held at boot; main.py will not start the app. "
@@ -70,13 +86,42 @@ def log(e, root=""):
         pass
 
 
+def backoff(n, sleep_ms=None):
+    """After CRASHES consecutive crash resets: wait (1 min, doubling, at most 1 h) before the app
+    runs again, blinking the LED (3 short flashes a second) if the board has one. No watchdog runs
+    yet, and Ctrl-C lands at the REPL. Returns the ms waited."""
+    if n < CRASHES:
+        return 0
+    sleep_ms = sleep_ms or time.sleep_ms
+    ms = _BACKOFF_MS << min(n - CRASHES, 6)
+    if ms > _BACKOFF_MAX:
+        ms = _BACKOFF_MAX
+    print("RESET LOOP: %d crash resets in a row (see crash.log); waiting %d s before starting the "
+          "app again. Ctrl-C for the REPL." % (n, ms // 1000))
+    led = None
+    b = _board
+    if b is not None and b.get("led_pin") is not None:
+        led = machine.Signal(machine.Pin(b["led_pin"], machine.Pin.OUT),
+                             invert=b["led_active"] == "low")
+    left = ms
+    while left > 0:
+        for v in (1, 0, 1, 0, 1, 0):
+            if led is not None:
+                led.value(v)
+            sleep_ms(100)
+        sleep_ms(400)
+        left -= 1000
+    return ms
+
+
 def run(root="", emit=None):
     """main.py's work: the app; an uncaught exception is logged and the board reset."""
     if active:
         return 2
     try:
+        backoff(crashes, _clock[1])
         import app
-        return app.main(root, emit)
+        return app.main(root, emit, crashes)
     except KeyboardInterrupt:
         raise                  # Ctrl-C over USB: stay at the REPL
     except Exception as e:

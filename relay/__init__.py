@@ -36,9 +36,11 @@ def create_app(test_config=None):
     app.register_blueprint(health.bp)
     app.register_blueprint(pay.bp)  # the player's pages: /pay, /paid, /cancel
 
-    @app.errorhandler(ledger.StorageError)
     def storage_failed(e):
         log.error("storage failure: %s", e)
         return jsonify(error="storage unavailable, retry later"), 503
+
+    for error in ledger.StorageError:   # one base error per backend
+        app.register_error_handler(error, storage_failed)
 
     return app

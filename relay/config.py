@@ -89,7 +89,8 @@ def check(values, require_webhook_secret=True):
         raise ConfigError("ARCADE_TOPIC_PREFIX=%r is not a usable MQTT topic prefix: use e.g. 'arcade'" % prefix)
     parse_mqtt_url(out["MQTT_URL"])  # raises ConfigError with the reason
     if not out["ARCADE_DB"]:
-        raise ConfigError("ARCADE_DB is empty: set it to the SQLite database path (default ./arcade.db)")
+        raise ConfigError("ARCADE_DB is empty: set it to the SQLite database path (default ./arcade.db) or a "
+                          "postgresql://user:password@host:port/database URL")
     _check_pay_settings(out)
     for key in SECRET_KEYS:
         if out[key] is not None and not str(out[key]).strip():

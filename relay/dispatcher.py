@@ -1,10 +1,11 @@
 """The dispatcher: turns committed credits into QoS 1 MQTT messages, one in flight per cabinet.
 
 One persistent paho-mqtt session (fixed client id, clean_session False) per database, guarded by an
-exclusive file lock, so however many web workers or relay processes serve webhooks, one client id
-talks to the broker. The database is the source of truth: on every (re)connect and every wake the
-dispatcher reads the lowest unacknowledged credit of each cabinet and (re)publishes it, so a relay
-killed between commit and publish, or between publish and ack, delivers after restart.
+exclusive lock (a file lock beside a SQLite database, a session advisory lock in PostgreSQL), so
+however many web workers or relay processes serve webhooks, one client id talks to the broker.
+The database is the source of truth: on every (re)connect and every wake the dispatcher reads the
+lowest unacknowledged credit of each cabinet and (re)publishes it, so a relay killed between commit
+and publish, or between publish and ack, delivers after restart.
 
 Threads: paho's network thread only queues what it hears (connect, PUBACK, messages) and wakes the
 worker; the worker thread does all database work and publishing, so the delivery logic is single
@@ -16,7 +17,6 @@ An unacknowledged credit is republished (same bytes) after ARCADE_ACK_TIMEOUT, d
 ARCADE_ACK_TIMEOUT_MAX, at once when its cabinet announces itself online, and on reconnect.
 """
 import collections
-import fcntl
 import json
 import logging
 import socket
@@ -25,7 +25,7 @@ import time
 
 import paho.mqtt.client as mqtt
 
-from relay import protocol
+from relay import backends, protocol
 from relay.config import mask_url, parse_mqtt_url
 from relay.ledger import StorageError, open_ledger
 
@@ -65,7 +65,6 @@ class Dispatcher:
         self.keepalive = int(settings["ARCADE_MQTT_KEEPALIVE"])
         self.busy_timeout = int(settings["ARCADE_DB_BUSY_TIMEOUT"])
         self.wake_event = wake if wake is not None else threading.Event()
-        self.lock_path = self.db_path + ".dispatcher.lock"
         self.connected = False      # the MQTT connection is up (read by /healthz)
         self.ledger_id = None
         self._inbox = collections.deque()
@@ -86,14 +85,12 @@ class Dispatcher:
 
     def start(self):
         """Take the database's dispatcher lock and start. False if another process holds it."""
-        lock_file = open(self.lock_path, "a+")
-        try:
-            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock_file.close()
-            log.info("another relay process runs the dispatcher for %s; this one only serves webhooks", self.db_path)
+        lock = backends.take_dispatcher_lock(self.db_path)
+        if lock is None:
+            log.info("another relay process runs the dispatcher for %s; this one only serves webhooks",
+                     backends.redact(self.db_path))
             return False
-        self._lock_file = lock_file
+        self._lock_file = lock
         try:
             with open_ledger(self.db_path, self.busy_timeout) as ledger:
                 self.ledger_id = ledger.ledger_id
@@ -124,7 +121,7 @@ class Dispatcher:
 
     def _release(self):
         if self._lock_file is not None:
-            self._lock_file.close()     # closing the descriptor drops the flock
+            self._lock_file.release()
             self._lock_file = None
 
     def wake(self):

@@ -1,12 +1,16 @@
-"""The ledger: the one module that owns storage (SQLite in WAL mode today).
+"""The ledger: the one module that owns storage, SQLite in WAL mode (a file path, the default) or
+PostgreSQL (ARCADE_DB=postgresql://user:pass@host:port/db).
 
 Every SQL statement of the relay lives here, behind a narrow interface, written in plain DB-API
-and the SQL that SQLite and PostgreSQL share (ON CONFLICT DO NOTHING, no SQLite-only functions),
-so another backend is a new connection and placeholder style, not a rewrite.
+(qmark `?` placeholders) and the SQL that SQLite and PostgreSQL share (ON CONFLICT, RETURNING, no
+engine-only functions). relay/backends.py is the seam for the few differences (connecting, the write
+lock, catalogue questions, PostgreSQL's spelling of placeholders and DDL types), so a method or a
+MIGRATIONS entry added here runs on both engines unchanged.
 
 A Ledger wraps one connection and is used by one thread at a time: the web app opens one per
-request, the dispatcher owns one. Writes take the database lock up front (BEGIN IMMEDIATE) so
-that check-then-write sequences (idempotency, sequence allocation) are serialised.
+request, the dispatcher owns one. Writes take the database's write lock up front (SQLite: BEGIN
+IMMEDIATE; PostgreSQL: an advisory lock every relay on that database shares) so that
+check-then-write sequences (idempotency, sequence allocation) are serialised.
 
 Payment states:
   pending    checkout completed, payment not yet settled (async methods); no credit yet
@@ -21,11 +25,13 @@ Payment states:
   expired    checkout.session.expired                             (final, no credit)
 """
 import json
+import os
 import re
 import secrets
-import sqlite3
 import time
 from contextlib import contextmanager
+
+from relay import backends
 
 CABINET_ID = re.compile(r"[A-Za-z0-9_-]{1,32}\Z")
 # The relay's broker user name: a '.' can't be in a cabinet id, so no cabinet can log in as the relay.
@@ -96,7 +102,9 @@ CREATE TABLE events (
 # meta as "migration:<name>". Add a change at the END with a unique name (work in parallel adds
 # entries, never renumbers) and a test in tests/test_migrations.py that upgrades a database made
 # before it (tests/data/ledger-v1.sql is one made by schema version 1 with rows in every table).
-# Each entry: (name, [SQL statements]) or (name, callable(cursor)).
+# Each entry: (name, [SQL statements]) or (name, callable(cursor)); both run on SQLite and PostgreSQL
+# (relay/backends.py translates; a callable asks cur.dialect.has_table(cur, t) / .columns(cur, t)
+# rather than PRAGMA or sqlite_master).
 MIGRATIONS = []
 
 
@@ -108,7 +116,8 @@ def _issue9_broker_users(cur):
     now = time.time()
     cur.execute("INSERT INTO broker_users (username, password, cabinet_id, created_at) VALUES (?, ?, NULL, ?)",
                 (RELAY_BROKER_USER, secrets.token_hex(16), now))
-    for (cab,) in cur.execute("SELECT id FROM cabinets ORDER BY id").fetchall():
+    cur.execute("SELECT id FROM cabinets ORDER BY id")
+    for (cab,) in cur.fetchall():
         cur.execute("INSERT INTO broker_users (username, password, cabinet_id, created_at) VALUES (?, ?, ?, ?)",
                     (cab, secrets.token_hex(16), cab, now))
 
@@ -131,9 +140,9 @@ _PAYMENT_COLS = ("session_id, cabinet_id, state, reason, credits, pulses, amount
                  "sent_at, done_at")
 
 
-# What a storage failure raises (the webhook answers 5xx so that Stripe retries). A PostgreSQL
-# backend would make this its driver's base error.
-StorageError = sqlite3.Error
+# What a storage failure raises (the webhook answers 5xx so that Stripe retries): a tuple of the
+# engines' base errors, for `except StorageError`.
+StorageError = backends.StorageError
 
 
 class LedgerError(Exception):
@@ -152,27 +161,40 @@ def valid_cabinet_id(cabinet_id):
     return isinstance(cabinet_id, str) and bool(CABINET_ID.match(cabinet_id))
 
 
+def ledger_exists(db):
+    """Whether `db` can name an existing ledger without creating one: a SQLite file that exists, or a
+    postgresql:// URL (whether that server and database answer is for opening it to say)."""
+    return backends.is_postgres(db) or os.path.exists(str(db))
+
+
 def open_ledger(path, busy_timeout_ms=5000):
-    """Open (creating if needed) the ledger database at `path`."""
+    """Open (creating and migrating if needed) the ledger at `path`: a SQLite file or a postgresql:// URL."""
     return Ledger(path, busy_timeout_ms)
 
 
 class Ledger:
     def __init__(self, path, busy_timeout_ms=5000):
         self.path = str(path)
-        # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT) in _write().
-        self._db = sqlite3.connect(self.path, timeout=busy_timeout_ms / 1000.0, isolation_level=None)
+        # Autocommit mode: transactions are explicit (BEGIN + the write lock ... COMMIT) in _write().
+        self._db, self.dialect = backends.open_backend(self.path, busy_timeout_ms)
+        self.created_now = False
+        self.migrated_now = []          # the MIGRATIONS this open applied (`arcade db upgrade` prints them)
         try:
-            self._db.execute("PRAGMA busy_timeout = %d" % int(busy_timeout_ms))
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA synchronous = FULL")
-            self.ledger_id = self._meta("ledger_id") or self._create()
-            self._ensure_pay_tables()
-            self._ensure_config_table()
-            self._migrate()
+            self.ledger_id = self.dialect.schema_cached(self._db)
+            if self.ledger_id is None:
+                self.ledger_id = self._meta("ledger_id") or self._create()
+                self._ensure_pay_tables()
+                self._ensure_config_table()
+                self.migrated_now = self._migrate()
+                self.dialect.remember_schema(self._db, self.ledger_id)
         except BaseException:
             self._db.close()
             raise
+
+    @property
+    def backend(self):
+        """The engine: "sqlite" or "postgresql"."""
+        return self.dialect.name
 
     def close(self):
         self._db.close()
@@ -189,7 +211,7 @@ class Ledger:
     def _write(self):
         """One write transaction holding the database lock from its start."""
         cur = self._db.cursor()
-        cur.execute("BEGIN IMMEDIATE")
+        self.dialect.begin(cur)
         try:
             yield cur
             cur.execute("COMMIT")
@@ -208,24 +230,28 @@ class Ledger:
         finally:
             cur.close()
 
-    def _meta(self, key):
+    def _has_table(self, name):
+        cur = self._db.cursor()
         try:
-            rows = self._rows("SELECT value FROM meta WHERE key = ?", (key,))
-        except sqlite3.OperationalError as e:
-            if "no such table" in str(e):
-                return None
-            raise
+            return self.dialect.has_table(cur, name)
+        finally:
+            cur.close()
+
+    def _meta(self, key):
+        if not self._has_table("meta"):
+            return None
+        rows = self._rows("SELECT value FROM meta WHERE key = ?", (key,))
         return rows[0]["value"] if rows else None
 
     def _create(self):
         with self._write() as cur:
             # Another process may have created it between our check and our lock.
-            cur.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'meta'")
-            if cur.fetchone() is None:
+            if not self.dialect.has_table(cur, "meta"):
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         cur.execute(statement)
                 ledger_id = secrets.token_hex(16)
+                self.created_now = True
                 cur.executemany("INSERT INTO meta (key, value) VALUES (?, ?)",
                                 [("ledger_id", ledger_id), ("schema_version", str(SCHEMA_VERSION)),
                                  ("created_at", repr(time.time()))])
@@ -365,8 +391,7 @@ class Ledger:
             cur.execute("UPDATE cabinets SET secret = ? WHERE id = ?", (secret, cabinet_id))
             if cur.rowcount != 1:
                 raise UnknownCabinet("cabinet %r is not in the database" % (cabinet_id,))
-            cur.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'cabinet_config'")
-            if cur.fetchone() is not None:
+            if self.dialect.has_table(cur, "cabinet_config"):
                 cur.execute("UPDATE cabinet_config SET ver = CASE WHEN ver + 1 > ? THEN ver + 1 ELSE ? END, ts = ?, "
                             "updated_at = ? WHERE cabinet_id = ? AND ver > 0", (int(now), int(now), int(now), now,
                                                                                  cabinet_id))
@@ -603,13 +628,8 @@ class Ledger:
     """
 
     def _ensure_pay_tables(self):
-        cur = self._db.cursor()
-        try:
-            cur.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'payment_links'")
-            if cur.fetchone() is not None:
-                return
-        finally:
-            cur.close()
+        if self._has_table("payment_links"):
+            return
         with self._write() as cur:
             for statement in self._PAY_SCHEMA.split(";"):
                 if statement.strip():
@@ -707,13 +727,8 @@ class Ledger:
     TIMING_MAX_MS = 10000   # the firmware's hard limit for any profile's range (firmware/config.py)
 
     def _ensure_config_table(self):
-        cur = self._db.cursor()
-        try:
-            cur.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'cabinet_config'")
-            if cur.fetchone() is not None:
-                return
-        finally:
-            cur.close()
+        if self._has_table("cabinet_config"):
+            return
         with self._write() as cur:
             cur.execute(self._CONFIG_SCHEMA)
 

@@ -40,8 +40,9 @@ def health(url):
 
 
 @pytest.fixture
-def relays(tmp_path, broker):
-    db = str(tmp_path / "arcade.db")
+def relays(request, tmp_path, broker):
+    db = request.getfixturevalue("pg_url") if getattr(request, "param", "sqlite") == "postgresql" \
+        else str(tmp_path / "arcade.db")
     with open_ledger(db) as ledger:
         ledger.add_cabinet("cab1", price_cents=100)
     # A password in the URL that must never be printed (mosquitto allows anonymous, so it is ignored).
@@ -74,6 +75,7 @@ def test_serves_prints_where_and_stops_cleanly_on_sigterm(relays):
     assert "stopped" in log
 
 
+@pytest.mark.parametrize("relays", ["sqlite", "postgresql"], indirect=True)
 def test_second_relay_on_one_database_serves_webhooks_without_a_second_dispatcher(relays):
     first = relays["start"]("first")
     stack.wait_until(lambda: health(first.url)[1]["broker"] == "ok", 20, what="first on the broker")
@@ -88,6 +90,19 @@ def test_second_relay_on_one_database_serves_webhooks_without_a_second_dispatche
     with open_ledger(relays["db"]) as ledger:
         stack.wait_until(lambda: ledger.get_payment(session)["state"] == "sent", 20, what="published by first")
     assert "client id arcade-relay-" not in second.log_path.read_text()
+    if relays["db"].startswith("postgresql://"):
+        password = relays["db"].split(":")[2].split("@")[0]
+        assert password not in line and password not in first.log_path.read_text() + second.log_path.read_text()
+
+
+def test_an_unreachable_postgresql_stops_the_relay_with_a_clear_message(tmp_path):
+    url = "postgresql://arcade:hunter3pw@127.0.0.1:%d/arcade" % free_port()
+    r = subprocess.run([sys.executable, "-m", "tools.cli", "relay", "--port", str(free_port())], cwd=str(tmp_path),
+                       env=relay_env(tmp_path, ARCADE_DB=url, STRIPE_WEBHOOK_SECRET=SECRET), capture_output=True,
+                       timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert b"cannot connect to PostgreSQL at postgresql://arcade@127.0.0.1:" in r.stderr
+    assert b"hunter3pw" not in r.stderr and b"Traceback" not in r.stderr
 
 
 def test_killed_after_commit_delivers_on_restart(relays):

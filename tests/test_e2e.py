@@ -16,8 +16,10 @@ WEBHOOK_SECRET = "whsec_test_" + "e2e"
 
 
 @pytest.fixture
-def world(tmp_path, broker):
-    db = str(tmp_path / "arcade.db")
+def world(request, tmp_path, broker):
+    # the first test also runs with the relay on PostgreSQL (a relay process on a postgresql:// ARCADE_DB)
+    db = request.getfixturevalue("pg_url") if getattr(request, "param", "sqlite") == "postgresql" \
+        else str(tmp_path / "arcade.db")
     ledger = open_ledger(db)
     cabs = {
         "cab-a": ledger.add_cabinet("cab-a", name="Galaga", currency="usd", price_cents=100,
@@ -75,6 +77,7 @@ def final_state(ledger, session_id, timeout=30):
         and ledger.get_payment(session_id), timeout, what="final state of %s" % session_id)
 
 
+@pytest.mark.parametrize("world", ["sqlite", "postgresql"], indirect=True)
 def test_paid_checkout_pulses_the_coin_line_and_is_acked(world):
     acks = AckListener(world["broker"])
     try:

@@ -102,7 +102,7 @@ import json, os, socket, sys, time
 root, repo, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 for p in ("build/umqtt", "firmware", "tools/hostsim"):
     sys.path.insert(0, os.path.join(repo, p))
-import hosttime, machine, config, protocol
+import hosttime, machine, config, protocol, fwmsgs
 import app as fw
 from coin import Coin
 
@@ -136,7 +136,7 @@ app._connect()
 # writes; with Nagle each would wait for a delayed ACK): check it did, on the real host socket.
 assert app.client.sock.raw._s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
 key, cab = cfg["secret"].encode(), cfg["cabinet"]
-first = protocol.credit(key, cab, "ab" * 16, 1, 1, 1, "cs_test_pidwrap_1", int(time.time()),
+first = fwmsgs.credit(key, cab, "ab" * 16, 1, 1, 1, "cs_test_pidwrap_1", int(time.time()),
                         app.cabinet.state["epoch"])
 app._on_msg(app.t_credit, first)              # applied: one pulse, ack from flash
 app._flush()

@@ -1,4 +1,5 @@
-"""relay/ledger.py: the storage interface the webhook, the dispatcher and the tools rely on."""
+"""relay/ledger.py: the storage interface the webhook, the dispatcher and the tools rely on, on both
+backends (every test taking `ledger` runs on SQLite and on a fresh PostgreSQL database)."""
 import sqlite3
 import threading
 
@@ -8,8 +9,8 @@ from relay.ledger import CabinetExists, LedgerError, UnknownCabinet, open_ledger
 
 
 @pytest.fixture
-def ledger(tmp_path):
-    with open_ledger(str(tmp_path / "arcade.db")) as ledger:
+def ledger(ledger_db):
+    with open_ledger(ledger_db) as ledger:
         yield ledger
 
 
@@ -19,14 +20,27 @@ def credit(ledger, n, cab="cab1", credits=1):
                                   pulses=credits)
 
 
-def test_database_is_durable_wal_with_a_random_ledger_id(tmp_path, ledger):
+def test_a_database_keeps_its_random_ledger_id(tmp_path, ledger, ledger_db):
+    assert ledger.backend == ("sqlite" if ledger_db.endswith(".db") else "postgresql")
     assert len(ledger.ledger_id) == 32 and int(ledger.ledger_id, 16) >= 0
     with open_ledger(ledger.path) as again:
         assert again.ledger_id == ledger.ledger_id
-        assert again._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert again._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     with open_ledger(str(tmp_path / "other.db")) as other:
         assert other.ledger_id != ledger.ledger_id
+
+
+def test_sqlite_is_durable_wal(tmp_path):
+    with open_ledger(str(tmp_path / "arcade.db")) as led:
+        assert led._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert led._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_postgresql_commits_are_synchronous_and_the_password_stays_out_of_messages(pg_url):
+    from relay.backends import redact
+    with open_ledger(pg_url) as led:
+        assert led._db.execute("SHOW synchronous_commit").fetchone()[0] == "on"
+    password = pg_url.split(":")[2].split("@")[0]
+    assert password not in redact(pg_url) and redact(pg_url).startswith("postgresql://arcade@127.0.0.1:")
 
 
 def test_add_and_get_cabinet(ledger):
@@ -169,13 +183,30 @@ def test_status_is_recorded(ledger):
     assert not ledger.record_status("nope", True)
 
 
-def test_storage_error_is_a_sqlite_error_the_webhook_can_catch(ledger):
+def test_a_writer_held_past_the_busy_timeout_is_a_storage_error_the_webhook_can_catch(ledger):
     from relay.ledger import StorageError
-    locker = sqlite3.connect(ledger.path, isolation_level=None)
-    try:
-        locker.execute("BEGIN IMMEDIATE")
+    with open_ledger(ledger.path) as locker, locker._write():
         with open_ledger(ledger.path, busy_timeout_ms=50) as busy, pytest.raises(StorageError):
             busy.add_cabinet("cab9")
+    assert ledger.get_cabinet("cab9") is None
+
+
+def test_another_programs_hold_on_the_write_lock_keeps_writers_off(ledger_db):
+    """Another program's write transaction (not a Ledger's) holds writers off too."""
+    from relay.ledger import StorageError
+    if not ledger_db.endswith(".db"):
+        import psycopg
+        from relay.backends import WRITE_LOCK
+        locker = psycopg.connect(ledger_db, autocommit=True)
+        hold, release = "SELECT pg_advisory_lock(%d)" % WRITE_LOCK, "SELECT pg_advisory_unlock(%d)" % WRITE_LOCK
+    else:
+        locker = sqlite3.connect(ledger_db, isolation_level=None)
+        hold, release = "BEGIN IMMEDIATE", "ROLLBACK"
+    open_ledger(ledger_db).close()
+    try:
+        locker.execute(hold)
+        with open_ledger(ledger_db, busy_timeout_ms=50) as busy, pytest.raises(StorageError):
+            busy.add_cabinet("cab9")
     finally:
-        locker.execute("ROLLBACK")
+        locker.execute(release)
         locker.close()

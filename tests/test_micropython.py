@@ -83,6 +83,8 @@ def loaded_firmware(out):
 def test_firmware_suite_passes_on_micropython():
     rc, out, err = run_mpy()
     assert "MicroPython 1.27" in out, out[:200]
+    # started in an ESP32's 56 KB Python heap (run.mjs's default)
+    assert "run.mjs: Python heap 57344 B at start" in out, out[:200]
     assert_suite_passed(rc, out, err)
     files = loaded_firmware(out)
     assert "protocol.py" in files and "cabinet.py" in files, files
@@ -226,6 +228,10 @@ def test_footprint_within_budget_and_flat(tmp_path):
     assert all(m.endswith(".mpy") for m in r["modules"] if not m.startswith("umqtt")), r["modules"]
     assert r["baseline"] < r["imported"] < r["ready"] <= r["steady"], r
     assert mpy_footprint.check(r) == [], "\n".join(report)
+    # the peak (live + one credit's garbage) is above the steady state, and must fit an ESP32's
+    # starting heap: the VM would grow instead of raising MemoryError, so check() says it
+    assert r["firmware"] < r["peak"] and r["bare"] + r["peak"] <= mpy_footprint.HEAP, r
+    assert mpy_footprint.check(dict(r, peak=mpy_footprint.HEAP)) != [], "a peak over 56 KB fails"
     doc = tmp_path / "hardware.md"
     doc.write_text("# Hardware\n\n## Wiring\n\nPC817 notes.\n")
     text = mpy_footprint.section(r, rows, "1.29.0")
@@ -234,3 +240,4 @@ def test_footprint_within_budget_and_flat(tmp_path):
     body = doc.read_text()
     assert body.count("## Footprint") == 1 and "## Wiring\n\nPC817 notes." in body
     assert "| **firmware after 100 credits (steady state)** | **%d** |" % r["firmware"] in body
+    assert "| **firmware at its peak** (live + the garbage of handling one credit) | **%d** |" % r["peak"] in body

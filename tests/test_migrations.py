@@ -1,32 +1,51 @@
-"""Schema changes: a database made by schema version 1 (tests/data/ledger-v1.sql, rows in every table)
-opens under today's code with every migration applied and nothing lost; each migration runs once, and
-one that fails changes nothing."""
+"""Schema changes, on both backends: a database made by schema version 1 (tests/data/ledger-v1.sql, rows
+in every table; the same tables and rows made in PostgreSQL for the PostgreSQL run) opens under today's
+code with every migration applied and nothing lost; each migration runs once, and one that fails
+changes nothing. `arcade db upgrade` does the same from the command line."""
 import sqlite3
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from relay import ledger as ledger_mod
-from relay.ledger import open_ledger
+from relay.ledger import StorageError, open_ledger
+from tools.cli import main as arcade
+from tools.lab.postgres import load_sqlite_dump
 
 DUMP = Path(__file__).resolve().parent / "data" / "ledger-v1.sql"
 
 
 @pytest.fixture
-def v1_db(tmp_path):
-    path = tmp_path / "v1.db"
-    db = sqlite3.connect(str(path))
-    db.executescript(DUMP.read_text())
-    db.close()
-    return path
-
-
-def rows(path, sql):
-    db = sqlite3.connect(str(path))
-    try:
-        return db.execute(sql).fetchall()
-    finally:
+def v1_db(ledger_db):
+    """A schema-version-1 database with rows in every table, on each backend."""
+    if ledger_db.endswith(".db"):
+        db = sqlite3.connect(ledger_db)
+        db.executescript(DUMP.read_text())
         db.close()
+    else:
+        load_sqlite_dump(ledger_db, DUMP.read_text())
+    return ledger_db
+
+
+def rows(db, sql):
+    """Read with the engine's own driver, not through the ledger under test."""
+    if db.startswith("postgresql://"):
+        with psycopg.connect(db) as conn:
+            return [tuple(r) for r in conn.execute(sql).fetchall()]
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def columns(db, table):
+    if db.startswith("postgresql://"):
+        return [r[0] for r in rows(db, "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() "
+                                       "AND table_name = '%s'"
+                                       % table)]
+    return [r[1] for r in rows(db, "PRAGMA table_info(%s)" % table)]
 
 
 def test_a_v1_database_upgrades_with_every_row_kept(v1_db):
@@ -34,6 +53,7 @@ def test_a_v1_database_upgrades_with_every_row_kept(v1_db):
     before_payments = rows(v1_db, "SELECT session_id, cabinet_id, state, seq, pulses FROM payments ORDER BY 1")
     assert len(before_payments) == 3
     with open_ledger(v1_db) as led:
+        assert not led.created_now
         assert led.migrations() == sorted(name for name, _ in ledger_mod.MIGRATIONS)
         assert [(led.ledger_id,)] == before_ids
         assert {c["id"] for c in led.list_cabinets()} == {"cab1", "cab2"}
@@ -44,31 +64,77 @@ def test_a_v1_database_upgrades_with_every_row_kept(v1_db):
         assert led.record_checkout("evt_new", "checkout.session.completed", "cs_test_new", "credit",
                                    cabinet_id="cab1", amount=100, currency="usd", credits=1, pulses=2) == "queued"
         assert led.get_payment("cs_test_new")["seq"] == max(p[3] for p in before_payments if p[3]) + 1
+        # and new promotion ids after the old ones (PostgreSQL: the identity column continues)
+        assert led.add_promotion("cab2", "bonus", 1, [5], 0, 60) == 2
     after = rows(v1_db, "SELECT session_id, cabinet_id, state, seq, pulses FROM payments WHERE session_id != "
                         "'cs_test_new' ORDER BY 1")
     assert after == before_payments
 
 
-def test_each_migration_runs_once(tmp_path):
+def test_arcade_db_upgrade_migrates_a_v1_database_and_says_what_it_did(v1_db, capsys, monkeypatch):
+    monkeypatch.setattr(ledger_mod, "MIGRATIONS", ledger_mod.MIGRATIONS + [
+        ("test_cli_column", ["ALTER TABLE cabinets ADD COLUMN colour TEXT NOT NULL DEFAULT 'red'"])])
+    monkeypatch.setenv("ARCADE_DB", v1_db)
+    assert arcade(["db", "upgrade"]) == 0
+    out = capsys.readouterr().out
+    assert "applied migration test_cli_column" in out and "up to date" in out
+    assert rows(v1_db, "SELECT id, colour FROM cabinets ORDER BY id") == [("cab1", "red"), ("cab2", "red")]
+    password = v1_db.split(":")[2].split("@")[0] if v1_db.startswith("postgresql://") else None
+    assert password is None or password not in out
+    assert arcade(["db", "upgrade"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+
+
+def test_arcade_db_upgrade_creates_a_new_ledger(ledger_db, capsys):
+    assert arcade(["db", "upgrade", "--db", ledger_db]) == 0
+    assert "created the ledger's schema" in capsys.readouterr().out
+    assert len(rows(ledger_db, "SELECT value FROM meta WHERE key = 'ledger_id'")[0][0]) == 32
+
+
+def test_arcade_db_upgrade_of_an_unreachable_server_says_so(capsys):
+    from tools.lab.broker import free_port
+    url = "postgresql://arcade:s3cret-pw@127.0.0.1:%d/arcade?connect_timeout=2" % free_port()
+    assert arcade(["db", "upgrade", "--db", url]) == 2
+    err = capsys.readouterr().err
+    assert "cannot connect to PostgreSQL" in err and "s3cret-pw" not in err
+
+
+def test_each_migration_runs_once(ledger_db):
     calls = []
     migrations = [("test_add_column", ["ALTER TABLE cabinets ADD COLUMN colour TEXT NOT NULL DEFAULT 'red'"]),
-                  ("test_callable", lambda cur: calls.append(cur.execute("SELECT COUNT(*) FROM cabinets").fetchone()))]
-    with open_ledger(tmp_path / "a.db") as led:
+                  ("test_callable", lambda cur: calls.append((tuple(cur.execute("SELECT COUNT(*) FROM cabinets")
+                                                                    .fetchone()),
+                                                              cur.dialect.has_table(cur, "cabinets"),
+                                                              "colour" in cur.dialect.columns(cur, "cabinets"))))]
+    with open_ledger(ledger_db) as led:
         assert led._migrate(migrations) == ["test_add_column", "test_callable"]
         assert led._migrate(migrations) == []
-        assert calls == [(0,)]
+        assert calls == [((0,), True, True)]
         assert "test_add_column" in led.migrations()
-    assert rows(tmp_path / "a.db", "SELECT colour FROM cabinets") == []
+    assert rows(ledger_db, "SELECT colour FROM cabinets") == []
 
 
-def test_a_failing_migration_changes_nothing(tmp_path):
-    broken = [("test_broken", ["ALTER TABLE cabinets ADD COLUMN colour TEXT", "ALTER TABLE no_such_table ADD x"])]
-    with open_ledger(tmp_path / "b.db") as led:
-        with pytest.raises(sqlite3.OperationalError, match="no_such_table"):
+def test_a_failing_migration_changes_nothing(ledger_db):
+    broken = [("test_broken", ["ALTER TABLE cabinets ADD COLUMN colour TEXT",
+                               "ALTER TABLE no_such_table ADD COLUMN x TEXT"])]
+    with open_ledger(ledger_db) as led:
+        with pytest.raises(StorageError, match="no_such_table"):
             led._migrate(broken)
         assert "test_broken" not in led.migrations()
-    cols = [r[1] for r in rows(tmp_path / "b.db", "PRAGMA table_info(cabinets)")]
-    assert "colour" not in cols, "the first statement of a failed migration must be rolled back"
+    assert "colour" not in columns(ledger_db, "cabinets"), "the first statement of a failed migration must be rolled back"
+
+
+def test_migration_sql_is_spelled_for_postgresql():
+    from relay.backends import to_postgres
+    assert to_postgres("SELECT key FROM meta WHERE key LIKE 'migration:%' AND value = ?") == \
+        "SELECT key FROM meta WHERE key LIKE 'migration:%%' AND value = %s"
+    assert to_postgres("SELECT '?' || ? FROM t") == "SELECT '?' || %s FROM t", "a ? inside quotes is not a placeholder"
+    assert to_postgres("CREATE TABLE t (id INTEGER PRIMARY KEY, at REAL NOT NULL, n integer, b BLOB, "
+                       "note TEXT DEFAULT 'REAL')") == \
+        ("CREATE TABLE t (id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, at DOUBLE PRECISION NOT NULL, "
+         "n BIGINT, b BYTEA, note TEXT DEFAULT 'REAL')")
+    assert to_postgres("ALTER TABLE t ADD COLUMN x REAL") == "ALTER TABLE t ADD COLUMN x DOUBLE PRECISION"
+    assert to_postgres("UPDATE t SET real_total = 1") == "UPDATE t SET real_total = 1", "only DDL types change"
 
 
 def test_issue9_broker_users_gives_every_old_cabinet_and_the_relay_a_login(v1_db):
@@ -97,3 +163,5 @@ def test_issue9_broker_users_gives_every_old_cabinet_and_the_relay_a_login(v1_db
         assert led.set_cabinet_epoch("cab1", "1" * 16, 1, 1) == "new"                  # flash lost
         assert led.set_cabinet_epoch("cab1", "0f1e2d3c4b5a6978", 9, 9) == "stale"      # the old journal's, replayed
         assert led.cabinet_epoch("cab1") == "1" * 16
+
+

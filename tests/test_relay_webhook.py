@@ -16,9 +16,18 @@ from tools.lab import stripe_events as se
 SECRET = "whsec_test_webhook"
 
 
+def _db(request, tmp_path, backend):
+    return str(tmp_path / "arcade.db") if backend == "sqlite" else request.getfixturevalue("pg_url")
+
+
+# The idempotency and concurrency tests run on both ledger backends; the rest on SQLite.
+BOTH_BACKENDS = pytest.mark.parametrize("app", ["sqlite", "postgresql"], indirect=True)
+
+
 @pytest.fixture
-def app(tmp_path):
-    app = create_app({"TESTING": True, "ARCADE_DB": str(tmp_path / "arcade.db"), "STRIPE_WEBHOOK_SECRET": SECRET,
+def app(request, tmp_path):
+    db = _db(request, tmp_path, getattr(request, "param", "sqlite"))
+    app = create_app({"TESTING": True, "ARCADE_DB": db, "STRIPE_WEBHOOK_SECRET": SECRET,
                       "MQTT_URL": "mqtt://127.0.0.1:1"})
     with open_ledger(app.config["ARCADE_DB"]) as ledger:
         ledger.add_cabinet("cab1", name="Galaga", price_cents=100, bundles=[(3, 250)], coins_per_credit=2)
@@ -41,7 +50,7 @@ def paid(cab="cab1", amount=100, **kw):
 
 
 def count(ledger, table):
-    return sqlite3.connect(ledger.path).execute("SELECT COUNT(*) FROM %s" % table).fetchone()[0]
+    return ledger._db.execute("SELECT COUNT(*) FROM %s" % table).fetchone()[0]
 
 
 def test_paid_checkout_is_recorded_with_a_sequenced_credit(client, ledger, app):
@@ -126,6 +135,7 @@ def test_other_event_types_are_acknowledged_and_ignored(client, ledger):
 
 # --- idempotency ---------------------------------------------------------------------------------
 
+@BOTH_BACKENDS
 def test_same_event_twice_credits_once(client, ledger):
     evt = paid()
     assert [post(client, evt).json["result"] for _ in range(2)] == ["queued", "duplicate_event"]
@@ -143,6 +153,7 @@ def test_two_event_types_for_one_session_credit_once(client, ledger, first, seco
     assert ledger.get_payment(session["id"])["seq"] == 1 and ledger.get_cabinet("cab1")["next_seq"] == 2
 
 
+@BOTH_BACKENDS
 def test_async_payment_pending_then_succeeded_credits_once(client, ledger):
     session = se.checkout_session("cab1", 100, payment_status="unpaid")
     assert post(client, se.event(session)).json["result"] == "pending"
@@ -154,6 +165,7 @@ def test_async_payment_pending_then_succeeded_credits_once(client, ledger):
     assert (p["state"], p["credits"], p["seq"]) == ("queued", 1, 1)
 
 
+@BOTH_BACKENDS
 def test_async_payment_pending_then_failed_gives_nothing(client, ledger):
     session = se.checkout_session("cab1", 100, payment_status="unpaid")
     post(client, se.event(session))
@@ -161,6 +173,7 @@ def test_async_payment_pending_then_failed_gives_nothing(client, ledger):
     assert ledger.get_payment(session["id"])["state"] == "failed"
 
 
+@BOTH_BACKENDS
 def test_concurrent_deliveries_of_one_event_credit_once(app, ledger):
     evt = paid()
     body = se.encode(evt)
@@ -182,6 +195,7 @@ def test_concurrent_deliveries_of_one_event_credit_once(app, ledger):
     assert count(ledger, "payments") == 1 and ledger.get_cabinet("cab1")["next_seq"] == 2
 
 
+@BOTH_BACKENDS
 def test_concurrent_payments_get_strictly_increasing_seqs(app, ledger):
     events = [paid() for _ in range(12)]
     errors = []
@@ -205,20 +219,28 @@ def test_concurrent_payments_get_strictly_increasing_seqs(app, ledger):
 
 # --- storage failure: 5xx so Stripe retries --------------------------------------------------------
 
-def test_storage_failure_answers_503_and_a_retry_succeeds(tmp_path):
-    app = create_app({"ARCADE_DB": str(tmp_path / "a.db"), "STRIPE_WEBHOOK_SECRET": SECRET,
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_storage_failure_answers_503_and_a_retry_succeeds(request, tmp_path, backend):
+    app = create_app({"ARCADE_DB": _db(request, tmp_path, backend), "STRIPE_WEBHOOK_SECRET": SECRET,
                       "ARCADE_DB_BUSY_TIMEOUT": 100})
     with open_ledger(app.config["ARCADE_DB"]) as ledger:
         ledger.add_cabinet("cab1", price_cents=100)
     client, evt = app.test_client(), paid()
     # Another process holds the write lock for longer than the relay waits.
-    locker = sqlite3.connect(app.config["ARCADE_DB"], isolation_level=None)
+    if backend == "sqlite":
+        locker = sqlite3.connect(app.config["ARCADE_DB"], isolation_level=None)
+        hold, release = "BEGIN IMMEDIATE", "ROLLBACK"
+    else:
+        import psycopg
+        from relay.backends import WRITE_LOCK
+        locker = psycopg.connect(app.config["ARCADE_DB"], autocommit=True)
+        hold, release = "SELECT pg_advisory_lock(%d)" % WRITE_LOCK, "SELECT pg_advisory_unlock(%d)" % WRITE_LOCK
     try:
-        locker.execute("BEGIN IMMEDIATE")
+        locker.execute(hold)
         r = post(client, evt)
         assert r.status_code == 503 and "retry" in r.json["error"]
     finally:
-        locker.execute("ROLLBACK")
+        locker.execute(release)
         locker.close()
     with open_ledger(app.config["ARCADE_DB"]) as ledger:
         assert ledger.get_payment(evt["data"]["object"]["id"]) is None

@@ -154,6 +154,8 @@ def test_simulated_cabinet_pulses_acks_and_remembers_after_restart(broker, tmp_p
         pulses = [x for x in lines if x["event"] == "pulse"]
         assert [p["n"] for p in pulses] == [1, 2, 3]
         assert all(p["seq"] == 1 and p["of"] == 3 and p["width_ms"] >= 100 for p in pulses)
+        assert [(x["event"], x["n"]) for x in lines if x["event"].startswith("pulse")] == \
+            [("pulse_on", 1), ("pulse", 1), ("pulse_on", 2), ("pulse", 2), ("pulse_on", 3), ("pulse", 3)]
         assert lines[-1]["result"] == "applied"
         ack = obs.next("arcade/cab1/ack")
         assert ack_verifies(ack)
@@ -340,3 +342,132 @@ def test_inhibit_file_is_documented_in_help():
     r = subprocess.run([sys.executable, "-m", "tools.cli", "simulate", "--help"], cwd=ROOT,
                        capture_output=True, text=True, timeout=WAIT)
     assert r.returncode == 0 and "--inhibit-file" in r.stdout
+    for switch in ("--ticks-start", "--watchdog-ms", "--dns-delay", "--micropython", "--chip",
+                   "--wifi-off-file"):
+        assert switch in r.stdout, switch
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ticks-start", str(1 << 30)], "--ticks-start 1073741824: the tick counter runs from 0 to"),
+    (["--ticks-start", "-1"], "the tick counter runs from 0 to"),
+    (["--watchdog-ms", "0"], "--watchdog-ms must be at least 1"),
+    (["--dns-delay", "-2"], "--dns-delay must be 0 or more seconds"),
+])
+def test_unkind_board_switches_refuse_bad_values(tmp_path, args, message):
+    env = dict(os.environ)
+    env.pop("ARCADE_DB", None)
+    r = subprocess.run([sys.executable, "-m", "tools.cli", "simulate", "cab1", "--state", str(tmp_path / "s"),
+                        "--secret", SECRET] + args, cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=WAIT)
+    assert r.returncode == 2 and message in r.stderr and r.stdout == "", r.stderr
+    assert not (tmp_path / "s").exists(), "nothing written for a refused option"
+
+
+# -- an unkind board (issue 11): the switches that make the simulation fail where an ESP32 fails ----
+
+def test_watchdog_really_resets_the_simulated_board_on_the_same_flash(broker, tmp_path):
+    # DNS blocking longer than the watchdog: nothing can feed it during lwIP's getaddrinfo, so the
+    # board resets; the simulator starts the firmware again on the same flash with the reset
+    # counted in RTC memory, as the board would
+    state = tmp_path / "flash"
+    sim = Sim(tmp_path, broker.url, state, "--watchdog-ms", "1000", "--dns-delay", "2")
+    try:
+        first = sim.next("boot")[-1]
+        assert first["crashes"] == 0
+        lines = sim.next("boot")
+        resets = [x for x in lines if x["event"] == "reset"]
+        assert [r["cause"] for r in resets] == ["watchdog"], lines
+        assert lines[-1]["crashes"] == 1, "the reset is counted in RTC memory across it"
+        assert not [x for x in lines if x["event"] == "connected"], "no connect within the DNS wait"
+    finally:
+        sim.stop()
+    assert (state / "config.json").exists()
+
+
+def test_dns_slower_than_a_step_but_within_the_watchdog_connects(broker, tmp_path):
+    sim = Sim(tmp_path, broker.url, tmp_path / "flash", "--watchdog-ms", "6000", "--dns-delay", "1")
+    try:
+        lines = sim.next("connected")
+        assert not [x for x in lines if x["event"] == "reset"], lines
+    finally:
+        sim.stop()
+
+
+def test_a_peer_that_hangs_up_before_connack_is_retried_not_a_crash(tmp_path):
+    # a plain client on a TLS port or a broker at max_connections: accept, then close at once
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    srv.settimeout(WAIT)
+    accepted = []
+
+    def serve():
+        try:
+            while True:
+                conn, _ = srv.accept()
+                accepted.append(1)
+                conn.close()
+        except OSError:
+            pass
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    sim = Sim(tmp_path, "mqtt://127.0.0.1:%d" % srv.getsockname()[1], tmp_path / "flash")
+    try:
+        for _ in range(3):
+            lost = sim.next("disconnected")
+            assert not [x for x in lost if x["event"] == "reset"], lost
+        assert sim.proc.poll() is None and len(accepted) >= 3
+    finally:
+        sim.stop()
+        srv.close()
+        t.join(WAIT)
+    assert not (tmp_path / "flash" / "crash.log").exists()
+
+
+def test_pulses_and_acks_across_the_tick_wrap(broker, tmp_path):
+    obs = Observer(broker.port)
+    sim = Sim(tmp_path, broker.url, tmp_path / "flash", "--ticks-start", str((1 << 30) - 1500),
+              "--pulse-ms", "50", "--gap-ms", "50")
+    try:
+        sim.next("connected")
+        obs.publish(credit(1, 8, "cs_test_wrap"))
+        lines = sim.next("ack")
+        pulses = [x for x in lines if x["event"] == "pulse"]
+        assert [p["n"] for p in pulses] == list(range(1, 9))
+        assert all(50 <= p["width_ms"] < 5000 for p in pulses), pulses
+        ack = obs.next("arcade/cab1/ack")
+        assert ack_verifies(ack) and (ack["result"], ack["pulses"]) == ("applied", 8)
+        st = obs.next("arcade/cab1/status", lambda m: m.get("online") and m.get("last") == 1)
+        assert 0 <= st["uptime"] < 600, "uptime from ticks survives the wrap"
+    finally:
+        sim.stop()
+        obs.close()
+
+
+def test_wifi_off_drops_the_link_reports_201_and_comes_back(broker, tmp_path):
+    off = tmp_path / "wifi-off"
+    sim = Sim(tmp_path, broker.url, tmp_path / "flash", "--wifi-off-file", str(off))
+    try:
+        sim.next("connected")
+        off.write_text("")
+        lines = sim.next("wifi")
+        assert lines[-1]["status"] == 201
+        assert [x["event"] for x in lines if x["event"] in ("disconnected", "wifi")][0] == "disconnected"
+        off.unlink()
+        sim.next("connected")
+    finally:
+        sim.stop()
+    log = sim.log.name
+    assert "Wifi Internal Error" not in Path(log).read_text(), "connect() was called while joining"
+
+
+def test_a_profile_for_another_chip_is_refused_at_boot(tmp_path):
+    env = dict(os.environ, MQTT_URL="mqtt://127.0.0.1:9")
+    env.pop("ARCADE_DB", None)
+    r = subprocess.run([sys.executable, "-m", "tools.cli", "simulate", "cab1", "--state", str(tmp_path / "s"),
+                        "--secret", SECRET, "--board", "esp32-c3", "--chip", "esp32"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=WAIT)
+    assert r.returncode == 2, r.stderr
+    assert "'chip' is \"esp32c3\" but this board is an ESP32" in r.stderr
+    assert "pulse" not in r.stdout and "connected" not in r.stdout

@@ -9,6 +9,7 @@ import sys
 COMMANDS = {
     "relay": ("tools.commands.relay", "run the relay (webhook, dispatcher) under a production WSGI server"),
     "cabinet": ("tools.commands.cabinet", "add, list, enable/disable cabinets and set their prices"),
+    "db": ("tools.commands.db", "create or upgrade the ledger's schema (SQLite file or PostgreSQL)"),
     "payments": ("tools.commands.payments", "list recent payments with their delivery state"),
     "reconcile": ("tools.commands.reconcile", "compare Stripe's paid sessions with the ledger, fulfil what was missed"),
     "simulate": ("tools.commands.simulate", "run the real firmware on this host with simulated pins"),

@@ -67,6 +67,8 @@ def scratch():
 
 
 def cleanup():
+    import network
+    network.reset()
     while _made:
         d = _made.pop()
         try:

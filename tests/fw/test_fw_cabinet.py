@@ -2,6 +2,7 @@
 import json
 
 import machine
+import fwmsgs
 import protocol
 from cabinet import Cabinet
 from coin import Coin
@@ -21,11 +22,11 @@ def boot(root, c, tick=None):
 
 
 def credit(seq, pulses_, session, ledger=LEDGER, credits=1):
-    return protocol.credit(KEY, "cab1", ledger, seq, credits, pulses_, session, TS, EPOCH)
+    return fwmsgs.credit(KEY, "cab1", ledger, seq, credits, pulses_, session, TS, EPOCH)
 
 
 def ack_of(payload):
-    assert protocol.check_ack(payload, KEY), "ack must be signed with the cabinet's secret"
+    assert fwmsgs.check_ack(payload, KEY), "ack must be signed with the cabinet's secret"
     return json.loads(payload)
 
 
@@ -120,12 +121,12 @@ def test_rejected_credits_change_nothing():
     cab.handle(credit(2, 1, "cs_a"))
     before = read_json(root + "state.json")
     n = len(machine.pins[25].history)
-    forged = protocol.credit(b"not-the-secret-at-all", "cab1", LEDGER, 3, 1, 1, "cs_forged", TS, EPOCH)
+    forged = fwmsgs.credit(b"not-the-secret-at-all", "cab1", LEDGER, 3, 1, 1, "cs_forged", TS, EPOCH)
     # an unverified credit's ledger/seq/session are never echoed (signed) back: no signing oracle
     rows = [
         (forged, "bad_signature", "", 0, ""),
         (b"garbage", "malformed", "", 0, ""),
-        (protocol.credit(KEY, "cab2", LEDGER, 3, 1, 1, "cs_x", TS, EPOCH), "wrong_cabinet", LEDGER, 3, "cs_x"),
+        (fwmsgs.credit(KEY, "cab2", LEDGER, 3, 1, 1, "cs_x", TS, EPOCH), "wrong_cabinet", LEDGER, 3, "cs_x"),
         (credit(3, 0, "cs_y"), "bad_pulses", LEDGER, 3, "cs_y"),
     ]
     for payload, reason, ledger, seq, session in rows:

@@ -4,6 +4,7 @@ import json
 import os
 
 import machine
+import fwmsgs
 import protocol
 from cabinet import Cabinet
 from coin import Coin
@@ -25,7 +26,7 @@ def _captured(root, c):
     cab = boot(root, c)
     out = []
     for seq in (1, 2, 3):
-        p = protocol.credit(KEY, "cab1", LEDGER, seq, 1, 2, "cs_cap_%d" % seq, TS, cab.state["epoch"])
+        p = fwmsgs.credit(KEY, "cab1", LEDGER, seq, 1, 2, "cs_cap_%d" % seq, TS, cab.state["epoch"])
         assert cab.handle(p)[0] == "applied"
         out.append(p)
     return cab, out
@@ -37,7 +38,7 @@ def _replay(cab, captured, reason):
         result, ack = cab.handle(p)
         a = json.loads(ack)
         assert (result, a["reason"], a["pulses"]) == ("rejected", reason, 0), (result, a)
-        assert protocol.check_ack(ack, cab.key)
+        assert fwmsgs.check_ack(ack, cab.key)
     assert pin_edges() == before, "a replayed credit pulsed"
 
 
@@ -81,12 +82,12 @@ def test_the_epoch_is_kept_while_the_journal_is_and_a_credit_for_it_applies():
     assert cab.state["epoch"] == "a" * 16
     cab = boot(root, c)                      # an ordinary reboot keeps the journal and its epoch
     assert cab.state["epoch"] == "a" * 16
-    result, ack = cab.handle(protocol.credit(KEY, "cab1", LEDGER, 1, 1, 1, "cs_x", TS, "b" * 16))
+    result, ack = cab.handle(fwmsgs.credit(KEY, "cab1", LEDGER, 1, 1, 1, "cs_x", TS, "b" * 16))
     a = json.loads(ack)
     # names the verified credit and says which epoch to sign for: the relay signs it again
     assert (result, a["reason"], a["seq"], a["session"], a["epoch"]) == ("rejected", "wrong_epoch", 1, "cs_x",
                                                                          "a" * 16)
-    assert cab.handle(protocol.credit(KEY, "cab1", LEDGER, 1, 1, 1, "cs_x", TS, "a" * 16))[0] == "applied"
+    assert cab.handle(fwmsgs.credit(KEY, "cab1", LEDGER, 1, 1, 1, "cs_x", TS, "a" * 16))[0] == "applied"
     epochs()
 
 

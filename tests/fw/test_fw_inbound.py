@@ -3,6 +3,7 @@
 import json
 
 import machine
+import fwmsgs
 import protocol
 import inbound
 import app as fwapp
@@ -47,7 +48,7 @@ def test_oversized_retained_config_and_queued_credit_are_drained_pubacked_and_dr
     retained = bytearray(mqtt_publish(b"arcade/cab1/config", b"{" + b"x" * BIG + b"}", pid=3))
     retained[0] |= 1                                  # the retain flag, as the broker sends it
     junk_credit = mqtt_publish(b"arcade/cab1/credit", b'{"t":"credit",' + b" " * BIG + b"}", pid=4)
-    good = protocol.credit(KEY, "cab1", LEDGER, 1, 1, 2, "cs_after_the_flood", 1764165000, EPOCH)
+    good = fwmsgs.credit(KEY, "cab1", LEDGER, 1, 1, 2, "cs_after_the_flood", 1764165000, EPOCH)
     raw = ReadSizes(bytes(retained) + junk_credit + mqtt_publish(b"arcade/cab1/credit", good, pid=5))
     a.client.sock = fwapp.DeadlineSocket(raw, 5)
     for _ in range(3):

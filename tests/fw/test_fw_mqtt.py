@@ -3,6 +3,7 @@ import json
 import time
 
 import machine
+import fwmsgs
 import protocol
 import app as fwapp
 from coin import Coin
@@ -60,8 +61,8 @@ def _app(root):
 def test_credit_arriving_during_the_puback_wait_is_handled_and_acked_later():
     root = scratch()
     a, events = _app(root)
-    credit = protocol.credit(KEY, "cab1", LEDGER, 1, 1, 2, "cs_during", 1764165000, EPOCH)
-    forged = protocol.credit(b"x" * 20, "cab1", LEDGER, 2, 1, 2, "cs_forged", 1764165000, EPOCH)
+    credit = fwmsgs.credit(KEY, "cab1", LEDGER, 1, 1, 2, "cs_during", 1764165000, EPOCH)
+    forged = fwmsgs.credit(b"x" * 20, "cab1", LEDGER, 2, 1, 2, "cs_forged", 1764165000, EPOCH)
     raw = FakeSock()
     a.client.sock = fwapp.DeadlineSocket(raw, 5)
     # we publish a (pending) ack with pid 1; before its PUBACK the broker delivers a forged
@@ -83,7 +84,7 @@ def test_credit_arriving_during_the_puback_wait_is_handled_and_acked_later():
     acks = [json.loads(d) for e, d in events if e == "ack"]
     assert [(x["seq"], x["result"], x["reason"]) for x in acks] == \
         [(0, "applied", ""), (1, "applied", ""), (0, "rejected", "bad_signature")]
-    assert all(protocol.check_ack(json.dumps(x), KEY) for x in acks)
+    assert all(fwmsgs.check_ack(json.dumps(x), KEY) for x in acks)
     assert acks[0]["seq"] == json.loads(first)["seq"]
     assert a.cabinet.state["ack"] is None and a.outbox == []
     # the acks were published on the ack topic, never from inside the callback: the
@@ -116,6 +117,7 @@ def test_loop_holds_while_inhibited_feeds_the_wdt_and_publishes_status_on_change
     a = fwapp.App(fwapp.config.check_config(good_config()), b, coin, root,
                   lambda e, d: events.append((e, d)))
     a.wdt = machine.WDT(timeout=30000)
+    a._wifi()                                      # the loop runs with WiFi up
     raw = FakeSock()
     a.client.sock = fwapp.DeadlineSocket(raw, 5)
     # the broker PUBACKs each QoS 1 publish once its payload (the last write) is in
@@ -132,7 +134,7 @@ def test_loop_holds_while_inhibited_feeds_the_wdt_and_publishes_status_on_change
         return found
 
     machine.pins[26].drive(0)                      # the game refuses coins
-    a._on_msg(a.t_credit, protocol.credit(KEY, "cab1", LEDGER, 4, 1, 2, "cs_held", 1764165000, EPOCH))
+    a._on_msg(a.t_credit, fwmsgs.credit(KEY, "cab1", LEDGER, 4, 1, 2, "cs_held", 1764165000, EPOCH))
     assert a.outbox == [] and ("held", 4) in events
     a._step()
     a._step()
@@ -143,6 +145,9 @@ def test_loop_holds_while_inhibited_feeds_the_wdt_and_publishes_status_on_change
     assert len(a.wdt.feeds) >= 2, "the loop feeds the WDT while it waits"
     assert b'{"t":"ack"' not in bytes(raw.out)
     machine.pins[26].drive(1)                      # cleared
+    a._step()
+    assert len(machine.pins[25].history) == 1, "not before the line has been quiet for 50 ms"
+    c.advance(50)                                  # the debounce time (firmware/inhibit.py)
     a._step()
     assert [p[1] for p in pulses(machine.pins[25])] == [100, 100]
     out = bytes(raw.out)

@@ -1,6 +1,7 @@
 # Every vector in tests/vectors.json, valid and invalid, plus HMAC against RFC 4231.
 import json
 
+import fwmsgs
 import protocol
 from fwutil import KEY, LEDGER, vectors
 
@@ -38,7 +39,7 @@ def test_every_ack_vector():
     for a in v["acks"]:
         m = a["message"]
         built = protocol.ack(key, *[m[k] for k in FIELDS])
-        assert protocol.check_ack(json.dumps(m), key) == a["valid"], a["name"]
+        assert fwmsgs.check_ack(json.dumps(m), key) == a["valid"], a["name"]
         if a["valid"]:
             assert json.loads(built) == m, a["name"]
             canon = protocol.canonical("ack", [m[k] for k in FIELDS])
@@ -49,7 +50,7 @@ def test_every_ack_vector():
 
 
 def test_credit_builder_round_trips():
-    p = protocol.credit(KEY, "cab1", LEDGER, 5, 2, 4, "cs_test_rt", 1764165000)
+    p = fwmsgs.credit(KEY, "cab1", LEDGER, 5, 2, 4, "cs_test_rt", 1764165000)
     reason, m = protocol.check_credit(p, "cab1", KEY)
     assert reason == "" and m["pulses"] == 4 and m["session"] == "cs_test_rt"
 
@@ -158,7 +159,7 @@ def test_every_config_vector():
             assert parsed["width_ms"] == m["width_ms"] and parsed["ver"] == m["ver"], c["name"]
             canon = protocol.canonical("config", [m[k] for k in protocol.CONFIG_FIELDS])
             assert canon == c["canonical"].encode(), c["name"]
-            built = protocol.config(key, *[m[k] for k in protocol.CONFIG_FIELDS])
+            built = fwmsgs.config(key, *[m[k] for k in protocol.CONFIG_FIELDS])
             assert json.loads(built) == m and b" " not in built, c["name"]
             _in_order(built, ("t",) + protocol.CONFIG_FIELDS + ("sig",))
         else:
@@ -175,7 +176,7 @@ def test_every_test_pulse_vector():
             assert reason == "" and parsed["pulses"] == m["pulses"], (c["name"], reason)
             assert protocol.canonical("test", [m[k] for k in protocol.TEST_FIELDS]) == \
                 c["canonical"].encode(), c["name"]
-            built = protocol.test(key, *[m[k] for k in protocol.TEST_FIELDS])
+            built = fwmsgs.test(key, *[m[k] for k in protocol.TEST_FIELDS])
             assert json.loads(built) == m and b" " not in built, c["name"]
             _in_order(built, ("t",) + protocol.TEST_FIELDS + ("sig",))
         else:
@@ -194,7 +195,7 @@ def test_config_and_test_messages_that_do_not_parse():
 def test_status_with_device_fields_in_documented_order():
     info = {"test_error": "", "uptime": 5, "inhibited": True, "heap": 1000, "rssi": -60,
             "total": 3, "held": 0, "cfg": 0, "width_ms": 100, "gap_ms": 150, "cfg_error": "",
-            "test": 0, "dropped": 2}
+            "test": 0, "crashes": 2, "wifi": 201, "dropped": 2}
     p = protocol.status(KEY, "cab1", True, ("0f1e2d3c4b5a6978", 1, 1), LEDGER, 7, info)
     m = json.loads(p)
     assert m["inhibited"] is True and m["last"] == 7 and m["fw"] == protocol.FW

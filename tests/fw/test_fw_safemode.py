@@ -38,7 +38,7 @@ def test_safe_pin_held_within_the_window_skips_the_app():
         assert c.now - start <= 1000 + 20, "the window is bounded"
         started = []
         orig = app.main
-        app.main = lambda root, emit: started.append(root) or 0
+        app.main = lambda root, emit, crashes: started.append(root) or 0
         try:
             rc = safemode.run(root)
         finally:
@@ -53,7 +53,7 @@ def test_uncaught_exception_is_logged_and_the_board_resets():
     safemode.active = False
     orig = app.main
 
-    def boom(root, emit):
+    def boom(root, emit, crashes):
         raise RuntimeError("something the loop did not expect")
 
     app.main = boom
@@ -88,7 +88,7 @@ def test_keyboard_interrupt_reaches_the_repl_without_reset():
     safemode.active = False
     orig = app.main
 
-    def ctrl_c(root, emit):
+    def ctrl_c(root, emit, crashes):
         raise KeyboardInterrupt
 
     app.main = ctrl_c

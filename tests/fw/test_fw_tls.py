@@ -1,10 +1,10 @@
-# TLS with the pinned umqtt.simple 1.3.4 on MicroPython >= 1.23: umqtt imports `ussl`, which only
-# the firmware's shim provides; the shim calls `ssl.wrap_socket` with certificate verification.
+# TLS with the pinned umqtt.simple 1.3.4: umqtt imports `ussl`, which the app installs as
+# firmware/brokertls.py (sys.modules), on 1.22 as on >= 1.23; the shim calls `ssl.wrap_socket` with verification.
 # A fake `ssl` module records the call (neither the host nor the WebAssembly VM has the ESP32's).
 import sys
 
 import app as fwapp
-import ussl
+import brokertls
 from coin import Coin
 from fwutil import FakeSock, board, clock, scratch, write_json
 from fwutil import config as good_config
@@ -66,7 +66,7 @@ def test_shim_maps_umqtt_call_to_ssl_with_verification():
 
     def check(fake):
         raw = FakeSock()
-        s = ussl.wrap_socket(raw, cafile=ca, server_hostname="broker.example")
+        s = brokertls.wrap_socket(raw, cafile=ca, server_hostname="broker.example")
         assert isinstance(s, FakeTLSSocket) and s.raw is raw
         assert len(fake.calls) == 1
         sock, kw = fake.calls[0]
@@ -81,12 +81,12 @@ def test_shim_refuses_unverified_tls():
     def check(fake):
         for kw in ({}, {"server_hostname": "broker.example"}, {"cafile": "ca.pem"}):
             try:
-                ussl.wrap_socket(FakeSock(), **kw)
+                brokertls.wrap_socket(FakeSock(), **kw)
                 assert False, kw
             except ValueError as e:
                 assert "CA file" in str(e)
         try:
-            ussl.wrap_socket(FakeSock(), cafile="/nonexistent/ca.pem", server_hostname="h")
+            brokertls.wrap_socket(FakeSock(), cafile="/nonexistent/ca.pem", server_hostname="h")
             assert False
         except OSError:
             pass
@@ -109,7 +109,7 @@ def test_shim_turns_a_rejected_certificate_into_a_link_error():
                              "The certificate Common Name (CN) does not match with the expected CN\n")
         fake.wrap_socket = refuse
         try:
-            ussl.wrap_socket(FakeSock(), cafile=ca, server_hostname="broker.example")
+            brokertls.wrap_socket(FakeSock(), cafile=ca, server_hostname="broker.example")
             assert False
         except OSError as e:
             msg = str(e)
@@ -133,38 +133,42 @@ class FakeNTP:
 
 def _at_power_on(ntp, fn):
     # the clock as an ESP32 has it after power-on (year 2000), and a fake ntptime
-    old_year, old_ntp = ussl._clock_year, sys.modules.get("ntptime")
-    ussl._clock_year = lambda: 2000
+    old_year, old_ntp = brokertls._clock_year, sys.modules.get("ntptime")
+    brokertls._clock_year = lambda: 2000
     sys.modules["ntptime"] = ntp
     try:
         _with_fake_ssl(fn)
     finally:
-        ussl._clock_year = old_year
+        brokertls._clock_year = old_year
         if old_ntp is None:
             del sys.modules["ntptime"]
         else:
             sys.modules["ntptime"] = old_ntp
 
 
-def test_shim_sets_the_clock_over_ntp_before_tls_at_power_on():
+def test_shim_refuses_tls_while_the_clock_is_unset():
+    # the clock is the app's job, right after WiFi (below); the handshake never runs at year 2000
     root = scratch()
     ca = _ca(root)
     ntp = FakeNTP()
 
     def check(fake):
-        ussl.wrap_socket(FakeSock(), cafile=ca, server_hostname="broker.example")
-        assert ntp.calls == 1 and len(fake.calls) == 1
+        try:
+            brokertls.wrap_socket(FakeSock(), cafile=ca, server_hostname="broker.example")
+        except OSError as e:
+            assert "clock is not set" in str(e.args[0])
+        else:
+            assert False, "TLS went ahead with an unset clock"
+        assert fake.calls == [] and ntp.calls == 0
     _at_power_on(ntp, check)
 
 
-def test_shim_does_not_touch_a_clock_that_is_already_set():
-    root = scratch()
-    ca = _ca(root)
+def test_set_clock_leaves_a_clock_that_is_already_set():
     ntp = FakeNTP()
     old_ntp = sys.modules.get("ntptime")
     sys.modules["ntptime"] = ntp
     try:
-        _with_fake_ssl(lambda fake: ussl.wrap_socket(FakeSock(), cafile=ca, server_hostname="b.example"))
+        brokertls.set_clock()
     finally:
         if old_ntp is None:
             del sys.modules["ntptime"]
@@ -173,20 +177,109 @@ def test_shim_does_not_touch_a_clock_that_is_already_set():
     assert ntp.calls == 0
 
 
-def test_shim_refuses_tls_when_ntp_fails_and_says_why():
-    root = scratch()
+def test_any_ntp_failure_is_a_link_error_the_app_retries():
+    # issue 11 item 8: ntptime raises ValueError on a short reply (struct.unpack of msg[40:44]),
+    # OSError on no reply, OverflowError on a reply from the far future. Before the fix the
+    # ValueError escaped App.run: a reset. Now every one is an OSError naming NTP.
+    for err in (OSError(110), ValueError("buffer too small"), OverflowError("overflow"),
+                IndexError("index out of range")):
+        ntp = FakeNTP(err)
+
+        def check(fake):
+            try:
+                brokertls.set_clock()
+            except OSError as e:
+                assert "NTP" in str(e.args[0]), e
+            else:
+                assert False, "no error from a failed NTP"
+        _at_power_on(ntp, check)
+        assert ntp.calls == 1
+
+
+class _Net:
+    # a socket module for umqtt.simple: records what happened in what order
+    def __init__(self, log, incoming):
+        self.log = log
+        self.incoming = incoming
+
+    def socket(self, *a):
+        self.log.append("socket")
+        s = FakeSock(self.incoming)
+        s.connect = lambda addr: self.log.append("connect")
+        s.setsockopt = lambda *a: None
+        return s
+
+    def getaddrinfo(self, host, port, *a):
+        self.log.append("dns")
+        return [(2, 1, 0, "", ("10.0.0.1", port))]
+
+
+def _tls_app(root, net):
+    c = clock()
     ca = _ca(root)
-    ntp = FakeNTP(OSError(110))
+    b = fwapp.config.check_board(board())
+    cfg = fwapp.config.check_config(good_config(broker="mqtts://cab:pw@broker.example", ca=ca))
+    old = fwapp.simple.socket
+    fwapp.simple.socket = net            # the App wraps it, as it wraps the real socket module
+    a = fwapp.App(cfg, b, Coin(25, True, 100, 150, c.ticks_ms, c.sleep_ms), root, lambda e, d: None)
+    a.net_was = getattr(old, "mod", old)
+    return a
+
+
+def test_ntp_runs_right_after_wifi_before_any_broker_socket():
+    root = scratch()
+    log = []
+    a = _tls_app(root, _Net(log, b""))
+    ntp = FakeNTP()
+    ntp.settime = lambda: log.append("ntp")
 
     def check(fake):
         try:
-            ussl.wrap_socket(FakeSock(), cafile=ca, server_hostname="broker.example")
-        except OSError as e:
-            assert "NTP" in str(e.args[0])
-        else:
-            assert False, "TLS went ahead with an unset clock"
-        assert fake.calls == []          # no handshake attempted
+            a._wifi()
+        finally:
+            fwapp.simple.socket = a.net_was
+        assert log == ["ntp"], "the clock is set before DNS or a TCP socket to the broker"
     _at_power_on(ntp, check)
+
+
+def test_umqtt_import_ussl_gets_the_shim_even_where_ussl_is_a_builtin():
+    # issue 11 item 1: on MicroPython 1.22 `import ussl` (umqtt.simple's connect()) returns the
+    # built-in ssl, never a ussl.py on the flash: its C wrap_socket rejects cafile= with
+    # TypeError, which escaped App.run (reset loop). The 1.22 rule is modelled with sys.modules
+    # (what the import system looks at first): the "built-in" is already there. The app must put
+    # its shim in its place before connecting; the import umqtt really does then finds the shim.
+    class Builtin122:
+        CERT_REQUIRED = 2
+
+        def __init__(self):
+            self.calls = []
+
+        def wrap_socket(self, sock, key=None, cert=None, server_side=False, server_hostname=None,
+                        cert_reqs=0, cadata=None, do_handshake=True):
+            self.calls.append((cert_reqs, cadata is not None, server_hostname))
+            return FakeTLSSocket(sock)
+
+    builtin = Builtin122()
+    old = sys.modules.get("ussl")
+    sys.modules["ussl"] = builtin          # what 1.22 hands `import ussl`
+    root = scratch()
+    log = []
+    connack = b"\x20\x02\x00\x00"
+    try:
+        def check(fake):
+            fake.wrap_socket = builtin.wrap_socket   # the shim's `import ssl`: the same C module
+            a = _tls_app(root, _Net(log, connack))
+            try:
+                a.client.connect(False)    # umqtt's own `import ussl; ussl.wrap_socket(...)`
+            finally:
+                fwapp.simple.socket = a.net_was
+            assert builtin.calls == [(2, True, "broker.example")], builtin.calls
+        _with_fake_ssl(check)
+    finally:
+        if old is None:
+            sys.modules.pop("ussl", None)
+        else:
+            sys.modules["ussl"] = old
 
 
 def test_app_hands_umqtt_the_ssl_params_and_times_out_the_tcp_socket():

@@ -4,6 +4,7 @@ import json
 
 import config
 import machine
+import fwmsgs
 import protocol
 from cabinet import Cabinet
 from coin import Coin
@@ -26,11 +27,11 @@ def boot(root, c, inhibit=False, **kw):
 
 
 def cfg(ver, width, gap, cpc=1, key=KEY, cab="cab1"):
-    return protocol.config(key, cab, ver, width, gap, cpc, TS)
+    return fwmsgs.config(key, cab, ver, width, gap, cpc, TS)
 
 
 def credit(seq, n, session):
-    return protocol.credit(KEY, "cab1", LEDGER, seq, n, n, session, TS, EPOCH)
+    return fwmsgs.credit(KEY, "cab1", LEDGER, seq, n, n, session, TS, EPOCH)
 
 
 def widths(c):
@@ -98,20 +99,20 @@ def test_test_pulse_is_driven_once_and_never_replayed():
     seen = []
     machine.watchers.append(lambda pin, t, v: v == 1 and pin.id == 25 and seen.append(
         read_json(root + "cfg.json")["test"]))
-    assert cab.handle_test(protocol.test(KEY, "cab1", 100, 2, TS)) == "pulsed"
+    assert cab.handle_test(fwmsgs.test(KEY, "cab1", 100, 2, TS)) == "pulsed"
     assert seen == [100, 100], "n is in flash before the first pulse"
     assert [w for w, _ in widths(c)] == [100, 100]
     assert cab.state["total"] == 0, "test pulses are not credits"
     for n in (100, 99):
-        assert cab.handle_test(protocol.test(KEY, "cab1", n, 1, TS)) == "rejected"
+        assert cab.handle_test(fwmsgs.test(KEY, "cab1", n, 1, TS)) == "rejected"
         assert cab.test_error == "%d stale" % n
-    assert cab.handle_test(protocol.test(b"forged-key-0123456789", "cab1", 200, 1, TS)) == "rejected"
+    assert cab.handle_test(fwmsgs.test(b"forged-key-0123456789", "cab1", 200, 1, TS)) == "rejected"
     assert cab.test_error == "200 bad_signature"
     assert len(seen) == 2
     # after a reboot the stored n still refuses the replay
     cab2 = boot(root, clock())
-    assert cab2.handle_test(protocol.test(KEY, "cab1", 100, 1, TS)) == "rejected"
-    assert cab2.handle_test(protocol.test(KEY, "cab1", 101, 1, TS)) == "pulsed"
+    assert cab2.handle_test(fwmsgs.test(KEY, "cab1", 100, 1, TS)) == "rejected"
+    assert cab2.handle_test(fwmsgs.test(KEY, "cab1", 101, 1, TS)) == "pulsed"
 
 
 def test_inhibited_credit_is_held_in_flash_then_pulsed_when_the_line_clears():
@@ -131,7 +132,7 @@ def test_inhibited_credit_is_held_in_flash_then_pulsed_when_the_line_clears():
     # the relay redelivers it, or sends another: no answer, nothing changes
     assert cab.handle(credit(7, 3, "cs_a")) == ("held", None)
     assert cab.handle(credit(8, 1, "cs_b")) == ("held", None)
-    assert cab.handle_test(protocol.test(KEY, "cab1", 5, 1, TS)) == "rejected"
+    assert cab.handle_test(fwmsgs.test(KEY, "cab1", 5, 1, TS)) == "rejected"
     assert cab.test_error == "5 inhibited"
     assert cab.resume() is None, "still inhibited"
     line.drive(1)

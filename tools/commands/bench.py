@@ -23,7 +23,9 @@ def main(argv=None):
     p.add_argument("--growth-webhooks", type=int, default=300, help="webhooks timed at each ledger size")
     p.add_argument("--pulse-ms", type=int, default=None, help="coin pulse width (default: the board's, 100)")
     p.add_argument("--gap-ms", type=int, default=None, help="gap between pulses (default: the board's, 150)")
-    p.add_argument("--designs", default="relay,naive", help="which designs to run (default %(default)s)")
+    p.add_argument("--designs", default="relay,naive",
+                   help="which designs to run, in order: relay, naive, relay-postgresql (the relay with its "
+                        "ledger on a private PostgreSQL) (default %(default)s)")
     p.add_argument("--dir", default=str(lab.ROOT / "build" / "bench"), help="work folder (logs, databases)")
     p.add_argument("--out", default=None, help="write the figures as JSON here (default DIR/bench.json)")
     args = p.parse_args(argv)
@@ -32,8 +34,8 @@ def main(argv=None):
     except ValueError:
         p.error("--ledger-sizes %r: give whole numbers separated by commas, e.g. 10000,1000000" % args.ledger_sizes)
     designs = [d.strip() for d in args.designs.split(",") if d.strip()]
-    if not designs or any(d not in ("relay", "naive") for d in designs):
-        p.error("--designs %r: use relay, naive or both" % args.designs)
+    if not designs or any(d not in ("relay", "naive", "relay-postgresql") for d in designs):
+        p.error("--designs %r: use relay, naive and/or relay-postgresql" % args.designs)
     if min(args.payments, args.cabinets, args.webhooks, args.senders, args.queued) < 1 or \
             any(s < 0 for s in sizes) or sizes != sorted(sizes):
         p.error("counts must be positive and --ledger-sizes increasing")

@@ -17,7 +17,8 @@ import time
 
 from relay import pricing
 from relay.config import db_path
-from relay.ledger import LedgerError, StorageError, open_ledger, valid_cabinet_id
+from relay.backends import redact
+from relay.ledger import LedgerError, StorageError, ledger_exists, open_ledger, valid_cabinet_id
 
 
 def _fail(message):
@@ -55,17 +56,17 @@ def cmd_add(args):
         return _fail(str(e))
     if not 1 <= args.coins_per_credit <= 255:
         return _fail("--coins-per-credit %d must be from 1 to 255" % args.coins_per_credit)
-    created = not os.path.exists(args.db)
     try:
         with open_ledger(args.db) as ledger:
             secret = ledger.add_cabinet(args.id, name=args.name, currency=currency, price_cents=price,
                                         bundles=bundles, coins_per_credit=args.coins_per_credit)
             cab = ledger.get_cabinet(args.id)
             ledger_id = ledger.ledger_id
+            created = ledger.created_now
     except LedgerError as e:
         return _fail(str(e))
     if created:
-        print("created the database %s (ledger %s)" % (args.db, ledger_id[:8]))
+        print("created the database %s (ledger %s)" % (redact(args.db), ledger_id[:8]))
     print("cabinet %s (%s) added: %s; %d coin(s) per credit" % (cab["id"], cab["name"], _prices(cab),
                                                                  cab["coins_per_credit"]))
     print("its secret is shown only this once; it goes into the cabinet's config.json:")
@@ -82,7 +83,7 @@ def cmd_list(args):
         print(json.dumps(cabinets, indent=2))
         return 0
     if not cabinets:
-        print("no cabinets in %s: add one with `arcade cabinet add ID --price 1.00`" % args.db)
+        print("no cabinets in %s: add one with `arcade cabinet add ID --price 1.00`" % redact(args.db))
         return 0
     now = time.time()
     rows = [("ID", "NAME", "ENABLED", "ONLINE", "LAST SEEN", "PENDING", "COINS", "PRICES")]
@@ -339,9 +340,9 @@ def main(argv=None):
                     help="seconds to wait for the cabinet's report (default %(default)s)")
     args = p.parse_args(argv)
     args.db = args.db or db_path()
-    if args.command != "add" and not os.path.exists(args.db):
+    if args.command != "add" and not ledger_exists(args.db):
         return _fail("no database at %s: set ARCADE_DB (or --db), or register a cabinet with `arcade cabinet add`"
-                     % args.db)
+                     % redact(args.db))
     try:
         if args.command == "add":
             return cmd_add(args)
@@ -355,4 +356,4 @@ def main(argv=None):
             return cmd_test_pulse(args)
         return cmd_enable(args, args.command == "enable")
     except StorageError as e:
-        return _fail("database %s: %s" % (args.db, e))
+        return _fail("database %s: %s" % (redact(args.db), e))

@@ -307,11 +307,11 @@ class Flasher:
         # broker already handed it and the relay has no ack for would be applied again.
         if "state.json" in probe["root"] or self.force:
             return
-        if not self.db or not os.path.exists(self.db):
+        from relay.ledger import ledger_exists, open_ledger
+        if not self.db or not ledger_exists(self.db):
             self.out("      note: no relay database here (%s): cannot check %s for unacknowledged credits"
                      % (self.db, self.cab))
             return
-        from relay.ledger import open_ledger
         with open_ledger(self.db) as ledger:
             unacked = ledger.sent_unacked(self.cab)
         if unacked:

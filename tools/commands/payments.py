@@ -17,7 +17,8 @@ import time
 
 from relay import pricing
 from relay.config import DEFAULTS, db_path
-from relay.ledger import StorageError, open_ledger
+from relay.backends import redact
+from relay.ledger import StorageError, ledger_exists, open_ledger
 
 TIMES = ("created_at", "paid_at", "queued_at", "sent_at", "done_at")
 
@@ -93,8 +94,8 @@ def main(argv=None):
     if args.limit < 1:
         p.error("--limit %d: give at least 1" % args.limit)
     db = args.db or db_path()
-    if not os.path.exists(db):
-        print("arcade payments: no database at %s: set ARCADE_DB (or --db) to the relay's database" % db,
+    if not ledger_exists(db):
+        print("arcade payments: no database at %s: set ARCADE_DB (or --db) to the relay's database" % redact(db),
               file=sys.stderr)
         return 2
     stuck_after = args.stuck_after if args.stuck_after is not None else _stuck_after()
@@ -108,11 +109,11 @@ def main(argv=None):
                 payments = ledger.list_payments(limit=args.limit, stuck=args.stuck, stuck_after=stuck_after)
             cabinets = {c["id"]: c for c in ledger.list_cabinets()}
     except StorageError as e:
-        print("arcade payments: database %s: %s" % (db, e), file=sys.stderr)
+        print("arcade payments: database %s: %s" % (redact(db), e), file=sys.stderr)
         return 2
     if args.session and not payments:
         print("arcade payments: no payment for session %r in %s (see `arcade payments`; a paid session the webhook "
-              "never delivered is found by `arcade reconcile`)" % (args.session, db), file=sys.stderr)
+              "never delivered is found by `arcade reconcile`)" % (args.session, redact(db)), file=sys.stderr)
         return 1
     for x in payments:
         x["timeline"] = [[state, ts] for state, ts in timeline(x)]

@@ -25,7 +25,8 @@ from pathlib import Path
 from dotenv import dotenv_values
 
 from relay.config import db_path, mask_url
-from relay.ledger import LedgerError, StorageError, open_ledger, valid_cabinet_id
+from relay.backends import redact
+from relay.ledger import LedgerError, StorageError, ledger_exists, open_ledger, valid_cabinet_id
 from tools.hostsim.boards import BOARDS, CA_NAME, ProvisionError, board_names, fw_config, load_profile
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,8 +89,8 @@ def provision(cab, board, wifi_ssid, wifi_password, broker, db, out=DEFAULT_OUT,
     elif mqtt["ssl"]:
         raise ProvisionError("%s is mqtts://: pass --ca FILE, the CA certificate that signed the broker's "
                              "certificate, so the board can verify it" % mask_url(broker))
-    if not os.path.exists(db):
-        raise ProvisionError("no relay database at %s: set ARCADE_DB (or --db) to the relay's database" % db)
+    if not ledger_exists(db):
+        raise ProvisionError("no relay database at %s: set ARCADE_DB (or --db) to the relay's database" % redact(db))
     with open_ledger(db) as ledger:
         cabinet = ledger.get_cabinet(cab)
         if cabinet is None:
@@ -174,7 +175,7 @@ def main(argv=None):
         print("arcade provision: %s" % e, file=sys.stderr)
         return 2
     except (LedgerError, StorageError) as e:
-        print("arcade provision: database %s: %s" % (db, e), file=sys.stderr)
+        print("arcade provision: database %s: %s" % (redact(db), e), file=sys.stderr)
         return 2
     shown = os.path.relpath(target) if not os.path.relpath(target).startswith("..") else str(target)
     files = ["config.json (0600)", "board.json"] + ([CA_NAME] if args.ca else [])

@@ -15,7 +15,8 @@ import stripe
 
 from relay import checkout, pricing, reconcile
 from relay.config import ConfigError, load
-from relay.ledger import StorageError, open_ledger
+from relay.backends import redact
+from relay.ledger import StorageError, ledger_exists, open_ledger
 
 COLUMNS = ("KIND", "SESSION", "CABINET", "STRIPE", "LEDGER", "STATE", "DETAIL")
 
@@ -67,8 +68,8 @@ def main(argv=None):
         print("arcade reconcile: %s" % e, file=sys.stderr)
         return 2
     db = args.db or cfg["ARCADE_DB"]
-    if not os.path.exists(db):
-        print("arcade reconcile: no database at %s: set ARCADE_DB (or --db) to the relay's database" % db,
+    if not ledger_exists(db):
+        print("arcade reconcile: no database at %s: set ARCADE_DB (or --db) to the relay's database" % redact(db),
               file=sys.stderr)
         return 2
     try:
@@ -91,7 +92,7 @@ def main(argv=None):
               % type(e).__name__, file=sys.stderr)
         return 2
     except StorageError as e:
-        print("arcade reconcile: database %s: %s" % (db, e), file=sys.stderr)
+        print("arcade reconcile: database %s: %s" % (redact(db), e), file=sys.stderr)
         return 2
     print(json.dumps(report, indent=2) if args.json else table(report))
     return 1 if report["attention"] else 0

@@ -14,6 +14,7 @@ import waitress
 from relay import create_app, reconcile
 from relay.config import ConfigError, db_path, mask_url
 from relay.dispatcher import start_for_app
+from relay.backends import is_postgres, redact
 from relay.ledger import StorageError
 
 
@@ -42,8 +43,9 @@ def main(argv=None):
         print("arcade relay: %s" % e, file=sys.stderr)
         return 2
     except StorageError as e:
-        print("arcade relay: cannot open the database ARCADE_DB=%s: %s (check the path and its directory's "
-              "permissions)" % (db_path(), e), file=sys.stderr)
+        hint = "" if is_postgres(db_path()) else " (check the path and its directory's permissions)"
+        print("arcade relay: cannot open the database ARCADE_DB=%s: %s%s" % (redact(db_path()), e, hint),
+              file=sys.stderr)
         return 2
     try:
         reconcile.settings(app.config)   # a bad ARCADE_RECONCILE_* stops the relay before it listens
@@ -66,8 +68,8 @@ def main(argv=None):
         signal.signal(signal.SIGINT, _stop)
         print("arcade relay: listening on http://%s:%d (POST /stripe/webhook, GET /healthz); broker %s; "
               "database %s (ledger %s); dispatcher %s"
-              % (args.host, int(server.effective_port), mask_url(app.config["MQTT_URL"]), app.config["ARCADE_DB"],
-                 app.config["ARCADE_LEDGER_ID"][:8],
+              % (args.host, int(server.effective_port), mask_url(app.config["MQTT_URL"]),
+                 redact(app.config["ARCADE_DB"]), app.config["ARCADE_LEDGER_ID"][:8],
                  "running" if dispatcher else "in another relay process on this database"), flush=True)
         server.run()
     finally:

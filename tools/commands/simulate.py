@@ -101,6 +101,23 @@ def parse_args(argv):
                    help="coin pulse width in ms instead of the board's (fast soak and benchmark runs)")
     p.add_argument("--gap-ms", type=int, metavar="MS",
                    help="idle time between pulses in ms instead of the board's")
+    b = p.add_argument_group("an unkind board", "make the simulated board behave like a real ESP32 "
+                             "where it hurts (tools/hostsim/simulator.py)")
+    b.add_argument("--ticks-start", type=int, metavar="MS",
+                   help="start the tick counter here (it wraps at 2^30 = %d ms like the ESP32's; "
+                        "e.g. %d is 5 s before the wrap)" % (1 << 30, (1 << 30) - 5000))
+    b.add_argument("--watchdog-ms", type=int, metavar="MS",
+                   help="the watchdog resets the simulated board when unfed for MS (default: the "
+                        "firmware's own timeout); the board then boots again on the same flash")
+    b.add_argument("--dns-delay", type=float, default=0.0, metavar="S",
+                   help="every DNS lookup blocks S seconds (lwIP ignores socket timeouts)")
+    b.add_argument("--micropython", choices=("1.22", "1.27"), default="1.27",
+                   help="1.22: umqtt's `import ussl` returns the built-in ssl, never a file "
+                        "(default %(default)s)")
+    b.add_argument("--chip", choices=sorted(simulator.MACHINES),
+                   help="the chip the simulated board really has (default: the profile's)")
+    b.add_argument("--wifi-off-file", metavar="PATH",
+                   help="while PATH exists the WiFi access point is gone (status 201)")
     p.add_argument("--ca", metavar="FILE",
                    help="CA certificate (PEM or DER) that signed the broker's certificate; required "
                         "with MQTT_URL=mqtts://..., copied into the state dir as ca.pem")
@@ -153,9 +170,18 @@ def main(argv=None):
     if not (umqtt / "umqtt" / "simple.py").is_file():
         return fail("the pinned umqtt.simple is missing from %s: run `make umqtt`" % umqtt)
 
+    if args.ticks_start is not None and not 0 <= args.ticks_start < 1 << 30:
+        return fail("--ticks-start %d: the tick counter runs from 0 to %d" % (args.ticks_start, (1 << 30) - 1))
+    if args.watchdog_ms is not None and args.watchdog_ms < 1:
+        return fail("--watchdog-ms must be at least 1")
+    if args.dns_delay < 0:
+        return fail("--dns-delay must be 0 or more seconds")
+    sim = simulator.Board(ticks_start=args.ticks_start, watchdog_ms=args.watchdog_ms,
+                          dns_delay=args.dns_delay, micropython=args.micropython, chip=args.chip,
+                          wifi_off_file=args.wifi_off_file)
     rc = simulator.run(args.cabinet, url, secret, args.state, profile, board, prefix=args.prefix,
                        keepalive=args.keepalive, inhibit_file=args.inhibit_file, pulse_ms=args.pulse_ms,
-                       gap_ms=args.gap_ms, ca_data=ca_data)
+                       gap_ms=args.gap_ms, ca_data=ca_data, sim=sim)
     if rc:
         print("arcade simulate: the firmware refused its configuration (see above)", file=sys.stderr)
         return 2

@@ -18,6 +18,10 @@ def main(argv=None):
     p.add_argument("--pulse-ms", type=int, default=20, help="simulated coin pulse width (default %(default)s)")
     p.add_argument("--gap-ms", type=int, default=20, help="simulated gap between pulses (default %(default)s)")
     p.add_argument("--dir", default=str(lab.ROOT / "build" / "soak"), help="work folder (logs, database, flash)")
+    p.add_argument("--backend", default="sqlite", choices=lab.BACKENDS,
+                   help="the ledger: a SQLite file, or a private PostgreSQL cluster (default %(default)s)")
+    p.add_argument("--quiet", type=float, default=lab.QUIET, metavar="S",
+                   help="after settling, seconds without a pulse before the books close (default %(default)s)")
     p.add_argument("--json", action="store_true", help="print the result as JSON too")
     args = p.parse_args(argv)
     try:
@@ -30,7 +34,8 @@ def main(argv=None):
     if args.payments < 1 or args.cabinets < 1 or args.rate <= 0:
         p.error("--payments, --cabinets and --rate must be positive")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10 ** 6)
-    soak = lab.Soak(args.dir, args.payments, args.cabinets, seed, args.rate, gap, args.pulse_ms, args.gap_ms, kinds)
+    soak = lab.Soak(args.dir, args.payments, args.cabinets, seed, args.rate, gap, args.pulse_ms, args.gap_ms, kinds,
+                    backend=args.backend, quiet=args.quiet)
     if 5 in kinds and soak.proxy_cls is None:
         print("arcade soak: fault 5 needs tools/lab/tcpproxy.py; running faults %s" % soak.kinds, file=sys.stderr)
     try:

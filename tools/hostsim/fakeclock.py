@@ -1,5 +1,7 @@
 # A clock the tests drive: sleep_ms advances time instead of waiting, so pulse
-# widths and gaps are exact. MicroPython-compatible.
+# widths and gaps are exact. It wraps at 2**30 ms like an ESP32's ticks_ms, so a
+# test can idle a board for a week in one call. MicroPython-compatible.
+_MASK = (1 << 30) - 1
 
 
 class FakeClock:
@@ -8,7 +10,7 @@ class FakeClock:
         self.sleeps = []
 
     def ticks_ms(self):
-        return self.now
+        return self.now & _MASK
 
     def sleep_ms(self, ms):
         self.sleeps.append(ms)

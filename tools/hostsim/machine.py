@@ -1,7 +1,8 @@
 # Host fake of MicroPython's `machine`: pins that record every level change
 # against a clock (real ticks by default, a FakeClock in tests), refuse misuse,
-# and a WDT that records feeds. Written in the MicroPython subset so the same
-# fakes serve the WebAssembly MicroPython test run.
+# a WDT that records feeds (and says when a board would have reset: `starved`),
+# RTC memory that survives a reset, and reset_cause(). Written in the MicroPython
+# subset so the same fakes serve the WebAssembly MicroPython test run.
 import time
 
 try:
@@ -15,6 +16,13 @@ sources = {}       # id -> fn() giving the level the outside world drives on tha
 watchers = []      # fn(pin, t_ms, value) called after every level change
 wdts = []
 resets = []
+rtc_memory = bytearray()   # machine.RTC().memory(): survives reset, lost at power-off
+PWRON_RESET = 1
+HARD_RESET = 2
+WDT_RESET = 3
+DEEPSLEEP_RESET = 4
+SOFT_RESET = 5
+cause = [PWRON_RESET]      # what reset_cause() says (the simulator sets it after a simulated reset)
 
 
 def set_clock(fn):
@@ -36,6 +44,8 @@ def clear():
     del watchers[:]
     del wdts[:]
     del resets[:]
+    rtc_memory[:] = b""
+    cause[0] = PWRON_RESET
     set_clock(None)
 
 
@@ -60,6 +70,7 @@ class Pin:
         self.pull = None
         self._v = 0
         self.history = []
+        self._irq = None
         pins[id] = self
         self.init(mode, pull, value)
 
@@ -89,6 +100,12 @@ class Pin:
         self.history.append((t, v))
         for fn in watchers:
             fn(self, t, v)
+        if self._irq is not None and self._irq[1] & (Pin.IRQ_RISING if v else Pin.IRQ_FALLING):
+            self._irq[0](self)
+
+    def irq(self, handler=None, trigger=3):
+        """Like the ESP32 port: handler(pin) after each edge that matches trigger."""
+        self._irq = (handler, trigger) if handler is not None else None
 
     def value(self, v=None):
         if v is None:
@@ -137,15 +154,45 @@ class Signal:
 
 
 class WDT:
+    # The board resets when timeout ms pass without a feed. Here: `starved()` says the longest time
+    # the firmware went unfed (tests compare it with the timeout); the simulator watches `last`
+    # from a thread and restarts the process, as the board would (tools/hostsim/simulator.py).
     def __init__(self, id=0, timeout=5000):
         if timeout < 1:
             raise ValueError("WDT timeout")
         self.timeout = timeout
         self.feeds = []
+        self.started = self.last = now()
+        self.longest = 0
         wdts.append(self)
 
     def feed(self):
-        self.feeds.append(now())
+        t = now()
+        gap = time.ticks_diff(t, self.last)
+        if gap > self.longest:
+            self.longest = gap
+        self.last = t
+        self.feeds.append(t)
+        if len(self.feeds) > 4096:
+            del self.feeds[:2048]
+
+    def starved(self):
+        """The longest stretch without a feed so far (ms), up to now."""
+        gap = time.ticks_diff(now(), self.last)
+        return gap if gap > self.longest else self.longest
+
+
+class RTC:
+    def memory(self, data=None):
+        if data is None:
+            return bytes(rtc_memory)
+        if len(data) > 2048:
+            raise ValueError("buffer too long")
+        rtc_memory[:] = data
+
+
+def reset_cause():
+    return cause[0]
 
 
 class ResetCalled(Exception):

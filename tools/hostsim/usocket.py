@@ -7,6 +7,7 @@ watch it.
 """
 import errno
 import socket as _socket
+import time as _time
 
 AF_INET = _socket.AF_INET
 SOCK_STREAM = _socket.SOCK_STREAM
@@ -16,7 +17,13 @@ IPPROTO_TCP = _socket.IPPROTO_TCP   # the ESP32 port has both (ports/esp32/modso
 TCP_NODELAY = _socket.TCP_NODELAY
 
 
+dns_delay = 0.0    # seconds each lookup blocks (`arcade simulate --dns-delay`): lwIP's getaddrinfo
+#                    ignores settimeout and takes seconds per dead DNS server
+
+
 def getaddrinfo(host, port, af=0, type=0, proto=0, flags=0):
+    if dns_delay > 0:
+        _time.sleep(dns_delay)
     return _socket.getaddrinfo(host, port, af or _socket.AF_INET, type or SOCK_STREAM)
 
 

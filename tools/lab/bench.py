@@ -3,7 +3,9 @@
 A private mosquitto, the relay under its production server (`arcade relay`, waitress) and N
 simulated cabinets (`arcade simulate`, the unchanged firmware). Then the same figures for the naive
 design (tools/lab/naive_relay.py: verify the signature, publish QoS 0 inline, no ledger) on the same
-broker and cabinets:
+broker and cabinets; with --designs relay-postgresql also the relay with its ledger on a private
+PostgreSQL cluster (tools/lab/postgres.py, fsync on; the SQLite ledger's cabinets and counters copied
+into it just before, so the cabinets' sequence numbers continue):
 
   latency     webhook sent -> first coin edge on the simulated pin (p50/p95/p99), one payment at a
               time, spread over the cabinets (each cabinet idle when its next payment is sent)
@@ -34,6 +36,7 @@ from urllib.parse import urlsplit
 from tools.lab import stack
 from tools.lab import stripe_events
 from tools.lab.broker import Mosquitto, wait_port
+from tools.lab.postgres import Postgres, load_sqlite_dump
 
 ROOT = Path(__file__).resolve().parents[2]
 PRICE = 100
@@ -216,6 +219,7 @@ class Bench:
         self.secrets = {}
         self.sims = {}
         self.broker = Mosquitto(self.work / "mosquitto")
+        self.postgres = None
 
     def sim_args(self):
         extra = []
@@ -250,14 +254,32 @@ class Bench:
         for sim in self.sims.values():
             sim.stop()
         self.broker.stop()
+        if self.postgres is not None:
+            self.postgres.remove()
+
+    def postgres_copy(self):
+        """A PostgreSQL ledger holding the SQLite ledger as it is now (same cabinets, secrets, counters)."""
+        if self.postgres is None:
+            say("[relay-postgresql] starting a private PostgreSQL (initdb in a temp dir, fsync on)")
+            self.postgres = Postgres(fsync=True).start()
+        name = "bench_%d" % int(time.time() * 1000)
+        url = self.postgres.create_database(name)
+        src = sqlite3.connect(str(self.db))
+        try:
+            load_sqlite_dump(url, "\n".join(src.iterdump()))
+        finally:
+            src.close()
+        return url
 
     def design(self, name):
         if name == "relay":
             return stack.Relay(self.work, str(self.db), self.broker.url, self.whsec)
+        if name == "relay-postgresql":
+            return stack.Relay(self.work / "postgresql", self.postgres_copy(), self.broker.url, self.whsec)
         return Naive(self.work, self.cabfile, self.broker.url, self.whsec)
 
     def wait_ready(self, name, proc):
-        if name == "relay":
+        if name.startswith("relay"):
             stack.wait_until(lambda: proc.health().get("broker") == "ok", 20, what="relay connected to the broker")
         else:
             time.sleep(0.5)  # the naive relay has no health check; paho connects in the background
@@ -400,7 +422,7 @@ class Bench:
             rec, rec_got = self.reconnect(proc.webhook_url, a.queued)
             say("[%s] broker restart" % name)
             res, res_sent, res_lost, down = self.broker_restart(proc.webhook_url)
-            if name == "relay":
+            if name.startswith("relay"):
                 stack.wait_until(lambda: proc.health().get("broker") == "ok", 20, what="relay reconnected")
             mem = rss(proc.proc.pid)
         finally:
@@ -493,25 +515,33 @@ def get(d, path):
     return d
 
 
+def _cell(result, design, path):
+    value = get(result.get(design) or {}, path)
+    if path == ("reconnect_delivered",) and value is not None:
+        return "%s/%s" % (value, result[design]["reconnect_queued"])
+    if path == ("broker_restart_lost",) and value is not None:
+        return "%s/%s" % (value, result[design]["broker_restart_sent"])
+    return value
+
+
 def table(result):
-    relay, naive = result["relay"], result["naive"]
-    lines = ["%-46s %12s %12s %8s" % ("figure", "relay", "naive", "ratio")]
+    """relay and naive with their ratio; relay on PostgreSQL and its ratio to naive when it ran."""
+    pg = "relay-postgresql" in result
+    head = ("figure", "relay", "naive", "ratio") + (("relay-pg", "pg/naive") if pg else ())
+    lines = [("%-46s %12s %12s %8s" + (" %12s %8s" if pg else "")) % head]
     for label, path in ROWS:
-        a, b = get(relay, path), get(naive, path)
+        cells = [_cell(result, d, path) for d in ("relay", "naive", "relay-postgresql")]
         if path == ("reconnect_pulse_floor_ms",):
-            b, r = None, None
-        elif path == ("reconnect_delivered",):
-            a = "%s/%s" % (a, relay["reconnect_queued"])
-            b = "%s/%s" % (b, naive["reconnect_queued"])
-            r = None
-        elif path == ("broker_restart_lost",):
-            a = "%s/%s" % (a, relay["broker_restart_sent"])
-            b = "%s/%s" % (b, naive["broker_restart_sent"])
-            r = None
-        else:
-            r = ratio(a, b)
-        lines.append("%-46s %12s %12s %8s" % (label, "-" if a is None else a, "-" if b is None else b,
-                                              "-" if r is None else "%.2fx" % r))
+            cells[1] = None
+        plain = path not in (("reconnect_pulse_floor_ms",), ("reconnect_delivered",), ("broker_restart_lost",))
+        r = ratio(cells[0], cells[1]) if plain else None
+        rp = ratio(cells[2], cells[1]) if plain else None
+        row = [label] + ["-" if c is None else c for c in cells[:2]] + ["-" if r is None else "%.2fx" % r]
+        fmt = "%-46s %12s %12s %8s"
+        if pg:
+            row += ["-" if cells[2] is None else cells[2], "-" if rp is None else "%.2fx" % rp]
+            fmt += " %12s %8s"
+        lines.append(fmt % tuple(row))
     lines.append("")
     lines.append("relay webhook latency as the ledger grows:")
     for g in result.get("growth", []):

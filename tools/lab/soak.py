@@ -15,9 +15,21 @@ once before repeats):
   5 halfopen  blackhole a cabinet's (or the relay's) link in tools/lab/tcpproxy without closing it,
               until that end notices and redials
 
-At the end, per cabinet: coin pulses seen on the simulated pin (pulse lines, across restarts;
-distinct (session, n) and total) against Σ pulses of the ledger's paid payments; every payment in
-a final state. Prints the figures; exit status 0 only when nothing is lost or doubled.
+The books trust nobody: neither the relay's ledger nor the firmware's journal says what was owed.
+  expected  what the soak itself paid for, per cabinet and session, from its own copy of the price
+            table (PRICE_TABLE: cents -> credits) and each cabinet's coins per credit;
+  seen      the coin line of each simulated cabinet: every pulse (line active then idle) and every
+            pulse cut by a power cut (line active when the process died: counted once, by design),
+            attributed by cabinet and by the session the cabinet was pulsing;
+  lost      per session, pulses paid for and not seen; doubled: pulses seen beyond what was paid,
+            and EVERY pulse for a session that cabinet was not paid for; per cabinet the larger of
+            that and the difference of totals (so a wrong label cannot hide a pulse);
+  failures  a good payment the relay marked invalid/rejected/failed/expired, a payment not in a
+            final state or never answered 2xx, a fault that failed to inject.
+Settling waits (bounded) until the pins show what was paid and the ledger is final, then watches a
+quiet window (QUIET s, longer than the relay's longest redelivery interval) for a late pulse.
+BACKEND: the ledger on SQLite (a file) or PostgreSQL (a private cluster, fsync on). Prints every
+figure; exit status 0 only when the books balance.
 """
 import json
 import random
@@ -34,14 +46,20 @@ from tools.lab import stack
 from tools.lab import stripe_events
 from tools.lab.bench import Http
 from tools.lab.broker import Mosquitto
+from tools.lab.postgres import Postgres
 
 ROOT = Path(__file__).resolve().parents[2]
 KINDS = {1: "relay", 2: "broker", 3: "offline", 4: "powercut", 5: "halfopen"}
 PRICE, BUNDLE = 100, (3, 250)
+PRICE_TABLE = {PRICE: 1, BUNDLE[1]: BUNDLE[0]}     # the soak's own copy: cents paid -> credits owed
+BAD_STATES = ("invalid", "rejected", "failed", "expired")   # for a good payment, each is a failure
 FINAL = ("applied", "duplicate", "rejected", "invalid", "failed", "expired")
 KEEPALIVE = 2
 RELAY_ENV = {"ARCADE_ACK_TIMEOUT": "1", "ARCADE_ACK_TIMEOUT_MAX": "4", "ARCADE_RESCAN": "0.5",
              "ARCADE_MQTT_KEEPALIVE": str(KEEPALIVE), "ARCADE_STUCK_AFTER": "30"}
+# after settling, this long without a pulse: more than the longest redelivery interval plus a redial
+QUIET = float(RELAY_ENV["ARCADE_ACK_TIMEOUT_MAX"]) + 3 * KEEPALIVE
+BACKENDS = ("sqlite", "postgresql")
 
 
 def _proxy_class():
@@ -54,7 +72,9 @@ def _proxy_class():
 
 class Soak:
     def __init__(self, work, payments, cabinets, seed, rate, fault_gap, pulse_ms=20, gap_ms=20, kinds=None,
-                 log=None):
+                 log=None, backend="sqlite", quiet=QUIET):
+        if backend not in BACKENDS:
+            raise ValueError("backend %r: use one of %s" % (backend, ", ".join(BACKENDS)))
         self.work = Path(work)
         if self.work.exists():
             shutil.rmtree(self.work)
@@ -68,7 +88,9 @@ class Soak:
         self.proxy_cls = _proxy_class()
         self.kinds = [k for k in (kinds or sorted(KINDS)) if k != 5 or self.proxy_cls is not None]
         self.whsec = "whsec_soak_" + secrets.token_hex(16)
-        self.db = self.work / "arcade.db"
+        self.backend, self.quiet = backend, quiet
+        self.postgres = None
+        self.db = str(self.work / "arcade.db")     # a postgresql:// URL once setup() started the cluster
         self.cabs = ["soak-%02d" % i for i in range(cabinets)]
         self.secret, self.coins = {}, {}
         self.sims, self.history = {}, defaultdict(list)   # history: pulse/boot lines of finished runs
@@ -78,11 +100,12 @@ class Soak:
         self.relay = None
         self.relay_port = stack.free_port()
         self.sent = {}               # session id -> (cabinet, amount)
+        self.owed = {}               # session id -> (cabinet, pulses): from the soak's own price table
         self.unaccepted = []         # payments the relay never answered 2xx (gave up)
         self.redelivered = 0
         self.faults = Counter()
         self.fault_log = []
-        self.powercuts = []          # what the journal said at each cut
+        self.powercuts = []          # what the pin showed at each cut
         self.lock = threading.Lock()
         self.sending = threading.Event()
 
@@ -98,7 +121,7 @@ class Soak:
 
     def start_relay(self):
         for attempt in range(20):
-            relay = stack.Relay(self.work, str(self.db), self.url_for("relay"), self.whsec, port=self.relay_port,
+            relay = stack.Relay(self.work, self.db, self.url_for("relay"), self.whsec, port=self.relay_port,
                                 extra_env=RELAY_ENV)
             try:
                 self.relay = relay.start()
@@ -121,7 +144,11 @@ class Soak:
 
     def setup(self):
         from relay.ledger import open_ledger
-        with open_ledger(str(self.db)) as ledger:
+        if self.backend == "postgresql":
+            self.log("soak: starting a private PostgreSQL (initdb in a temp dir)")
+            self.postgres = Postgres(fsync=True).start()
+            self.db = self.postgres.create_database("soak")
+        with open_ledger(self.db) as ledger:
             for cab in self.cabs:
                 self.coins[cab] = self.pay_rng.choice((1, 2))
                 self.secret[cab] = ledger.add_cabinet(cab, price_cents=PRICE, bundles=[BUNDLE],
@@ -147,6 +174,10 @@ class Soak:
         for proxy in self.proxies.values():
             proxy.stop()
         self.broker.stop()
+        if self.postgres is not None:
+            from relay.backends import close_pools
+            close_pools()
+            self.postgres.remove()
 
     # -- payments ------------------------------------------------------------------------------
 
@@ -156,6 +187,7 @@ class Soak:
         body = stripe_events.encode(stripe_events.event(session))
         with self.lock:
             self.sent[session["id"]] = (cab, amount)
+            self.owed[session["id"]] = (cab, PRICE_TABLE[amount] * self.coins[cab])
             twice = self.pay_rng.random() < 0.05
         deadline = time.monotonic() + 60
         while True:
@@ -229,21 +261,18 @@ class Soak:
                 sid = self.pay(cab, BUNDLE[1], http)     # 3 credits: a train of 3 or 6 pulses
             finally:
                 http.close()
-            try:
-                sim.wait_for(lambda ls: any(x.get("event") == "pulse" and x.get("session") == sid
-                                            and x.get("n", 0) < x.get("of", 0) for x in ls), 20, "mid-train pulse")
-                where = "mid-train"
-            except (TimeoutError, RuntimeError):
-                where = "not mid-train (train not seen in time)"
+            # TimeoutError here: the fault failed to inject (counted, and the run fails)
+            sim.wait_for(lambda ls: any(x.get("event") == "pulse" and x.get("session") == sid
+                                        and x.get("n", 0) < x.get("of", 0) for x in ls), 20, "mid-train pulse")
             self.retire_sim(cab, "kill")
-            state = json.loads((sim.state_dir / "state.json").read_text())
-            cur = state.get("cur")
-            seen = len([x for x in self.history[cab] if x.get("event") == "pulse"
-                        and cur and x.get("session") == cur.get("session")])
-            self.powercuts.append({"cab": cab, "cur": cur, "pulse_lines_for_cur": seen})
+            pin = pin_events(self.history[cab] + [{"event": "boot"}])     # the next boot ends that run
+            cut_on_line = pin[-1]["kind"] == "cut" if pin else False
+            got = len([p for p in pin if p["session"] == sid])
+            self.powercuts.append({"cab": cab, "session": sid, "pulses_of_train_on_pin": got,
+                                   "cut_with_line_active": cut_on_line})
             self.start_sim(cab).wait_connected(30)
-            return "%s SIGKILLed %s (journal cur done=%s of %s)" % (
-                cab, where, cur and cur.get("done"), cur and cur.get("pulses"))
+            return "%s SIGKILLed after %d pulse(s) of a train of %d%s" % (
+                cab, got, self.owed[sid][1], ", the line active" if cut_on_line else "")
         if kind == 5:
             who = rng.choice(["relay"] + [c for c in self.cabs if c in self.sims])
             proxy = self.proxies[who]
@@ -292,99 +321,113 @@ class Soak:
                 break
             kind = order.pop(0) if order else self.rng.choice(self.kinds)
             t0 = time.monotonic()
+            failed = False
             try:
                 what = self.fault(kind)
-            except Exception as e:  # counted and shown; the run goes on and the books decide
+            except Exception as e:  # counted and shown; the run goes on, and fails at the end
                 what = "FAILED to inject: %r" % (e,)
+                failed = True
                 self.recover_all()
             with self.lock:
                 self.faults[KINDS[kind]] += 1
-                self.fault_log.append({"kind": kind, "what": what, "s": round(time.monotonic() - t0, 2)})
+                self.fault_log.append({"kind": kind, "what": what, "s": round(time.monotonic() - t0, 2),
+                                       "failed": failed})
             self.log("fault %d (%s): %s" % (kind, KINDS[kind], what))
 
     # -- the books -----------------------------------------------------------------------------
 
     def ledger_rows(self):
+        """What the relay says it did (states only: never what was owed), read with the engine's own driver."""
+        sql = "SELECT session_id, cabinet_id, state, reason, credits, pulses, seq FROM payments"
+        if self.backend == "postgresql":
+            import psycopg
+            with psycopg.connect(self.db, connect_timeout=5) as conn:
+                cur = conn.execute(sql)
+                names = [d.name for d in cur.description]
+                return [dict(zip(names, r)) for r in cur.fetchall()]
         db = sqlite3.connect("file:%s?mode=ro" % self.db, uri=True, timeout=5)
         try:
-            cur = db.execute("SELECT session_id, cabinet_id, state, reason, credits, pulses, seq FROM payments")
+            cur = db.execute(sql)
             names = [d[0] for d in cur.description]
             return [dict(zip(names, r)) for r in cur.fetchall()]
         finally:
             db.close()
 
+    def pin(self, cab):
+        """Every pulse on the cabinet's coin line so far, finished runs and the running one."""
+        lines = list(self.history[cab])
+        if cab in self.sims:
+            lines += [{"event": "boot"}] + list(self.sims[cab].lines)
+        return pin_events(lines)
+
     def settle(self, timeout):
-        """Wait until every payment is final and the pins are quiet."""
+        """Wait (bounded) until every pin shows at least what was paid for it and every payment is
+        final, then for a quiet window with no new pulse on any pin. False if either never came."""
+        owed = Counter()
+        for cab, pulses in self.owed.values():
+            owed[cab] += pulses
+
         def done():
+            if any(len(self.pin(cab)) < owed[cab] for cab in self.cabs):
+                return False
             rows = self.ledger_rows()
             return len(rows) >= len(self.sent) - len(self.unaccepted) and all(r["state"] in FINAL for r in rows)
+        deadline = time.monotonic() + timeout
         try:
-            stack.wait_until(done, timeout, 0.25, "every payment in a final state")
+            stack.wait_until(done, timeout, 0.25, "every paid pulse on the pins and every payment final")
         except TimeoutError:
             return False
-        count = -1
-        while True:  # quiet: no new pulse line for 1 s (bounded by the pulses still possible)
-            now = sum(len(s.pulses()) for s in self.sims.values())
-            if now == count:
-                return True
-            count = now
-            time.sleep(1.0)
+        count, since = -1, time.monotonic()
+        while time.monotonic() - since < self.quiet:
+            now = sum(len(self.pin(cab)) for cab in self.cabs)
+            if now != count:
+                count, since = now, time.monotonic()
+            if time.monotonic() > deadline + self.quiet:
+                return False
+            time.sleep(0.25)
+        return True
 
     def books(self):
         rows = self.ledger_rows()
         by_session = {r["session_id"]: r for r in rows}
-        lines = defaultdict(list)
-        for cab in self.cabs:
-            lines[cab] = [x for x in self.history[cab] if x.get("event") == "pulse"]
-        # A cut while a pulse was on the line: its line never went idle in that run, so it has no
-        # pulse line, yet the journal had it in flight and boot counts it as done (never twice).
-        # Seen as: completed pulse lines for that credit + earlier such cuts == journal `done`.
-        partial = Counter()
-        for cut in self.powercuts:
-            cur = cut["cur"]
-            if cur and cur["done"] < cur["pulses"] and \
-                    cut["pulse_lines_for_cur"] + partial[cur["session"]] == cur["done"]:
-                partial[cur["session"]] += 1
         per_cab = {}
-        lost = doubled = 0
-        out_of_order = 0
+        lost = doubled = out_of_order = cut_mid_pulse = 0
         for cab in self.cabs:
-            paid = [r for r in rows if r["cabinet_id"] == cab and r["credits"] > 0]
-            expected = sum(r["pulses"] for r in paid)
-            seen = lines[cab]
-            total = len(seen)
-            distinct = Counter((x.get("session"), x.get("n")) for x in seen)
-            per_session = Counter(x.get("session") for x in seen)
-            cab_lost = cab_doubled = 0
-            for r in paid:
-                got = len({n for (s, n) in distinct if s == r["session_id"]})
-                cab_lost += max(0, r["pulses"] - got - partial[r["session_id"]])
-                cab_doubled += max(0, per_session.get(r["session_id"], 0) - r["pulses"])
-            unknown = [s for s in per_session if s not in by_session]
-            cab_doubled += sum(per_session[s] for s in unknown)
-            # order: the first pulses of credits follow their seq
-            firsts = [by_session[x["session"]]["seq"] for x in seen if x.get("n") == 1 and x["session"] in by_session]
+            owed = {sid: pulses for sid, (c, pulses) in self.owed.items() if c == cab}
+            expected = sum(owed.values())
+            pin = self.pin(cab)
+            seen = Counter(p["session"] for p in pin)
+            distinct = {(p["session"], p["n"]) for p in pin}
+            cuts = sum(1 for p in pin if p["kind"] == "cut")
+            by_label_lost = sum(max(0, pulses - len({n for s, n in distinct if s == sid})) for sid, pulses in owed.items())
+            by_label_doubled = sum(max(0, seen[sid] - pulses) for sid, pulses in owed.items())
+            not_paid_here = sum(n for sid, n in seen.items() if sid not in owed)   # another cabinet's, or nobody's
+            cab_lost = max(by_label_lost, expected - len(pin))
+            cab_doubled = max(by_label_doubled + not_paid_here, len(pin) - expected)
+            # order: the first pulses of credits follow the seq the relay gave them
+            firsts = [by_session[p["session"]]["seq"] for p in pin if p["n"] == 1 and p["session"] in by_session]
             out_of_order += sum(1 for a, b in zip(firsts, firsts[1:]) if b < a)
             lost += cab_lost
             doubled += cab_doubled
-            per_cab[cab] = {"coins_per_credit": self.coins[cab], "payments": len(paid),
-                            "credits": sum(r["credits"] for r in paid), "expected_pulses": expected,
-                            "pulses_total": total, "pulses_distinct": len(distinct), "lost": cab_lost,
-                            "doubled": cab_doubled}
-        states = Counter(r["state"] for r in rows)
+            cut_mid_pulse += cuts
+            per_cab[cab] = {"coins_per_credit": self.coins[cab], "payments": len(owed), "expected_pulses": expected,
+                            "pulses_on_pin": len(pin), "cut_mid_pulse": cuts, "lost": cab_lost, "doubled": cab_doubled,
+                            "pulses_for_sessions_not_paid_here": not_paid_here}
+        states = Counter(by_session[s]["state"] for s in self.sent if s in by_session)
+        bad = sorted(s for s in self.sent if s in by_session and by_session[s]["state"] in BAD_STATES)
         missing = [s for s in self.sent if s not in by_session]
         return {"per_cabinet": per_cab, "lost": lost, "doubled": doubled, "out_of_order": out_of_order,
-                "cut_mid_pulse": sum(partial.values()),
-                "states": dict(states), "not_final": sum(v for k, v in states.items() if k not in FINAL),
-                "not_in_ledger": len(missing),
+                "cut_mid_pulse": cut_mid_pulse, "states": dict(states),
+                "not_final": sum(v for k, v in states.items() if k not in FINAL),
+                "good_marked_bad": len(bad), "good_marked_bad_sessions": bad[:20],
+                "not_in_ledger": len(missing), "ledger_rows_not_sent": len([s for s in by_session if s not in self.sent]),
                 "expected_pulses": sum(c["expected_pulses"] for c in per_cab.values()),
-                "pulses_total": sum(c["pulses_total"] for c in per_cab.values()),
-                "pulses_distinct": sum(c["pulses_distinct"] for c in per_cab.values())}
+                "pulses_on_pin": sum(c["pulses_on_pin"] for c in per_cab.values())}
 
     def run(self, settle_timeout=120):
         t0 = time.monotonic()
-        self.log("soak: %d payments over %d cabinets, seed %d, faults %s%s" % (
-            self.n_payments, len(self.cabs), self.seed, ",".join(str(k) for k in self.kinds),
+        self.log("soak: %d payments over %d cabinets, ledger on %s, seed %d, faults %s%s" % (
+            self.n_payments, len(self.cabs), self.backend, self.seed, ",".join(str(k) for k in self.kinds),
             "" if 5 in self.kinds or self.proxy_cls else " (5 needs tools/lab/tcpproxy.py)"))
         try:
             self.setup()
@@ -396,35 +439,58 @@ class Soak:
             sender.join()
             faulter.join()
             self.recover_all()
+            self.log("soak: sent; settling (then %.0f s without a pulse)" % self.quiet)
             settled = self.settle(settle_timeout)
-            for cab in list(self.sims):
-                self.history[cab].extend(self.sims[cab].lines)
-                self.sims[cab].lines = []
             result = self.books()
         finally:
             self.teardown()
-        result.update({"seed": self.seed, "payments": len(self.sent), "cabinets": len(self.cabs),
+        failed_faults = [f for f in self.fault_log if f["failed"]]
+        result.update({"seed": self.seed, "backend": self.backend, "quiet_s": self.quiet,
+                       "payments": len(self.sent), "cabinets": len(self.cabs), "faults_failed": len(failed_faults),
                        "accepted": len(self.sent) - len(self.unaccepted), "unaccepted": len(self.unaccepted),
                        "events_redelivered": self.redelivered, "faults": dict(self.faults),
                        "fault_log": self.fault_log, "powercuts": self.powercuts, "settled": settled,
                        "seconds": round(time.monotonic() - t0, 1)})
         result["balanced"] = (settled and result["lost"] == 0 and result["doubled"] == 0
                               and result["not_final"] == 0 and result["unaccepted"] == 0
-                              and result["not_in_ledger"] == 0 and result["out_of_order"] == 0)
+                              and result["not_in_ledger"] == 0 and result["out_of_order"] == 0
+                              and result["good_marked_bad"] == 0 and result["faults_failed"] == 0
+                              and result["ledger_rows_not_sent"] == 0)
         return result
 
 
 def summary(r):
     faults = ", ".join("%s %d" % (KINDS[k], r["faults"].get(KINDS[k], 0)) for k in sorted(KINDS))
     return "\n".join([
-        "seed %d: %d payments over %d cabinets in %.0f s (%d events delivered twice)"
-        % (r["seed"], r["payments"], r["cabinets"], r["seconds"], r["events_redelivered"]),
-        "faults: %s" % faults,
-        "ledger states: %s" % ", ".join("%s %d" % kv for kv in sorted(r["states"].items())),
-        "pulses: expected %d, on the pins %d (distinct %d) + %d cut mid-pulse (counted once by design)"
-        % (r["expected_pulses"], r["pulses_total"], r["pulses_distinct"], r["cut_mid_pulse"]),
-        "lost %d, doubled %d, out of order %d, not final %d, not accepted %d"
-        % (r["lost"], r["doubled"], r["out_of_order"], r["not_final"], r["unaccepted"]),
+        "seed %d: %d payments over %d cabinets, ledger on %s, in %.0f s (%d events delivered twice)"
+        % (r["seed"], r["payments"], r["cabinets"], r["backend"], r["seconds"], r["events_redelivered"]),
+        "faults: %s; failed to inject %d" % (faults, r["faults_failed"]),
+        "ledger states of the soak's payments: %s" % ", ".join("%s %d" % kv for kv in sorted(r["states"].items())),
+        "pulses: paid for %d (the soak's own price table), on the pins %d, of which %d cut mid-pulse (counted "
+        "once by design)" % (r["expected_pulses"], r["pulses_on_pin"], r["cut_mid_pulse"]),
+        "lost %d, doubled %d, out of order %d, not final %d, not accepted %d, good payments marked bad %d, "
+        "ledger rows nobody paid for %d" % (r["lost"], r["doubled"], r["out_of_order"], r["not_final"],
+                                           r["unaccepted"], r["good_marked_bad"], r["ledger_rows_not_sent"]),
+        "settled and quiet for %.0f s: %s" % (r["quiet_s"], "yes" if r["settled"] else "NO"),
         "books %s" % ("BALANCE" if r["balanced"] else "DO NOT BALANCE"),
     ])
 
+
+
+def pin_events(lines):
+    """A cabinet's coin line from its simulator lines (runs in order, each starting with "boot"):
+    [{"kind": "pulse"|"cut", "session", "n"}]. A pulse is the line going active then idle; a cut is
+    the line active when the process died (a pulse_on with no pulse after it in that run)."""
+    out, on = [], None
+    for x in lines:
+        event = x.get("event")
+        if event == "boot":
+            if on is not None:
+                out.append({"kind": "cut", "session": on.get("session"), "n": on.get("n")})
+            on = None
+        elif event == "pulse_on" and not x.get("test"):
+            on = x
+        elif event == "pulse" and not x.get("test"):
+            out.append({"kind": "pulse", "session": x.get("session"), "n": x.get("n")})
+            on = None
+    return out

@@ -5,6 +5,13 @@
 //   node tools/mpy/vm/run.mjs --mpy build/mpy      firmware from compiled .mpy files (what gets flashed)
 //   node tools/mpy/vm/run.mjs --tests DIR          run DIR/test_*.py instead of tests/fw (mounted as tests/fw)
 //   node tools/mpy/vm/run.mjs --script tools/mpy/vm/footprint.py   run another MicroPython-side script
+//   node tools/mpy/vm/run.mjs --heap 2m            a larger Python heap than the default 56k
+//
+// The Python heap starts at 56 KB by default: what an ESP32 starts with on MicroPython 1.22-1.27
+// (ports/esp32/mpconfigport.h, MICROPY_GC_INITIAL_HEAP_SIZE). Like a board's, it grows by further
+// areas when full (MICROPY_GC_SPLIT_HEAP_AUTO). Unlike a board, the PyScript variant never collects
+// inside a call (see STEPS below), so it grows where a board would collect, and cannot run out the
+// way a board does: tools/mpy/vm/footprint.py measures the peak instead, collecting step by step.
 //
 // The repository is mirrored into the VM's in-memory filesystem under /repo (only the parts that run
 // on a device: firmware/, the MicroPython fakes from tools/hostsim/, the pinned umqtt.simple, tests/fw/,
@@ -25,7 +32,7 @@ const PKG = "@micropython/micropython-webassembly-pyscript";
 const VM_ROOT = "/repo";
 
 // tools/hostsim files written in the MicroPython subset (the rest there is CPython-only).
-const HOSTSIM_MPY = ["machine.py", "network.py", "fakeclock.py", "mqttwire.py"];
+const HOSTSIM_MPY = ["machine.py", "network.py", "fakeclock.py", "mqttwire.py", "fwmsgs.py"];
 
 // Frozen into the PyScript build but absent from the stock ESP32 firmware (ports/esp32 manifest:
 // asyncio, bundle-networking, dht, ds18x20, neopixel, onewire, umqtt.*, upysh).
@@ -43,7 +50,7 @@ function usage(msg) {
 }
 
 function parseArgs(argv) {
-  const o = { script: "tools/mpy/vm/runner.py", tests: "tests/fw", mpy: null, heap: 2 * 1024 * 1024, guard: true, args: [] };
+  const o = { script: "tools/mpy/vm/runner.py", tests: "tests/fw", mpy: null, heap: 56 * 1024, guard: true, args: [] };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     const val = () => (i + 1 < argv.length ? argv[++i] : usage(a + " needs a value"));
@@ -142,6 +149,7 @@ const scriptRel = path.relative(ROOT, scriptHost).split(path.sep).join("/");
 if (scriptRel.startsWith("..")) usage("--script must be inside the repository");
 
 const mp = await loadVM(opts.heap);
+console.log(`run.mjs: Python heap ${opts.heap} B at start`);
 populate(mp.FS, opts);
 mp.FS.mkdirTree("/tmp");
 
