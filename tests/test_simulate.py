@@ -431,7 +431,7 @@ def test_pulses_and_acks_across_the_tick_wrap(broker, tmp_path):
               "--pulse-ms", "50", "--gap-ms", "50")
     try:
         sim.next("connected")
-        obs.publish(credit(1, 8, "cs_test_wrap"))
+        obs.publish(credit(1, 8, "cs_test_wrap", epoch=epoch_of(tmp_path / "flash")))
         lines = sim.next("ack")
         pulses = [x for x in lines if x["event"] == "pulse"]
         assert [p["n"] for p in pulses] == list(range(1, 9))
