@@ -59,14 +59,14 @@ def refund(ledger, cfg, session_id, who, source, reason="", force=False, client=
     ledger.audit(who, "refund.requested", session_id, "%s%s" % (note, "; reason: %s" % reason if reason else ""))
     try:
         client = client or _client(cfg)
-        session = client.v1.checkout.sessions.retrieve(session_id)
-        pi = session.get("payment_intent") if hasattr(session, "get") else None
+        session = client.v1.checkout.sessions.retrieve(session_id).to_dict()
+        pi = session.get("payment_intent")
         if not pi:
             raise RefundError("Stripe has no payment for session %s (payment_status %s): nothing to refund"
                               % (session_id, session.get("payment_status")))
         params = {"payment_intent": pi if isinstance(pi, str) else pi["id"], "reason": "requested_by_customer",
                   "metadata": {"session_id": session_id, "operator": who, "after_play": str(claim["after_play"])}}
-        made = client.v1.refunds.create(params, options={"idempotency_key": idempotency_key(session_id)})
+        made = client.v1.refunds.create(params, options={"idempotency_key": idempotency_key(session_id)}).to_dict()
     except (RefundError, stripe.InvalidRequestError, stripe.AuthenticationError, stripe.PermissionError,
             stripe.CardError, stripe.IdempotencyError) as e:
         why = str(e) if isinstance(e, RefundError) else "Stripe refused: %s" % (e.user_message or e)
