@@ -816,7 +816,7 @@ class Ledger:
                           (int(limit),))
 
     def search_payments(self, session=None, cabinet=None, states=None, since=None, until=None, limit=200,
-                        stuck_after=None, refunded=False, disputed=False):
+                        stuck_after=None, refunded=False, disputed=False, now=None):
         """Payments newest first, filtered; each with `refund_state` and `dispute_status` (or None)."""
         where, args = [], []
         if session:
@@ -837,7 +837,7 @@ class Ledger:
             args.append(until)
         if stuck_after is not None:
             where.append("p.state IN ('queued', 'sent') AND p.queued_at < ?")
-            args.append(time.time() - stuck_after)
+            args.append((time.time() if now is None else now) - stuck_after)
         if refunded:
             where.append("r.session_id IS NOT NULL")
         if disputed:
@@ -1034,21 +1034,22 @@ class Ledger:
         return self._rows("SELECT id, key, kind, subject, message, opened_at FROM alert_incidents WHERE closed_at "
                           "IS NULL ORDER BY opened_at")
 
-    def open_incident(self, key, kind, subject, message):
+    def open_incident(self, key, kind, subject, message, now=None):
         """Open an incident unless one with this key is open; True when opened now (alert once)."""
         with self._write() as cur:
             cur.execute("SELECT 1 FROM alert_incidents WHERE key = ? AND closed_at IS NULL", (key,))
             if cur.fetchone() is not None:
                 return False
             cur.execute("INSERT INTO alert_incidents (key, kind, subject, message, opened_at) VALUES (?, ?, ?, ?, ?)",
-                        (key, kind, subject, message, time.time()))
+                        (key, kind, subject, message, time.time() if now is None else now))
             return True
 
-    def close_incident(self, key):
+    def close_incident(self, key, now=None):
         """Close the open incident with this key; returns it (to say resolved) or None."""
         with self._write() as cur:
             cur.execute("UPDATE alert_incidents SET closed_at = ? WHERE key = ? AND closed_at IS NULL "
-                        "RETURNING id, key, kind, subject, message, opened_at", (time.time(), key))
+                        "RETURNING id, key, kind, subject, message, opened_at",
+                        (time.time() if now is None else now, key))
             row = cur.fetchone()
             if row is None:
                 return None
@@ -1070,3 +1071,8 @@ class Ledger:
                          "WHERE state = 'applied' AND done_at IS NOT NULL" % (", " + cases if cases else ""),
                          tuple(float(b) for b in buckets))[0]
         return row["n"], row["total"], [row["b%d" % i] or 0 for i in range(len(buckets))]
+
+    def drop_incident(self, key):
+        """Forget an open incident whose alert no channel took (so the next check alerts again)."""
+        with self._write() as cur:
+            cur.execute("DELETE FROM alert_incidents WHERE key = ? AND closed_at IS NULL", (key,))

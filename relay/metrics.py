@@ -6,11 +6,12 @@ webhook's latency is timed around the request by hooks this module adds to the a
 arcade_<thing>_<unit>; labels are small fixed sets (state, cabinet id) — never a session id.
 With ARCADE_METRICS_TOKEN set, a scrape needs `Authorization: Bearer <token>` (constant-time check).
 """
+import collections
 import hmac
 import time
 
 from flask import Blueprint, Response, current_app, g, request
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from relay.ledger import STATES, open_ledger
@@ -71,18 +72,26 @@ def init_app(app):
     registry.register(LedgerCollector(app))
     latency = Histogram("arcade_webhook_duration_seconds", "Time to answer POST /stripe/webhook",
                         buckets=LATENCY_BUCKETS, registry=registry)
+    refused = Counter("arcade_webhook_refused", "Webhooks refused (bad or missing signature, bad body)",
+                      registry=registry)
     app.extensions["arcade"]["metrics"] = registry
+    # when refusals happened (bounded): the alerts count them over a window
+    app.extensions["arcade"]["webhook_refused"] = collections.deque(maxlen=1000)
 
     @app.before_request
     def _start_timer():
         if request.path == "/stripe/webhook":
             g.arcade_t0 = time.perf_counter()
 
-    @app.teardown_request
-    def _observe(exc=None):
+    @app.after_request
+    def _observe(resp):
         t0 = g.pop("arcade_t0", None)
         if t0 is not None:
             latency.observe(time.perf_counter() - t0)
+            if resp.status_code == 400:
+                refused.inc()
+                app.extensions["arcade"]["webhook_refused"].append(time.time())
+        return resp
 
     app.register_blueprint(bp)
 
