@@ -861,7 +861,8 @@ class Ledger:
         """Per cabinet and currency: plays (credits applied) and money (cents) of payments that bought
         credits (queued/sent/applied/duplicate) recorded in [since, until), less refunds."""
         until = time.time() + 1 if until is None else until
-        return self._rows("SELECT p.cabinet_id, p.currency, COUNT(*) AS payments, SUM(p.credits) AS credits, "
+        return self._rows("SELECT p.cabinet_id, p.currency, COUNT(*) AS payments, "
+                          "SUM(CASE WHEN p.state IN ('refunded', 'refunding') THEN 0 ELSE p.credits END) AS credits, "
                           "SUM(p.amount) AS amount, SUM(CASE WHEN r.state = 'succeeded' THEN r.amount ELSE 0 END) "
                           "AS refunded FROM payments p LEFT JOIN refunds r ON r.session_id = p.session_id "
                           "WHERE p.created_at >= ? AND p.created_at < ? AND p.seq IS NOT NULL "

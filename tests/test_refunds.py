@@ -184,3 +184,11 @@ def test_disputes_are_recorded_from_created_to_closed(app, client, ledger, fake)
     assert ledger.list_disputes(open_only=True) == []
     assert ledger.list_disputes()[0]["status"] == "lost"
     assert [a["action"] for a in ledger.list_audit()][:2] == ["dispute.closed", "dispute.created"]
+
+
+def test_the_players_page_says_refunded(app, client, ledger, fake):
+    sid = paid(fake, client)
+    do_refund(app, ledger, sid)
+    view = client.get("/paid/status?session_id=" + sid).get_json()
+    assert view["state"] == "refunded" and view["done"] is True and "No credit will be added" in view["message"]
+    assert "Refunded" in client.get("/paid?session_id=" + sid).get_data(as_text=True)

@@ -218,7 +218,8 @@ def _tiles(ledger, now):
             problems.append("disabled")
         if t["cfg_error"]:
             problems.append("config refused: %s" % t["cfg_error"])
-        t["problems"] = problems
+        t["problems"] = problems           # sorts the tile first; the state line already says offline
+        t["notes"] = [n for n in problems if not n.startswith("offline")]
         tiles.append(t)
     tiles.sort(key=lambda t: (not t["problems"], t["id"]))
     return tiles
@@ -308,7 +309,7 @@ def payments():
 
 
 def _timeline(p, events, refund, disputes):
-    steps = [(p["created_at"], "recorded", "webhook %s: %s" % (p["event_type"] or "?", p["state"]))]
+    steps = [(p["created_at"], "recorded", "from Stripe's %s" % (p["event_type"] or "event"))]
     for e in events:
         steps.append((e["received_at"], "stripe", "%s (%s) %s" % (e["type"], e["outcome"], e["event_id"])))
     if p["paid_at"]:
@@ -320,7 +321,9 @@ def _timeline(p, events, refund, disputes):
         steps.append((p["published_at"], "published", "first publish to the broker"))
     if p["sent_at"]:
         steps.append((p["sent_at"], "sent", "broker acknowledged (attempts %d)" % p["attempts"]))
-    if p["done_at"]:
+    if p["done_at"] and p["state"] == "refunded":
+        steps.append((p["done_at"], "withdrawn", "the credit was never sent and never will be"))
+    elif p["done_at"]:
         steps.append((p["done_at"], p["state"], ("%s pulses, cabinet's last seq %s" % (p["ack_pulses"], p["ack_last"]))
                       if p["state"] in ("applied", "duplicate", "rejected") else p["reason"] or ""))
     if refund:
