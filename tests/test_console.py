@@ -337,3 +337,32 @@ def test_arcade_admin_has_no_password_option():
     from tools.commands import admin
     with pytest.raises(SystemExit):
         admin.main(["add", "carol", "--password", "x"])
+
+
+def test_a_test_pulse_reaches_an_online_cabinet_signed(tmp_path, broker):
+    """Through a real mosquitto to a paho client playing the cabinet, which checks the message with the
+    firmware's own code (tests/test_cabinet_config.py's FakeCabinet)."""
+    from test_cabinet_config import FakeCabinet
+    from tools.lab.stack import wait_until
+    db = str(tmp_path / "arcade.db")
+    with open_ledger(db) as led:
+        secret = led.add_cabinet("cab1", name="Galaga", price_cents=100)
+        led.add_operator("alice", hashed(PASSWORD))
+        led.record_status("cab1", True, {"online": True})
+    app = create_app({"ARCADE_DB": db, "MQTT_URL": broker.url})
+    cab = FakeCabinet(broker, secret)
+    try:
+        client = app.test_client()
+        assert sign_in(client).status_code == 303
+        r = post(client, "/admin/cabinets/cab1/test-pulse", {"pulses": "3",
+                                                             "csrf_token": token(client, "/admin/cabinets/cab1")})
+        assert r.status_code == 303
+        wait_until(lambda: cab.tests, 10, what="the test pulse at the cabinet")
+        [(reason, msg)] = cab.tests
+        assert reason == "" and msg["pulses"] == 3
+        page = client.get(BASE + "/admin/cabinets/cab1").get_data(as_text=True)
+        assert "Test pulse %d (3 pulses) sent to cab1" % msg["n"] in page
+        with open_ledger(db) as led:
+            assert [a["action"] for a in led.list_audit()][0] == "cabinet.test_pulse"
+    finally:
+        cab.close()

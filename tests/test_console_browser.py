@@ -14,7 +14,6 @@ test-artifacts/console/ (named in docs/operations.md).
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -25,40 +24,21 @@ from tools.lab import stack
 from tools.lab.broker import free_port
 from tools.lab.fake_stripe import FakeStripe
 
+from headless import chrome, wait
+
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts" / "console"
 WEBHOOK_SECRET = "whsec_test_console"
 API_KEY = "sk_test_console_0123456789"
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 PASSWORD = "arcade operator password"
 SIZES = {"phone": {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True},
          "desktop": {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False}}
 
 
 @pytest.fixture
-def browser(tmp_path, monkeypatch):
-    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
-        pytest.fail("Debian's chromium and chromium-driver are needed: run `make setup` (installs them with apt)")
-    monkeypatch.setenv("SE_OFFLINE", "true")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--user-data-dir=%s" % tempfile.mkdtemp(dir=tmp_path, prefix="chrome-")):
-        opts.add_argument(flag)
-    log = open(tmp_path / "chromedriver.log", "w")
-    driver = webdriver.Chrome(options=opts, service=Service(CHROMEDRIVER, log_output=log))
-    driver.set_page_load_timeout(20)
-    try:
+def browser(tmp_path):
+    with chrome(tmp_path, phone=False) as driver:     # phone and desktop sizes are set per screenshot
         yield driver
-    finally:
-        try:
-            driver.quit()
-        finally:
-            log.close()
 
 
 @pytest.fixture
@@ -123,11 +103,6 @@ def shots(d, name):
 def css(d, selector):
     from selenium.webdriver.common.by import By
     return d.find_element(By.CSS_SELECTOR, selector)
-
-
-def wait(d, cond, what, timeout=20):
-    from selenium.webdriver.support.ui import WebDriverWait
-    return WebDriverWait(d, timeout, poll_frequency=0.1).until(lambda d: cond(d), message=what)
 
 
 def test_run_the_arcade_from_a_phone(browser, world):

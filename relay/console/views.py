@@ -503,7 +503,7 @@ def cabinet_save(cabinet_id):
 
 @bp.post("/cabinets/<cabinet_id>/test-pulse")
 def test_pulse(cabinet_id):
-    from relay.console import testpulse
+    from relay import testpulse
     cab = _cabinet_or_404(cabinet_id)
     try:
         pulses = _whole(request.form.get("pulses"), "pulses", 1, 10)

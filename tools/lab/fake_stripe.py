@@ -380,6 +380,18 @@ class FakeStripe:
         return {"object": "list", "data": [self._public(s) for s in page], "has_more": more,
                 "url": "/v1/checkout/sessions"}
 
+    def _replay(self, ikey, form_pairs):
+        """(fingerprint of the request, the stored (status, body) when this Idempotency-Key was used
+        before with the same parameters, else None); the key reused with other parameters is an error."""
+        fingerprint = hashlib.sha256(json.dumps(sorted(form_pairs)).encode()).hexdigest()
+        if ikey and ikey in self._idem:
+            old_fp, status, body = self._idem[ikey]
+            if old_fp != fingerprint:
+                raise StripeError(400, "idempotency_error", "Keys for idempotent requests can only be used "
+                                  "with the same parameters they were first used with.")
+            return fingerprint, (status, json.loads(json.dumps(body)))
+        return fingerprint, None
+
     def handle_api(self, method, path, query, form_pairs, headers):
         """Answer one /v1 request: (status, json body)."""
         auth = headers.get("Authorization", "")
@@ -392,13 +404,9 @@ class FakeStripe:
         with self._lock:
             if method == "POST" and path == "/v1/checkout/sessions":
                 ikey = headers.get("Idempotency-Key")
-                fingerprint = hashlib.sha256(json.dumps(sorted(form_pairs)).encode()).hexdigest()
-                if ikey and ikey in self._idem:
-                    old_fp, status, body = self._idem[ikey]
-                    if old_fp != fingerprint:
-                        raise StripeError(400, "idempotency_error", "Keys for idempotent requests can only be used "
-                                          "with the same parameters they were first used with.")
-                    return status, json.loads(json.dumps(body))
+                fingerprint, replay = self._replay(ikey, form_pairs)
+                if replay:
+                    return replay
                 s = self._create(parse_pairs(form_pairs))
                 body = self._public(s)
                 if ikey:
@@ -512,13 +520,9 @@ class FakeStripe:
                 raise StripeError(404, "invalid_request_error", "Unrecognized request URL (%s: %s)." % (method, path))
             params = parse_pairs(form_pairs)
             ikey = headers.get("Idempotency-Key")
-            fingerprint = hashlib.sha256(json.dumps(sorted(form_pairs)).encode()).hexdigest()
-            if ikey and ikey in self._idem:
-                old_fp, status, body = self._idem[ikey]
-                if old_fp != fingerprint:
-                    raise StripeError(400, "idempotency_error", "Keys for idempotent requests can only be used "
-                                      "with the same parameters they were first used with.")
-                return status, json.loads(json.dumps(body))
+            fingerprint, replay = self._replay(ikey, form_pairs)
+            if replay:
+                return replay
             fault = self.refund_faults.pop(0) if self.refund_faults else None
             if fault and not fault["made"]:
                 raise StripeError(fault["status"], fault["type"], fault["message"])

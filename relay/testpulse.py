@@ -1,4 +1,5 @@
-"""The console's test pulse: a signed test message (docs/protocol.md, Test pulse) published QoS 1.
+"""Test pulses from the console: a signed test message (docs/protocol.md, Test pulse) published QoS 1;
+and `make_client`, a short-lived paho client for MQTT_URL (also `arcade cabinet test-pulse`'s).
 
 Refused when the ledger says the cabinet is offline: the broker would hold the message and the
 cabinet would put coins in whenever it reconnects. The cabinet reports the result in its status
@@ -15,13 +16,25 @@ from relay.config import mask_url, parse_mqtt_url
 TIMEOUT = 10.0
 
 
+def make_client(url, name):
+    """A clean-session paho client for `url` (user, password, TLS from it), client id arcade-<name>-<random>."""
+    target = parse_mqtt_url(url)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="arcade-%s-%s" % (name, os.urandom(4).hex()),
+                         clean_session=True, protocol=mqtt.MQTTv311)
+    if target["username"] is not None:
+        client.username_pw_set(target["username"], target["password"])
+    if target["tls"]:
+        client.tls_set()
+    return client, target
+
+
 def send(ledger, cfg, cab, pulses):
     """(ok, text for the operator)."""
     if not cab["online"]:
         return False, ("%s is offline: a test pulse would wait at the broker and put coins in whenever it "
                        "reconnects. Nothing sent." % cab["id"])
     url = cfg["MQTT_URL"]
-    target = parse_mqtt_url(url)
+    client, target = make_client(url, "console")
     done = threading.Event()
     result = {}
 
@@ -34,12 +47,6 @@ def send(ledger, cfg, cab, pulses):
         result["puback"] = True
         done.set()
 
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="arcade-console-%s" % os.urandom(4).hex(),
-                         clean_session=True, protocol=mqtt.MQTTv311)
-    if target["username"] is not None:
-        client.username_pw_set(target["username"], target["password"])
-    if target["tls"]:
-        client.tls_set()
     client.on_connect, client.on_publish = on_connect, on_publish
     try:
         client.connect(target["host"], target["port"], keepalive=30)
