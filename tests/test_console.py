@@ -366,3 +366,17 @@ def test_a_test_pulse_reaches_an_online_cabinet_signed(tmp_path, broker):
             assert [a["action"] for a in led.list_audit()][0] == "cabinet.test_pulse"
     finally:
         cab.close()
+
+
+def test_qr_sticker_downloads(tmp_path, signed_in, app):
+    from test_qr import zbar
+    r = signed_in.get(BASE + "/admin/cabinets/cab1/sticker.png")
+    assert r.status_code == 409 and "ARCADE_PUBLIC_URL" in r.get_data(as_text=True)     # no public address set
+    app.config["ARCADE_PUBLIC_URL"] = "https://pay.example.com"
+    r = signed_in.get(BASE + "/admin/cabinets/cab1/sticker.png")
+    assert r.status_code == 200 and r.headers["Content-Type"] == "image/png"
+    (tmp_path / "s.png").write_bytes(r.data)
+    assert zbar(tmp_path / "s.png") == ["https://pay.example.com/pay/cab1"]
+    assert signed_in.get(BASE + "/admin/cabinets/cab1/sticker.pdf").data.startswith(b"%PDF")
+    assert b"<svg" in signed_in.get(BASE + "/admin/cabinets/cab1/sticker.svg").data
+    assert signed_in.get(BASE + "/admin/cabinets/cab1/sticker.exe").status_code == 404

@@ -2,6 +2,8 @@
 and lost answers, Dashboard refunds and disputes through the webhook. Stripe is the fake Stripe server
 on loopback (tools/lab/fake_stripe.py) reached by the real stripe-python client; the oracle for "was
 it refunded" is the fake's own list of refunds, never the relay's ledger."""
+import urllib.error
+
 import pytest
 
 from relay import create_app, refunds
@@ -192,3 +194,30 @@ def test_the_players_page_says_refunded(app, client, ledger, fake):
     view = client.get("/paid/status?session_id=" + sid).get_json()
     assert view["state"] == "refunded" and view["done"] is True and "No credit will be added" in view["message"]
     assert "Refunded" in client.get("/paid?session_id=" + sid).get_data(as_text=True)
+
+
+def test_arcade_fake_stripe_runs_on_a_port(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    import urllib.request
+    from pathlib import Path
+
+    from tools.lab.broker import free_port
+    port = free_port()
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-m", "tools.cli", "fake-stripe", "--port", str(port)], cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        assert "fake Stripe on http://127.0.0.1:%d" % port in proc.stdout.readline().decode()
+        req = urllib.request.Request("http://127.0.0.1:%d/v1/refunds" % port, data=b"payment_intent=pi_nope",
+                                     headers={"Authorization": "Bearer sk_test_x"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=10)
+        assert e.value.code == 400 and json.load(e.value)["error"]["code"] == "resource_missing"
+        e.value.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        proc.stdout.close()

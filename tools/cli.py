@@ -20,6 +20,7 @@ COMMANDS = {
     "promo": ("tools.commands.promo", "add, list and remove promotions (happy hour bonus, percent off)"),
     "provision": ("tools.commands.provision", "write a cabinet's config.json and board profile for flashing"),
     "flash": ("tools.commands.flash", "copy the firmware, umqtt.simple and a cabinet's config to a board (mpremote)"),
+    "fake-stripe": ("tools.commands.fake_stripe", "run the fake Stripe API on loopback (demos, trying refunds and disputes)"),
     "demo": ("tools.commands.demo", "start mosquitto, the relay and a simulated cabinet, pay once, show the pulses; --web: try it in a browser"),
     "bench": ("tools.commands.bench", "benchmark the relay against the naive design on loopback (latency, rate, recovery)"),
     "soak": ("tools.commands.soak", "many payments under random faults (kills, broker loss, power cuts); the books must balance"),

@@ -501,6 +501,25 @@ def cabinet_save(cabinet_id):
     return redirect(url_for("console.cabinet", cabinet_id=cab["id"]), 303)
 
 
+STICKER_TYPES = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf"}
+
+
+@bp.get("/cabinets/<cabinet_id>/sticker.<fmt>")
+def sticker(cabinet_id, fmt):
+    """The cabinet's QR sticker (relay/stickers.py, as `arcade qr` prints it), to download."""
+    from relay import stickers
+    cab = _cabinet_or_404(cabinet_id)
+    if fmt not in STICKER_TYPES:
+        abort(404)
+    try:
+        [st] = stickers.from_ledger(current_app.config, [cab["id"]])
+    except (LookupError, ValueError) as e:
+        return render_template("console/message.html", title="No sticker yet", text=str(e.args[0] if e.args else e)), 409
+    return Response(stickers.render([st], fmt), 200, {
+        "Content-Type": STICKER_TYPES[fmt],
+        "Content-Disposition": "attachment; filename=%s-sticker.%s" % (cab["id"], fmt)})
+
+
 @bp.post("/cabinets/<cabinet_id>/test-pulse")
 def test_pulse(cabinet_id):
     from relay import testpulse

@@ -5,12 +5,12 @@ it over SSH or a VPN, or behind a proxy with HTTPS (the session cookie is Secure
 over HTTPS, or to localhost). It shares the relay's database (ARCADE_DB).
 """
 import argparse
-import logging
 import signal
 import sys
 
 import waitress
 
+from relay import logs
 from relay.config import ConfigError
 from relay.console import create_app
 from relay.ledger import StorageError
@@ -26,7 +26,11 @@ def main(argv=None):
     p.add_argument("--port", type=int, default=8001, help="port (default %(default)s; 0 = any free)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = p.parse_args(argv)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        logs.setup(args.log_level)      # ARCADE_LOG_FORMAT=json: one JSON object a line
+    except ValueError as e:
+        print("arcade console: %s" % e, file=sys.stderr)
+        return 2
     try:
         app = create_app()
     except (ConfigError, StorageError) as e:

@@ -11,7 +11,7 @@ import sys
 
 import waitress
 
-from relay import alerts, create_app, reconcile
+from relay import alerts, create_app, logs, reconcile
 from relay.config import ConfigError, db_path, mask_url
 from relay.dispatcher import start_for_app
 from relay.ledger import StorageError
@@ -34,8 +34,11 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.threads < 1:
         p.error("--threads %d: give at least 1" % args.threads)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        logs.setup(args.log_level)      # ARCADE_LOG_FORMAT=json: one JSON object a line
+    except ValueError as e:
+        print("arcade relay: %s" % e, file=sys.stderr)
+        return 2
     try:
         app = create_app()
     except ConfigError as e:

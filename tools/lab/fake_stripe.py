@@ -804,11 +804,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._handle("POST")
 
 
-def main(argv=None):
-    """Run the fake on its own (for trying the pay page by hand): python -m tools.lab.fake_stripe."""
+def main(argv=None, prog="fake_stripe"):
+    """Run the fake on its own (for trying the pay page by hand): `arcade fake-stripe`."""
     import argparse
     import os
-    p = argparse.ArgumentParser(prog="fake_stripe", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("--port", type=int, default=12111)
     p.add_argument("--webhook-url", default=os.environ.get("FAKE_STRIPE_WEBHOOK_URL"))
     args = p.parse_args(argv)
