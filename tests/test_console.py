@@ -380,3 +380,65 @@ def test_qr_sticker_downloads(tmp_path, signed_in, app):
     assert signed_in.get(BASE + "/admin/cabinets/cab1/sticker.pdf").data.startswith(b"%PDF")
     assert b"<svg" in signed_in.get(BASE + "/admin/cabinets/cab1/sticker.svg").data
     assert signed_in.get(BASE + "/admin/cabinets/cab1/sticker.exe").status_code == 404
+
+
+# -- promotions on the cabinet page, and their effect on Takings ----------------------------------
+
+PROMO = {"kind": "bonus", "value": "1", "days": "weekdays", "window": "14:00-17:00", "label": "Happy hour"}
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("kind", "free", "bad kind"),
+    ("value", "0", "from 1 to 100"),
+    ("value", "51", "bad bonus"),
+    ("value", "101", "from 1 to 100"),
+    ("days", "funday", "bad days"),
+    ("window", "25:00-26:00", "bad time"),
+    ("window", "14:00", "START-END"),
+    ("label", "x" * 61, "too long"),
+])
+def test_promotion_form_bad_input_changes_nothing(form_world, field, value, message):
+    signed_in, ledger = form_world
+    form = dict(PROMO, **{field: value}, csrf_token=token(signed_in, "/admin/cabinets/cab1"))
+    assert post(signed_in, "/admin/cabinets/cab1/promotions", form).status_code == 303
+    page = signed_in.get(BASE + "/admin/cabinets/cab1").get_data(as_text=True)
+    assert message in page and "Nothing was changed" in page
+    assert ledger.list_promotions() == []
+
+
+def test_promotions_added_removed_and_audited(signed_in, ledger, app):
+    form = dict(PROMO, csrf_token=token(signed_in, "/admin/cabinets/cab1"))
+    assert post(signed_in, "/admin/cabinets/cab1/promotions", form).status_code == 303
+    [p] = ledger.list_promotions()
+    assert (p["cabinet_id"], p["kind"], p["value"], p["days"], p["start_min"], p["end_min"]) == \
+        ("cab1", "bonus", 1, [0, 1, 2, 3, 4], 14 * 60, 17 * 60)
+    other = ledger.add_promotion(None, "percent", 10, range(7), 0, 60, "Night owls")
+    with open_ledger(app.config["ARCADE_DB"]) as led:
+        led.add_cabinet("cab2", name="Other", price_cents=100)
+        mine = led.add_promotion("cab2", "bonus", 2, range(7), 0, 60, "")
+    tok = token(signed_in, "/admin/cabinets/cab1")
+    post(signed_in, "/admin/cabinets/cab1/promotions/%d/remove" % mine, {"csrf_token": tok})   # not cab1's
+    assert len(ledger.list_promotions()) == 3
+    post(signed_in, "/admin/cabinets/cab1/promotions/%d/remove" % p["id"], {"csrf_token": tok})
+    assert [r["id"] for r in ledger.list_promotions()] == [other, mine]
+    actions = [a["action"] for a in ledger.list_audit() if a["action"].startswith("promotion.")]
+    assert actions == ["promotion.remove", "promotion.add"]
+
+
+def test_promotions_effect_is_plays_per_hour_on_and_off(app, ledger):
+    import sqlite3
+    from datetime import datetime, timezone
+    from relay.console.views import _promo_effects
+    monday = datetime(2027, 1, 11, tzinfo=timezone.utc).timestamp()          # a Monday, 00:00 UTC
+    ledger.add_promotion("cab1", "bonus", 1, [0], 14 * 60, 17 * 60, "Happy hour")    # Mondays 14:00-17:00
+    for n, (sid, hour, credits) in enumerate([("cs_in1", 14.5, 3), ("cs_in2", 16.9, 1), ("cs_out", 10, 2)]):
+        ledger.record_checkout("evt_promo_%d" % n, "checkout.session.completed", sid, "credit", cabinet_id="cab1",
+                               amount=100 * credits, currency="usd", credits=credits, pulses=credits)
+        db = sqlite3.connect(app.config["ARCADE_DB"])
+        db.execute("UPDATE payments SET created_at = ? WHERE session_id = ?", (monday + hour * 3600, sid))
+        db.commit()
+        db.close()
+    with app.app_context():
+        [e] = _promo_effects(ledger, monday, monday + 86400)
+    assert (e["on"], e["off"], e["on_hours"], e["off_hours"]) == (4, 2, 3.0, 21.0)
+    assert e["on_rate"] == pytest.approx(4 / 3) and e["off_rate"] == pytest.approx(2 / 21)

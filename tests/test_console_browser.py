@@ -199,9 +199,17 @@ def test_run_the_arcade_from_a_phone(browser, world):
     with open_ledger(db) as led:
         assert led.get_cabinet("cab1")["price_cents"] == 150
     shots(d, "08-cabinet-saved")
+    add = [f for f in d.find_elements("css selector", "form.form") if "Add promotion" in f.text][0]
+    add.find_element("css selector", "input[name=days]").clear()
+    add.find_element("css selector", "input[name=days]").send_keys("daily")
+    add.find_element("css selector", "button[type=submit]").click()
+    wait(d, lambda d: "Promotion 1 added" in d.page_source, "the promotion added")
+    with open_ledger(db) as led:
+        assert [(p["cabinet_id"], p["kind"], p["value"]) for p in led.list_promotions()] == [("cab1", "bonus", 1)]
 
     d.get(console + "/admin/takings")
     assert css(d, "svg") is not None and "cab1" in css(d, "table").text
+    assert "Plays/hour while on" in d.page_source and "Happy hour" in d.page_source
     shots(d, "09-takings")
     d.get(console + "/admin/cabinets")
     shots(d, "10-cabinets")
@@ -209,7 +217,7 @@ def test_run_the_arcade_from_a_phone(browser, world):
     assert first[:20] in d.page_source
     d.get(console + "/admin/audit")
     audit = css(d, "table").text
-    for line in ("login.failed", "login", "refund.requested", "refund.succeeded", "cabinet.set"):
+    for line in ("login.failed", "login", "refund.requested", "refund.succeeded", "cabinet.set", "promotion.add"):
         assert line in audit
     shots(d, "11-audit")
     css(d, ".signout button").click()

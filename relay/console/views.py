@@ -11,7 +11,7 @@ from flask import (Blueprint, Response, abort, current_app, flash, g, redirect, 
                    url_for)
 from flask_wtf.csrf import CSRFError
 
-from relay import pricing, refunds
+from relay import pricing, promotions, refunds
 from relay.console import SESSION_HOURS, auth, csrf
 from relay.db import get_ledger
 from relay.ledger import STATES, LedgerError, valid_cabinet_id
@@ -387,9 +387,34 @@ def takings():
         series.append({"day": d0.strftime("%a %d %b"), "amount": sum((r["amount"] or 0) - (r["refunded"] or 0)
                                                                     for r in rows),
                        "plays": sum(r["credits"] or 0 for r in rows)})
-    per_cab = ledger.takings((start - timedelta(days=days - 1)).timestamp())
+    since = (start - timedelta(days=days - 1)).timestamp()
+    per_cab = ledger.takings(since)
     top = max([s["amount"] for s in series] + [1])
-    return render_template("console/takings.html", series=series, per_cab=per_cab, top=top, days=days)
+    return render_template("console/takings.html", series=series, per_cab=per_cab, top=top, days=days,
+                           effects=_promo_effects(ledger, since, time.time()))
+
+
+def _promo_effects(ledger, since, until, step=900):
+    """Per promotion: plays per hour while it was on vs while it was off, over [since, until), counting
+    the plays (credits) of payments that bought credits on the cabinets it covers."""
+    promos = _promos(ledger)
+    if not promos:
+        return []
+    tz = _tz()
+    plays = [(p["created_at"], p["cabinet_id"], p["credits"]) for p in ledger.search_payments(since=since, until=until,
+                                                                                              limit=100000)
+             if p["seq"] is not None and p["state"] not in ("refunded", "refunding")]
+    slots = [datetime.fromtimestamp(t, tz) for t in range(int(since), int(until), step)]
+    out = []
+    for promo in promos:
+        on_slots = sum(1 for t in slots if promo.active_at(t))
+        covered = [(at, n) for at, cab, n in plays if promo.cabinet_id in (None, cab)]
+        on = sum(n for at, n in covered if promo.active_at(datetime.fromtimestamp(at, tz)))
+        off = sum(n for _, n in covered) - on
+        on_h, off_h = on_slots * step / 3600.0, (len(slots) - on_slots) * step / 3600.0
+        out.append({"promo": promo, "on": on, "off": off, "on_hours": on_h, "off_hours": off_h,
+                    "on_rate": on / on_h if on_h else None, "off_rate": off / off_h if off_h else None})
+    return out
 
 
 # -- Cabinets -----------------------------------------------------------------------------------
@@ -418,7 +443,8 @@ def _render_cabinet(cab, errors=(), form=None, status=200):
     recent = ledger.search_payments(cabinet=cab["id"], limit=10)
     history = [a for a in ledger.list_audit(limit=500) if a["subject"] == cab["id"]][:20]
     return render_template("console/cabinet.html", cab=cab, cfg=cfg, form=form, errors=errors, recent=recent,
-                           history=history), status
+                           history=history, promos=_promos(ledger, cab["id"]),
+                           tz=current_app.config.get("ARCADE_TZ") or "UTC"), status
 
 
 @bp.get("/cabinets/<cabinet_id>")
@@ -498,6 +524,49 @@ def cabinet_save(cabinet_id):
         flash("Saved: %s." % "; ".join(changes), "ok")
     else:
         flash("Nothing changed.", "neutral")
+    return redirect(url_for("console.cabinet", cabinet_id=cab["id"]), 303)
+
+
+def _promos(ledger, cabinet_id=None):
+    rows = ledger.list_promotions()
+    return [promotions.Promotion(r["id"], r["cabinet_id"], r["kind"], r["value"], r["days"], r["start_min"],
+                                 r["end_min"], r["label"]) for r in rows
+            if cabinet_id is None or r["cabinet_id"] in (None, cabinet_id)]
+
+
+@bp.post("/cabinets/<cabinet_id>/promotions")
+def promotion_add(cabinet_id):
+    cab = _cabinet_or_404(cabinet_id)
+    f = request.form
+    kind, label = f.get("kind") or "", (f.get("label") or "").strip()
+    try:
+        value = _whole(f.get("value"), "value", 1, 100)
+        promotions.validate(kind, value)
+        days = promotions.parse_days((f.get("days") or "")[:40])
+        start, end = promotions.parse_window((f.get("window") or "")[:20])
+        if len(label) > 60 or "\n" in label or "\r" in label:
+            raise promotions.PromotionError("label is too long: at most 60 characters on one line")
+        scope = None if f.get("scope") == "all" else cab["id"]
+        promo_id = get_ledger().add_promotion(scope, kind, value, days, start, end, label)
+    except (ValueError, LedgerError) as e:
+        flash("Promotion not added: %s. Nothing was changed." % e, "bad")
+    else:
+        promo = promotions.Promotion(promo_id, scope, kind, value, days, start, end, label)
+        _audit("promotion.add", cab["id"], "%d: %s" % (promo_id, promo.describe()))
+        flash("Promotion %d added: %s." % (promo_id, promo.describe()), "ok")
+    return redirect(url_for("console.cabinet", cabinet_id=cab["id"]), 303)
+
+
+@bp.post("/cabinets/<cabinet_id>/promotions/<int:promo_id>/remove")
+def promotion_remove(cabinet_id, promo_id):
+    cab = _cabinet_or_404(cabinet_id)
+    found = [p for p in _promos(get_ledger(), cab["id"]) if p.id == promo_id]
+    if not found:
+        flash("No promotion %d on this cabinet: nothing removed." % promo_id, "bad")
+    else:
+        get_ledger().remove_promotion(promo_id)
+        _audit("promotion.remove", cab["id"], "%d: %s" % (promo_id, found[0].describe()))
+        flash("Promotion %d removed." % promo_id, "ok")
     return redirect(url_for("console.cabinet", cabinet_id=cab["id"]), 303)
 
 
