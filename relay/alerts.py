@@ -6,6 +6,7 @@ Every ARCADE_ALERT_EVERY the relay process that runs the dispatcher looks at wha
   stuck:<cab>       credits unacknowledged longer than ARCADE_STUCK_AFTER
   dispute:<id>      a dispute not yet closed
   refund:<session>  a refund whose answer from Stripe never came (the credit is held)
+  refund_failed:<session>  a refund Stripe made that failed later (refund.updated)
   broker            the dispatcher is disconnected from the broker (for two checks in a row)
   webhook_refused   10 or more refused webhooks (bad signatures) in 5 minutes
   reconcile         reconciliation found something for a person to look at
@@ -152,6 +153,10 @@ class Alerter:
                                                  "(%s)" % (d["dispute_id"], d["session_id"] or "?", d["reason"],
                                                            d["status"]))
         for r in ledger.list_refunds():
+            if r["state"] == "failed" and r["error"].startswith("Stripe: the refund failed later"):
+                out["refund_failed:" + r["session_id"]] = ("refund", r["session_id"], "refund of %s failed after "
+                                                           "Stripe accepted it: the player has neither the play "
+                                                           "nor the money" % r["session_id"])
             if r["state"] in ("unknown", "requested") and now - r["updated_at"] > 60:
                 out["refund:" + r["session_id"]] = ("refund", r["session_id"], "refund of %s not confirmed by "
                                                     "Stripe: the credit is held; run `arcade refund %s` again"

@@ -979,6 +979,18 @@ class Ledger:
                 cur.execute("UPDATE refunds SET state = 'unknown', error = ?, updated_at = ? WHERE session_id = ?",
                             (str(error)[:500], now, session_id))
 
+    def refund_failed_later(self, session_id, refund_id, why):
+        """Stripe says a refund it had made failed (refund.updated status failed): mark it failed with
+        the reason. The payment keeps its state (a withdrawn credit stays withdrawn: the operator
+        decides). True when a refund of this relay matched."""
+        now = time.time()
+        with self._write() as cur:
+            cur.execute("UPDATE refunds SET state = 'failed', error = ?, updated_at = ? WHERE session_id = ? "
+                        "AND (refund_id = ? OR refund_id IS NULL OR ? IS NULL)",
+                        ("Stripe: the refund failed later (%s)" % (why or "no reason given"), now, session_id,
+                         refund_id, refund_id))
+            return cur.rowcount == 1
+
     def record_outside_refund(self, session_id, refund_id, amount, currency, reason="refunded in Stripe"):
         """A refund made outside the relay (Stripe's Dashboard). A credit never published is withdrawn
         (state refunded); one that may pulse or has pulsed is recorded as refunded after play.

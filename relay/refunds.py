@@ -27,7 +27,8 @@ log = logging.getLogger("arcade.refunds")
 
 DISPUTE_EVENTS = ("charge.dispute.created", "charge.dispute.updated", "charge.dispute.closed")
 REFUND_EVENTS = ("charge.refunded",)
-EVENTS = REFUND_EVENTS + DISPUTE_EVENTS
+REFUND_UPDATES = ("refund.updated", "refund.failed")
+EVENTS = REFUND_EVENTS + REFUND_UPDATES + DISPUTE_EVENTS
 
 
 class RefundError(Exception):
@@ -123,6 +124,22 @@ def handle_event(ledger, cfg, event):
         ledger.audit("stripe", "refund.dashboard", session_id, "charge %s, payment was %s" % (obj.get("id"), before))
         log.warning("payment %s refunded in Stripe's Dashboard (it was %s)", session_id, before)
         return "refund_recorded"
+    if etype in REFUND_UPDATES:
+        # A refund Stripe accepted can still fail later (e.g. the card was closed): the player has
+        # neither the play nor the money. Recorded as failed (Now and the alerts show it).
+        if obj.get("status") not in ("failed", "canceled"):
+            return "ignored"
+        session_id = (obj.get("metadata") or {}).get("session_id") if isinstance(obj.get("metadata"), dict) else None
+        session_id = session_id or _session_for(ledger, cfg, obj.get("payment_intent"))
+        if not session_id or not ledger.refund_failed_later(session_id, obj.get("id"), obj.get("failure_reason")):
+            log.warning("refund %s %s in Stripe, but no refund of this relay matches it", obj.get("id"),
+                        obj.get("status"))
+            return "unmatched"
+        ledger.audit("stripe", "refund.failed_later", session_id, "refund %s: %s (%s)"
+                     % (obj.get("id"), obj.get("status"), obj.get("failure_reason")))
+        log.error("refund %s of payment %s %s: %s: the player has neither the play nor the money", obj.get("id"),
+                  session_id, obj.get("status"), obj.get("failure_reason"))
+        return "refund_failed"
     if etype in DISPUTE_EVENTS:
         session_id = _session_for(ledger, cfg, obj.get("payment_intent"))
         ledger.record_dispute(str(obj.get("id"))[:255], obj.get("status") or "unknown", session_id=session_id,

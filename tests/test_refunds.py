@@ -221,3 +221,23 @@ def test_arcade_fake_stripe_runs_on_a_port(tmp_path):
         proc.terminate()
         proc.wait(10)
         proc.stdout.close()
+
+
+def test_a_refund_that_fails_later_is_recorded_and_alerted(app, client, ledger, fake):
+    from relay import alerts
+    sid = paid(fake, client)
+    done = do_refund(app, ledger, sid)
+    refund = dict(fake.refunds[done["refund_id"]], status="failed", failure_reason="expired_or_canceled_card")
+    assert post(client, se.event(refund, type_="refund.updated"))["result"] == "refund_failed"
+    r = ledger.get_refund(sid)
+    assert r["state"] == "failed" and "expired_or_canceled_card" in r["error"]
+    assert ledger.get_payment(sid)["state"] == "refunded"        # the withdrawn credit stays withdrawn
+    assert "refund_failed:" + sid in alerts.Alerter({"ARCADE_DB": ledger.path}).conditions(ledger, 0)
+    from relay.console import create_app as console_app
+    from test_console import BASE, PASSWORD, hashed, sign_in
+    ledger.add_operator("alice", hashed(PASSWORD))
+    console = console_app({"ARCADE_DB": ledger.path}).test_client()
+    assert sign_in(console).status_code == 303
+    assert "Refund failed after Stripe accepted it" in console.get(BASE + "/admin/").get_data(as_text=True)
+    other = dict(refund, id="re_unknown", metadata={}, payment_intent="pi_unknown")
+    assert post(client, se.event(other, type_="refund.updated"))["result"] == "unmatched"

@@ -234,11 +234,13 @@ def now():
     invalid = ledger.search_payments(states=("invalid",), since=day, limit=50)
     disputes = ledger.list_disputes(open_only=True, limit=20)
     held = ledger.search_payments(states=("refunding",), limit=20)
+    failed = [r for r in ledger.list_refunds(limit=200) if r["state"] == "failed"
+              and r["error"].startswith("Stripe: the refund failed later")]
     totals = {}
     for row in ledger.takings(day):
         cur = row["currency"] or "usd"
         totals[cur] = totals.get(cur, 0) + (row["amount"] or 0) - (row["refunded"] or 0)
-    return render_template("console/now.html", tiles=tiles, invalid=invalid, disputes=disputes, held=held,
+    return render_template("console/now.html", tiles=tiles, invalid=invalid, disputes=disputes, held=held, failed=failed,
                            totals=totals, now=t, incidents=ledger.open_incidents())
 
 
