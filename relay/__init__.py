@@ -30,11 +30,19 @@ def create_app(test_config=None):
     # wake: set after a credit is committed, so the dispatcher publishes at once (no polling delay).
     app.extensions["arcade"] = {"wake": threading.Event(), "dispatcher": None}
 
-    from relay import db, health, ledger, pay, webhook
+    from relay import db, health, ledger, metrics, pay, refunds, webhook
     db.init_app(app)
+    # Refunds and disputes from Stripe (issue 13): the webhook hands these event types over.
+    app.extensions["arcade"]["event_handlers"] = {t: refunds.handle_event for t in refunds.EVENTS}
     app.register_blueprint(webhook.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(pay.bp)  # the player's pages: /pay, /paid, /cancel
+    metrics.init_app(app)           # GET /metrics (bearer token when ARCADE_METRICS_TOKEN is set)
+    if app.config["ARCADE_CONSOLE"]:
+        # The operator's console on this same host (off by default: `arcade console` serves it
+        # from its own process on a private port, so the public host need not expose /admin).
+        from relay import console
+        console.init_app(app)
 
     def storage_failed(e):
         log.error("storage failure: %s", e)

@@ -215,6 +215,11 @@ def payment_view(ledger, session_id, stuck_after=20.0, now=None):
     elif state in ("failed", "expired"):
         view.update(state=state, step=0, tone="bad", done=True, title="The payment did not go through",
                     message="Nothing was charged. You can try again from the cabinet's QR code.")
+    elif state in ("refunded", "refunding"):   # issue 13: an operator's refund; the credit will never be sent
+        view.update(state=state, step=0, tone="neutral", done=True,
+                    title="Refunded" if state == "refunded" else "Being refunded",
+                    message="The cabinet couldn't take your credit, so your payment %s to your card. No credit "
+                            "will be added." % ("was refunded" if state == "refunded" else "is being refunded"))
     else:   # rejected, invalid: money taken, no credit
         view.update(state="problem", step=1, tone="bad", done=True, title="Paid, but we could not add the credits",
                     message="Please show this page to staff; they will add your plays or refund you.")

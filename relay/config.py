@@ -30,10 +30,26 @@ DEFAULTS = {
     # Reconciliation with Stripe (relay/reconcile.py): durations like 15m, 72h; EVERY 0 = off.
     "ARCADE_RECONCILE_EVERY": "15m",  # the relay's periodic job; off anyway without STRIPE_API_KEY
     "ARCADE_RECONCILE_WINDOW": "72h", # how far back each run lists Checkout Sessions
+    # The operator's side (issue 13): console, metrics, alerts (docs/operations.md).
+    "ARCADE_CONSOLE": "0",            # 1: the relay's own host also serves /admin (else `arcade console`)
+    "ARCADE_SECRET_KEY": None,        # signs console session cookies; else made once into <ARCADE_DB>.console-key (0600)
+    "ARCADE_METRICS_TOKEN": None,     # GET /metrics needs "Authorization: Bearer <token>" when set
+    "ARCADE_ALERT_WEBHOOK": None,     # Slack/Discord-compatible incoming webhook URL
+    "ARCADE_SMTP_HOST": None,         # alerts by email: SMTP server (port, user, password, starttls below)
+    "ARCADE_SMTP_PORT": "25",
+    "ARCADE_SMTP_USER": None,
+    "ARCADE_SMTP_PASSWORD": None,
+    "ARCADE_SMTP_STARTTLS": "0",
+    "ARCADE_ALERT_FROM": None,
+    "ARCADE_ALERT_TO": None,          # comma-separated addresses
+    "ARCADE_OFFLINE_ALERT": "10m",    # a cabinet offline this long (inside opening hours) is an alert
+    "ARCADE_OPEN_HOURS": None,        # e.g. 10:00-23:00 in ARCADE_TZ; unset: always open
+    "ARCADE_ALERT_EVERY": "30s",      # how often the alert checks run (0: off)
 }
 _FLOATS = ("ARCADE_ACK_TIMEOUT", "ARCADE_ACK_TIMEOUT_MAX", "ARCADE_STUCK_AFTER", "ARCADE_RESCAN")
 _INTS = ("ARCADE_MQTT_KEEPALIVE", "ARCADE_DB_BUSY_TIMEOUT")
-SECRET_KEYS = ("STRIPE_WEBHOOK_SECRET", "STRIPE_API_KEY")
+SECRET_KEYS = ("STRIPE_WEBHOOK_SECRET", "STRIPE_API_KEY", "ARCADE_SECRET_KEY", "ARCADE_METRICS_TOKEN",
+               "ARCADE_SMTP_PASSWORD")
 
 
 class ConfigError(Exception):
@@ -92,6 +108,8 @@ def check(values, require_webhook_secret=True):
         raise ConfigError("ARCADE_DB is empty: set it to the SQLite database path (default ./arcade.db) or a "
                           "postgresql://user:password@host:port/database URL")
     _check_pay_settings(out)
+    out["ARCADE_CONSOLE"] = _flag(out, "ARCADE_CONSOLE")
+    out["ARCADE_SMTP_STARTTLS"] = _flag(out, "ARCADE_SMTP_STARTTLS")
     for key in SECRET_KEYS:
         if out[key] is not None and not str(out[key]).strip():
             out[key] = None
@@ -100,6 +118,15 @@ def check(values, require_webhook_secret=True):
                           "Set it (in the environment or .env) to the endpoint's signing secret from the Stripe "
                           "dashboard or `stripe listen` (it starts with whsec_).")
     return out
+
+
+def _flag(out, key):
+    value = str(out[key]).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", "", "none"):
+        return False
+    raise ConfigError("%s=%r: use 1 (on) or 0 (off)" % (key, out[key]))
 
 
 def _check_pay_settings(out):

@@ -23,6 +23,8 @@ Payment states:
   invalid    failed validation (unknown cabinet, wrong amount...) (final, no credit)
   failed     checkout.session.async_payment_failed                (final, no credit)
   expired    checkout.session.expired                             (final, no credit)
+  refunding  an operator's refund holds it (never published, or no credit); Stripe is being asked
+  refunded   refunded through Stripe before any pulse                (final, no credit)
 """
 import json
 import os
@@ -38,8 +40,8 @@ CABINET_ID = re.compile(r"[A-Za-z0-9_-]{1,32}\Z")
 RELAY_BROKER_USER = "arcade.relay"
 PENDING = ("queued", "sent")
 ACKED = ("applied", "duplicate", "rejected")
-FINAL = ACKED + ("invalid", "failed", "expired")
-STATES = ("pending", "paid") + PENDING + FINAL
+FINAL = ACKED + ("invalid", "failed", "expired", "refunded")
+STATES = ("pending", "paid") + PENDING + FINAL + ("refunding",)
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -105,7 +107,37 @@ CREATE TABLE events (
 # Each entry: (name, [SQL statements]) or (name, callable(cursor)); both run on SQLite and PostgreSQL
 # (relay/backends.py translates; a callable asks cur.dialect.has_table(cur, t) / .columns(cur, t)
 # rather than PRAGMA or sqlite_master).
-MIGRATIONS = []
+MIGRATIONS = [
+    # issue 13: operator accounts for the console and the audit log of every operator action.
+    ("issue13_console", [
+        "CREATE TABLE operators (name TEXT PRIMARY KEY, pw_hash TEXT NOT NULL, created_at REAL NOT NULL, "
+        "last_login REAL)",
+        "CREATE TABLE audit (id INTEGER PRIMARY KEY, at REAL NOT NULL, who TEXT NOT NULL, action TEXT NOT NULL, "
+        "subject TEXT NOT NULL DEFAULT '', detail TEXT NOT NULL DEFAULT '')",
+        "CREATE INDEX audit_at ON audit (at)",
+    ]),
+    # issue 13: refunds that can never also pay out. published_at is set by the dispatcher's claim
+    # (next_deliveries) BEFORE a credit's first publish, so "never published" is a fact in the
+    # ledger; credits already queued or sent by an older relay count as published.
+    ("issue13_refunds", [
+        "ALTER TABLE payments ADD COLUMN published_at REAL",
+        "UPDATE payments SET published_at = COALESCE(sent_at, queued_at) WHERE state IN ('queued', 'sent') "
+        "OR sent_at IS NOT NULL",
+        "CREATE TABLE refunds (session_id TEXT PRIMARY KEY, state TEXT NOT NULL, prior_state TEXT NOT NULL, "
+        "after_play INTEGER NOT NULL DEFAULT 0, refund_id TEXT, amount INTEGER, currency TEXT, "
+        "reason TEXT NOT NULL DEFAULT '', who TEXT NOT NULL, source TEXT NOT NULL, error TEXT NOT NULL DEFAULT '', "
+        "created_at REAL NOT NULL, updated_at REAL NOT NULL)",
+        "CREATE TABLE disputes (dispute_id TEXT PRIMARY KEY, session_id TEXT, charge_id TEXT, payment_intent TEXT, "
+        "amount INTEGER, currency TEXT, reason TEXT NOT NULL DEFAULT '', status TEXT NOT NULL, "
+        "created_at REAL NOT NULL, updated_at REAL NOT NULL)",
+    ]),
+    # issue 13: alerts, once per incident: an open incident has closed_at NULL.
+    ("issue13_alerts", [
+        "CREATE TABLE alert_incidents (id INTEGER PRIMARY KEY, key TEXT NOT NULL, kind TEXT NOT NULL, "
+        "subject TEXT NOT NULL DEFAULT '', message TEXT NOT NULL, opened_at REAL NOT NULL, closed_at REAL)",
+        "CREATE INDEX alert_incidents_open ON alert_incidents (key) WHERE closed_at IS NULL",
+    ]),
+]
 
 
 def _issue9_broker_users(cur):
@@ -137,7 +169,7 @@ _CABINET_COLS = ("id, name, secret, enabled, currency, price_cents, bundles, coi
                  "last_seq, online, last_seen, status, created_at")
 _PAYMENT_COLS = ("session_id, cabinet_id, state, reason, credits, pulses, amount, currency, seq, issued_ts, "
                  "attempts, ack_pulses, ack_last, event_type, created_at, updated_at, paid_at, queued_at, "
-                 "sent_at, done_at")
+                 "sent_at, done_at, published_at")
 
 
 # What a storage failure raises (the webhook answers 5xx so that Stripe retries): a tuple of the
@@ -297,6 +329,24 @@ class Ledger:
         """Register a cabinet; returns its new secret (64 hex digits). Raises LedgerError on bad input."""
         if not valid_cabinet_id(id):
             raise LedgerError("cabinet id %r is not valid: use 1 to 32 letters, digits, '-' or '_'" % (id,))
+        currency, clean = self.check_prices(currency, price_cents, bundles, coins_per_credit)
+        secret = secrets.token_hex(32)
+        now = time.time()
+        with self._write() as cur:
+            cur.execute("INSERT INTO cabinets (id, name, secret, enabled, currency, price_cents, bundles, "
+                        "coins_per_credit, created_at) VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?) "
+                        "ON CONFLICT (id) DO NOTHING",
+                        (id, name or id, secret, currency, price_cents, json.dumps(clean), coins_per_credit, now))
+            if cur.rowcount != 1:
+                raise CabinetExists("cabinet %r already exists: pick another id, or use `arcade cabinet list`" % id)
+            cur.execute("INSERT INTO broker_users (username, password, cabinet_id, created_at) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT (username) DO UPDATE SET password = excluded.password",
+                        (id, secrets.token_hex(16), id, now))
+        return secret
+
+    @staticmethod
+    def check_prices(currency, price_cents, bundles, coins_per_credit):
+        """Validated (currency, [[credits, cents], ...]); raises LedgerError saying what is wrong."""
         currency = str(currency).lower()
         if not re.fullmatch(r"[a-z]{3}", currency):
             raise LedgerError("currency %r is not a 3-letter ISO code like usd or eur" % (currency,))
@@ -318,19 +368,21 @@ class Ledger:
             clean.append([credits, cents])
         if len({c for c, _ in clean}) != len(clean) or len({p for _, p in clean}) != len(clean):
             raise LedgerError("bundles %r repeat a number of credits or a price" % (bundles,))
-        secret = secrets.token_hex(32)
-        now = time.time()
+        return currency, clean
+
+    def set_prices(self, id, name=None, price_cents=None, bundles=None):
+        """Change a cabinet's name, price and/or bundles (None: keep), validated like add_cabinet;
+        raises LedgerError (nothing changed)."""
+        cab = self.get_cabinet(id)
+        if cab is None:
+            raise UnknownCabinet("no cabinet %r: see `arcade cabinet list`" % (id,))
+        if name is not None and (not isinstance(name, str) or not name.strip() or len(name) > 64):
+            raise LedgerError("name %r must be 1 to 64 characters" % (name,))
+        _, clean = self.check_prices(cab["currency"], cab["price_cents"] if price_cents is None else price_cents,
+                                      cab["bundles"] if bundles is None else bundles, cab["coins_per_credit"])
         with self._write() as cur:
-            cur.execute("INSERT INTO cabinets (id, name, secret, enabled, currency, price_cents, bundles, "
-                        "coins_per_credit, created_at) VALUES (?, ?, ?, 1, ?, ?, ?, ?, ?) "
-                        "ON CONFLICT (id) DO NOTHING",
-                        (id, name or id, secret, currency, price_cents, json.dumps(clean), coins_per_credit, now))
-            if cur.rowcount != 1:
-                raise CabinetExists("cabinet %r already exists: pick another id, or use `arcade cabinet list`" % id)
-            cur.execute("INSERT INTO broker_users (username, password, cabinet_id, created_at) VALUES (?, ?, ?, ?) "
-                        "ON CONFLICT (username) DO UPDATE SET password = excluded.password",
-                        (id, secrets.token_hex(16), id, now))
-        return secret
+            cur.execute("UPDATE cabinets SET name = COALESCE(?, name), price_cents = COALESCE(?, price_cents), "
+                        "bundles = ? WHERE id = ?", (name.strip() if name else None, price_cents, json.dumps(clean), id))
 
     # -- broker logins (relay/mosquitto.py writes them as a mosquitto password file and ACL) ---------
 
@@ -528,13 +580,31 @@ class Ledger:
 
     def next_deliveries(self, exclude=()):
         """For each cabinet with unacknowledged credits (and not in `exclude`), its lowest-seq one,
-        with the cabinet's secret: everything needed to build the message."""
+        with the cabinet's secret: everything needed to build the message.
+
+        A credit returned here for the first time is first marked published (published_at), in a
+        write transaction that re-checks it is still pending: a refund that claimed it before
+        (claim_refund) wins and it is not returned, and a refund after sees it was published. So a
+        refunded credit is never published, and a published one is never refunded as undelivered."""
         rows = self._rows("SELECT p.session_id, p.cabinet_id, p.seq, p.credits, p.pulses, p.issued_ts, p.state, "
-                          "p.queued_at, c.secret FROM payments p "
+                          "p.queued_at, p.published_at, c.secret FROM payments p "
                           "JOIN (SELECT cabinet_id, MIN(seq) AS seq FROM payments WHERE state IN ('queued', 'sent') "
                           "GROUP BY cabinet_id) h ON h.cabinet_id = p.cabinet_id AND h.seq = p.seq "
                           "JOIN cabinets c ON c.id = p.cabinet_id ORDER BY p.cabinet_id")
-        return [row for row in rows if row["cabinet_id"] not in exclude]
+        rows = [row for row in rows if row["cabinet_id"] not in exclude]
+        fresh = [row for row in rows if row["published_at"] is None]
+        if fresh:
+            lost = set()
+            with self._write() as cur:
+                now = time.time()
+                for row in fresh:
+                    cur.execute("UPDATE payments SET published_at = ? WHERE session_id = ? AND seq = ? "
+                                "AND published_at IS NULL AND state IN ('queued', 'sent')",
+                                (now, row["session_id"], row["seq"]))
+                    if cur.rowcount != 1:
+                        lost.add(row["session_id"])
+            rows = [row for row in rows if row["session_id"] not in lost]
+        return rows
 
     def mark_sent(self, session_id, seq):
         """The broker acknowledged a publish of this credit (PUBACK). Returns True if it was still pending."""
@@ -822,3 +892,330 @@ class Ledger:
         with self._write() as cur:
             self._config_row(cur, id, now)
             cur.execute("UPDATE cabinet_config SET board = ?, updated_at = ? WHERE cabinet_id = ?", (board, now, id))
+
+    # -- the operator's side (issue 13): operators, audit, refunds, disputes, alerts, search ------
+
+    OPERATOR_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}\Z")
+
+    def add_operator(self, name, pw_hash):
+        """A console account. The hash is made by the caller (argon2); raises LedgerError if it exists."""
+        if not isinstance(name, str) or not self.OPERATOR_NAME.match(name):
+            raise LedgerError("operator name %r is not valid: use 1 to 32 lower-case letters, digits, '.', '-' "
+                              "or '_', starting with a letter or digit" % (name,))
+        with self._write() as cur:
+            cur.execute("INSERT INTO operators (name, pw_hash, created_at) VALUES (?, ?, ?) "
+                        "ON CONFLICT (name) DO NOTHING", (name, pw_hash, time.time()))
+            if cur.rowcount != 1:
+                raise LedgerError("operator %r already exists: pick another name, or `arcade admin passwd %s`"
+                                  % (name, name))
+
+    def set_operator_hash(self, name, pw_hash):
+        with self._write() as cur:
+            cur.execute("UPDATE operators SET pw_hash = ? WHERE name = ?", (pw_hash, name))
+            if cur.rowcount != 1:
+                raise LedgerError("no operator %r: see `arcade admin list`" % (name,))
+
+    def remove_operator(self, name):
+        with self._write() as cur:
+            cur.execute("DELETE FROM operators WHERE name = ?", (name,))
+            if cur.rowcount != 1:
+                raise LedgerError("no operator %r: see `arcade admin list`" % (name,))
+
+    def get_operator(self, name):
+        rows = self._rows("SELECT name, pw_hash, created_at, last_login FROM operators WHERE name = ?", (name,))
+        return rows[0] if rows else None
+
+    def list_operators(self):
+        return self._rows("SELECT name, created_at, last_login FROM operators ORDER BY name")
+
+    def note_login(self, name):
+        with self._write() as cur:
+            cur.execute("UPDATE operators SET last_login = ? WHERE name = ?", (time.time(), name))
+
+    def audit(self, who, action, subject="", detail=""):
+        """Write one line of the audit log: who did what to what, when."""
+        with self._write() as cur:
+            cur.execute("INSERT INTO audit (at, who, action, subject, detail) VALUES (?, ?, ?, ?, ?)",
+                        (time.time(), str(who)[:64], str(action)[:64], str(subject)[:255], str(detail)[:1000]))
+
+    def list_audit(self, limit=200, who=None):
+        if who:
+            return self._rows("SELECT id, at, who, action, subject, detail FROM audit WHERE who = ? "
+                              "ORDER BY id DESC LIMIT ?", (who, int(limit)))
+        return self._rows("SELECT id, at, who, action, subject, detail FROM audit ORDER BY id DESC LIMIT ?",
+                          (int(limit),))
+
+    def search_payments(self, session=None, cabinet=None, states=None, since=None, until=None, limit=200,
+                        stuck_after=None, refunded=False, disputed=False, now=None):
+        """Payments newest first, filtered; each with `refund_state` and `dispute_status` (or None)."""
+        where, args = [], []
+        if session:
+            where.append("p.session_id LIKE ?")
+            args.append("%" + session.replace("%", "").replace("_", "\\_") + "%")
+            where[-1] += " ESCAPE '\\'"
+        if cabinet:
+            where.append("p.cabinet_id = ?")
+            args.append(cabinet)
+        if states:
+            where.append("p.state IN (%s)" % ", ".join("?" * len(states)))
+            args.extend(states)
+        if since is not None:
+            where.append("p.created_at >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("p.created_at < ?")
+            args.append(until)
+        if stuck_after is not None:
+            where.append("p.state IN ('queued', 'sent') AND p.queued_at < ?")
+            args.append((time.time() if now is None else now) - stuck_after)
+        if refunded:
+            where.append("r.session_id IS NOT NULL")
+        if disputed:
+            where.append("EXISTS (SELECT 1 FROM disputes d WHERE d.session_id = p.session_id)")
+        sql = ("SELECT %s, r.state AS refund_state, r.after_play AS refund_after_play, "
+               "(SELECT d.status FROM disputes d WHERE d.session_id = p.session_id ORDER BY d.created_at DESC "
+               "LIMIT 1) AS dispute_status FROM payments p LEFT JOIN refunds r ON r.session_id = p.session_id"
+               % ", ".join("p." + c.strip() for c in _PAYMENT_COLS.split(",")))
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY p.created_at DESC LIMIT ?"
+        args.append(int(limit))
+        return self._rows(sql, args)
+
+    def payment_events(self, session_id):
+        """The Stripe events recorded for a session, oldest first (its timeline's outside half)."""
+        return self._rows("SELECT event_id, type, outcome, received_at FROM events WHERE session_id = ? "
+                          "ORDER BY received_at", (session_id,))
+
+    def takings(self, since, until=None):
+        """Per cabinet and currency: plays (credits applied) and money (cents) of payments that bought
+        credits (queued/sent/applied/duplicate) recorded in [since, until), less refunds."""
+        until = time.time() + 1 if until is None else until
+        return self._rows("SELECT p.cabinet_id, p.currency, COUNT(*) AS payments, "
+                          "SUM(CASE WHEN p.state IN ('refunded', 'refunding') THEN 0 ELSE p.credits END) AS credits, "
+                          "SUM(p.amount) AS amount, SUM(CASE WHEN r.state = 'succeeded' THEN r.amount ELSE 0 END) "
+                          "AS refunded FROM payments p LEFT JOIN refunds r ON r.session_id = p.session_id "
+                          "WHERE p.created_at >= ? AND p.created_at < ? AND p.seq IS NOT NULL "
+                          "GROUP BY p.cabinet_id, p.currency ORDER BY p.cabinet_id", (since, until))
+
+    def last_payment_at(self):
+        """cabinet id -> time of its newest payment that bought credits."""
+        return {r["cabinet_id"]: r["at"] for r in self._rows(
+            "SELECT cabinet_id, MAX(created_at) AS at FROM payments WHERE seq IS NOT NULL GROUP BY cabinet_id")}
+
+    def count_by_state(self):
+        return {r["state"]: r["n"] for r in self._rows("SELECT state, COUNT(*) AS n FROM payments GROUP BY state")}
+
+    # refunds --------------------------------------------------------------------------------
+
+    def get_refund(self, session_id):
+        rows = self._rows("SELECT session_id, state, prior_state, after_play, refund_id, amount, currency, reason, "
+                          "who, source, error, created_at, updated_at FROM refunds WHERE session_id = ?",
+                          (session_id,))
+        return rows[0] if rows else None
+
+    def list_refunds(self, limit=100):
+        return self._rows("SELECT session_id, state, after_play, refund_id, amount, currency, reason, who, source, "
+                          "error, created_at, updated_at FROM refunds ORDER BY updated_at DESC LIMIT ?", (int(limit),))
+
+    def claim_refund(self, session_id, who, source, reason="", force=False):
+        """Decide, under the database lock, whether this payment may be refunded, and hold it.
+
+        Returns (refund row, note). A credit never published (state queued, published_at NULL) moves to
+        state `refunding`: the dispatcher's claim (next_deliveries) can no longer publish it. A payment
+        without a credit (invalid) or a credit the cabinet refused (rejected) moves to `refunding` too.
+        An applied/duplicate credit is refunded only with force (the play was given; the payment keeps
+        its state, the refund says after_play). Anything that may still pulse (published and not
+        acknowledged) is refused. Raises LedgerError saying why; nothing is changed then."""
+        with self._write() as cur:
+            cur.execute("SELECT state, published_at, sent_at, amount, currency, seq FROM payments WHERE "
+                        "session_id = ?", (session_id,))
+            row = cur.fetchone()
+            if row is None:
+                raise LedgerError("no payment %r in the ledger: nothing refunded (see `arcade payments`)"
+                                  % (session_id,))
+            state, published_at, sent_at, amount, currency, seq = row
+            cur.execute("SELECT state, prior_state, after_play FROM refunds WHERE session_id = ?", (session_id,))
+            old = cur.fetchone()
+            now = time.time()
+            if old is not None and old[0] == "succeeded":
+                raise LedgerError("payment %s is already refunded: nothing to do" % session_id)
+            if old is not None and old[0] in ("requested", "unknown"):
+                # a refund whose answer from Stripe never came: try again with the same idempotency key
+                cur.execute("UPDATE refunds SET state = 'requested', updated_at = ? WHERE session_id = ?",
+                            (now, session_id))
+                return self._refund_row(cur, session_id), "retry"
+            after_play = 0
+            if state == "queued" and published_at is None and sent_at is None:
+                note = "never published: the credit is withdrawn and will not be sent"
+            elif state in ("invalid", "rejected"):
+                note = "no credit was given (%s)" % state
+            elif state in ("applied", "duplicate"):
+                if not force:
+                    raise LedgerError("payment %s was played: the cabinet pulsed its credit (%s). Refunding it "
+                                      "gives the money back after the play; confirm with --force "
+                                      "(console: tick the confirmation)" % (session_id, state))
+                after_play = 1
+                note = "refund after the play was given (forced)"
+            elif state in ("queued", "sent"):
+                raise LedgerError("payment %s: credit seq %s was published to the cabinet and is not acknowledged "
+                                  "yet, so it may still pulse; nothing refunded. Wait for the cabinet's ack (or "
+                                  "bring it online) and try again" % (session_id, seq))
+            elif state in ("pending", "failed", "expired"):
+                raise LedgerError("payment %s is %s: no money was taken, nothing to refund" % (session_id, state))
+            else:
+                raise LedgerError("payment %s is %s: it cannot be refunded from here" % (session_id, state))
+            if not after_play:
+                cur.execute("UPDATE payments SET state = 'refunding', updated_at = ? WHERE session_id = ? "
+                            "AND state = ?", (now, session_id, state))
+            cur.execute("INSERT INTO refunds (session_id, state, prior_state, after_play, amount, currency, reason, "
+                        "who, source, created_at, updated_at) VALUES (?, 'requested', ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                        "ON CONFLICT (session_id) DO UPDATE SET state = 'requested', prior_state = excluded.prior_state, "
+                        "after_play = excluded.after_play, reason = excluded.reason, who = excluded.who, "
+                        "source = excluded.source, error = '', updated_at = excluded.updated_at",
+                        (session_id, state, after_play, amount, currency, str(reason)[:500], who, source, now, now))
+            return self._refund_row(cur, session_id), note
+
+    def _refund_row(self, cur, session_id):
+        cur.execute("SELECT session_id, state, prior_state, after_play, amount, currency, reason, who, source "
+                    "FROM refunds WHERE session_id = ?", (session_id,))
+        names = [d[0] for d in cur.description]
+        return dict(zip(names, cur.fetchone()))
+
+    def settle_refund(self, session_id, refund_id, amount=None, source=None):
+        """Stripe made the refund: the refund succeeded; a held payment becomes `refunded` (final)."""
+        now = time.time()
+        with self._write() as cur:
+            cur.execute("UPDATE refunds SET state = 'succeeded', refund_id = ?, amount = COALESCE(?, amount), "
+                        "error = '', updated_at = ? WHERE session_id = ?", (refund_id, amount, now, session_id))
+            cur.execute("UPDATE payments SET state = 'refunded', done_at = ?, updated_at = ? WHERE session_id = ? "
+                        "AND state = 'refunding'", (now, now, session_id))
+
+    def fail_refund(self, session_id, error, definite):
+        """Stripe refused (definite: the payment goes back to what it was, nothing changed) or did not
+        answer (not definite: the payment stays held, `unknown`, until the refund is tried again)."""
+        now = time.time()
+        with self._write() as cur:
+            cur.execute("SELECT prior_state FROM refunds WHERE session_id = ?", (session_id,))
+            row = cur.fetchone()
+            if row is None:
+                return
+            if definite:
+                cur.execute("UPDATE payments SET state = ?, updated_at = ? WHERE session_id = ? AND "
+                            "state = 'refunding'", (row[0], now, session_id))
+                cur.execute("UPDATE refunds SET state = 'failed', error = ?, updated_at = ? WHERE session_id = ?",
+                            (str(error)[:500], now, session_id))
+            else:
+                cur.execute("UPDATE refunds SET state = 'unknown', error = ?, updated_at = ? WHERE session_id = ?",
+                            (str(error)[:500], now, session_id))
+
+    def refund_failed_later(self, session_id, refund_id, why):
+        """Stripe says a refund it had made failed (refund.updated status failed): mark it failed with
+        the reason. The payment keeps its state (a withdrawn credit stays withdrawn: the operator
+        decides). True when a refund of this relay matched."""
+        now = time.time()
+        with self._write() as cur:
+            cur.execute("UPDATE refunds SET state = 'failed', error = ?, updated_at = ? WHERE session_id = ? "
+                        "AND (refund_id = ? OR refund_id IS NULL OR ? IS NULL)",
+                        ("Stripe: the refund failed later (%s)" % (why or "no reason given"), now, session_id,
+                         refund_id, refund_id))
+            return cur.rowcount == 1
+
+    def record_outside_refund(self, session_id, refund_id, amount, currency, reason="refunded in Stripe"):
+        """A refund made outside the relay (Stripe's Dashboard). A credit never published is withdrawn
+        (state refunded); one that may pulse or has pulsed is recorded as refunded after play.
+        Returns the payment's state before, or None when the session is unknown."""
+        now = time.time()
+        with self._write() as cur:
+            cur.execute("SELECT state, published_at, sent_at FROM payments WHERE session_id = ?", (session_id,))
+            row = cur.fetchone()
+            if row is None:
+                return None
+            state, published_at, sent_at = row
+            withdraw = (state == "queued" and published_at is None and sent_at is None) or state in (
+                "invalid", "rejected", "refunding")
+            if withdraw:
+                cur.execute("UPDATE payments SET state = 'refunded', done_at = ?, updated_at = ? WHERE "
+                            "session_id = ?", (now, now, session_id))
+            cur.execute("INSERT INTO refunds (session_id, state, prior_state, after_play, refund_id, amount, currency, "
+                        "reason, who, source, created_at, updated_at) VALUES (?, 'succeeded', ?, ?, ?, ?, ?, ?, "
+                        "'stripe', 'dashboard', ?, ?) ON CONFLICT (session_id) DO UPDATE SET state = 'succeeded', "
+                        "refund_id = excluded.refund_id, amount = excluded.amount, updated_at = excluded.updated_at",
+                        (session_id, state, 0 if withdraw else 1, refund_id, amount, currency, reason, now, now))
+            return state
+
+    # disputes -------------------------------------------------------------------------------
+
+    def record_dispute(self, dispute_id, status, session_id=None, charge_id=None, payment_intent=None, amount=None,
+                       currency=None, reason=""):
+        """charge.dispute.created / updated / closed: insert or update the dispute's status."""
+        now = time.time()
+        with self._write() as cur:
+            cur.execute("INSERT INTO disputes (dispute_id, session_id, charge_id, payment_intent, amount, currency, "
+                        "reason, status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                        "ON CONFLICT (dispute_id) DO UPDATE SET status = excluded.status, "
+                        "session_id = COALESCE(disputes.session_id, excluded.session_id), "
+                        "updated_at = excluded.updated_at",
+                        (dispute_id, session_id, charge_id, payment_intent, amount, currency, str(reason)[:100],
+                         str(status)[:40], now, now))
+
+    def list_disputes(self, open_only=False, limit=100):
+        sql = ("SELECT dispute_id, session_id, charge_id, payment_intent, amount, currency, reason, status, created_at, "
+               "updated_at FROM disputes")
+        if open_only:
+            sql += " WHERE status NOT IN ('won', 'lost', 'warning_closed')"
+        return self._rows(sql + " ORDER BY created_at DESC LIMIT ?", (int(limit),))
+
+    def session_for_payment_intent(self, payment_intent):
+        rows = self._rows("SELECT session_id FROM disputes WHERE payment_intent = ? AND session_id IS NOT NULL "
+                          "LIMIT 1", (payment_intent,))
+        return rows[0]["session_id"] if rows else None
+
+    # alert incidents ------------------------------------------------------------------------
+
+    def open_incidents(self):
+        return self._rows("SELECT id, key, kind, subject, message, opened_at FROM alert_incidents WHERE closed_at "
+                          "IS NULL ORDER BY opened_at")
+
+    def open_incident(self, key, kind, subject, message, now=None):
+        """Open an incident unless one with this key is open; True when opened now (alert once)."""
+        with self._write() as cur:
+            cur.execute("SELECT 1 FROM alert_incidents WHERE key = ? AND closed_at IS NULL", (key,))
+            if cur.fetchone() is not None:
+                return False
+            cur.execute("INSERT INTO alert_incidents (key, kind, subject, message, opened_at) VALUES (?, ?, ?, ?, ?)",
+                        (key, kind, subject, message, time.time() if now is None else now))
+            return True
+
+    def close_incident(self, key, now=None):
+        """Close the open incident with this key; returns it (to say resolved) or None."""
+        with self._write() as cur:
+            cur.execute("UPDATE alert_incidents SET closed_at = ? WHERE key = ? AND closed_at IS NULL "
+                        "RETURNING id, key, kind, subject, message, opened_at",
+                        (time.time() if now is None else now, key))
+            row = cur.fetchone()
+            if row is None:
+                return None
+            return dict(zip(("id", "key", "kind", "subject", "message", "opened_at"), row))
+
+    # figures for /metrics ----------------------------------------------------------------------
+
+    def refund_counts(self):
+        return self._rows("SELECT state, after_play, COUNT(*) AS n FROM refunds GROUP BY state, after_play")
+
+    def dispute_counts(self):
+        return self._rows("SELECT status, COUNT(*) AS n FROM disputes GROUP BY status")
+
+    def applied_latency(self, buckets):
+        """(count, sum of seconds, [count <= b for b in buckets]) from record to applied ack."""
+        cases = ", ".join("SUM(CASE WHEN done_at - created_at <= ? THEN 1 ELSE 0 END) AS b%d" % i
+                          for i in range(len(buckets)))
+        row = self._rows("SELECT COUNT(*) AS n, COALESCE(SUM(done_at - created_at), 0) AS total%s FROM payments "
+                         "WHERE state = 'applied' AND done_at IS NOT NULL" % (", " + cases if cases else ""),
+                         tuple(float(b) for b in buckets))[0]
+        return row["n"], row["total"], [row["b%d" % i] or 0 for i in range(len(buckets))]
+
+    def drop_incident(self, key):
+        """Forget an open incident whose alert no channel took (so the next check alerts again)."""
+        with self._write() as cur:
+            cur.execute("DELETE FROM alert_incidents WHERE key = ? AND closed_at IS NULL", (key,))

@@ -182,3 +182,43 @@ def test_checker_catches_a_wrong_arrow(rel, text):
 ])
 def test_checker_lets_a_right_arrow_through(rel, text):
     assert violations_in(rel, room_of_file(ROOT / rel), text) == []
+
+
+# The relay stays thin (issue 13): the paying path imports nothing of the operator's side.
+THIN_PATH = ("relay.webhook", "relay.dispatcher", "relay.ledger")
+OPERATOR_SIDE = ("relay.console", "relay.alerts", "relay.metrics")
+
+
+def relay_closure(start):
+    """Every relay module `start` imports, directly or through other relay modules (any depth)."""
+    seen, todo = set(), list(start)
+    while todo:
+        mod = todo.pop()
+        if mod in seen:
+            continue
+        seen.add(mod)
+        path = ROOT / (mod.replace(".", "/") + ".py")
+        if not path.is_file():
+            path = ROOT / mod.replace(".", "/") / "__init__.py"
+        if not path.is_file():
+            continue                        # `from relay import x` where x is a name, not a module
+        for _, name in imports(path.read_text(), str(path)):
+            if name.split(".")[0] == "relay":
+                todo.append(name)
+    return seen
+
+
+def test_the_paying_path_imports_nothing_of_the_operators_side():
+    reached = relay_closure(THIN_PATH)
+    assert "relay.protocol" in reached and "relay.checkout" in reached, "the scan must follow relay imports"
+    wrong = sorted(m for m in reached if m.startswith(OPERATOR_SIDE))
+    assert wrong == [], "webhook/dispatcher/ledger reach %s: the relay's paying path must stay thin" % wrong
+
+
+def test_the_thin_path_check_would_catch_an_import(tmp_path, monkeypatch):
+    fake_root = tmp_path / "root"
+    (fake_root / "relay").mkdir(parents=True)
+    (fake_root / "relay" / "webhook.py").write_text("from relay import checkout\n")
+    (fake_root / "relay" / "checkout.py").write_text("def f():\n    from relay.console import views\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", fake_root)
+    assert "relay.console" in relay_closure(["relay.webhook"])

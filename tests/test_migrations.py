@@ -165,3 +165,24 @@ def test_issue9_broker_users_gives_every_old_cabinet_and_the_relay_a_login(v1_db
         assert led.cabinet_epoch("cab1") == "1" * 16
 
 
+def test_issue13_upgrade_counts_old_in_flight_credits_as_published(v1_db):
+    """issue13_refunds: a credit queued or sent by a relay older than the publish claim may have been
+    published, so it must not count as 'never published' (refundable as undelivered) after the upgrade."""
+    before = dict(rows(v1_db, "SELECT session_id, state FROM payments"))
+    with open_ledger(v1_db) as led:
+        assert {"issue13_console", "issue13_refunds", "issue13_alerts"} <= set(led.migrations())
+        for sid, state in before.items():
+            published = led.get_payment(sid)["published_at"]
+            if state in ("queued", "sent"):
+                assert published is not None, sid
+        queued = [sid for sid, state in before.items() if state == "queued"]
+        assert queued, "the v1 database has a queued credit to check"
+        with pytest.raises(ledger_mod.LedgerError, match="may still pulse"):
+            led.claim_refund(queued[0], "t", "test")
+        # the new tables work on the upgraded database
+        led.add_operator("alice", "$argon2id$fake")
+        led.audit("alice", "login")
+        assert led.list_audit()[0]["who"] == "alice"
+        assert led.open_incident("k", "offline", "cab1", "cab1 offline") is True
+        assert led.open_incident("k", "offline", "cab1", "cab1 offline") is False
+        assert led.close_incident("k")["subject"] == "cab1"

@@ -193,10 +193,9 @@ def cmd_test_pulse(args):
     message and the cabinet would put coins in whenever it reconnects."""
     import threading
 
-    import paho.mqtt.client as mqtt
-
     from relay import config, protocol
-    from relay.config import ConfigError, mask_url, parse_mqtt_url
+    from relay.config import ConfigError, mask_url
+    from relay.testpulse import make_client
 
     if not 1 <= args.pulses <= 10:
         return _fail("--pulses %d must be from 1 to 10" % args.pulses)
@@ -210,7 +209,6 @@ def cmd_test_pulse(args):
         if cab is None:
             return _fail("no cabinet %r: see `arcade cabinet list`" % (args.id,))
         secret = cab["secret"]
-        target = parse_mqtt_url(url)
         cond = threading.Condition()
         seen = {"status": None, "retained": None, "suback": False, "puback": False, "connected": None}
 
@@ -241,12 +239,7 @@ def cmd_test_pulse(args):
                         seen["retained"] = status
                     cond.notify_all()
 
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="arcade-test-pulse-%s" % os.urandom(4).hex(),
-                             clean_session=True, protocol=mqtt.MQTTv311)
-        if target["username"] is not None:
-            client.username_pw_set(target["username"], target["password"])
-        if target["tls"]:
-            client.tls_set()
+        client, target = make_client(url, "test-pulse")
         client.on_connect, client.on_subscribe = on_connect, on_subscribe
         client.on_publish, client.on_message = on_publish, on_message
         topic = "%s/%s/" % (prefix, args.id)

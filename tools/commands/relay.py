@@ -11,7 +11,7 @@ import sys
 
 import waitress
 
-from relay import create_app, reconcile
+from relay import alerts, create_app, logs, reconcile
 from relay.config import ConfigError, db_path, mask_url
 from relay.dispatcher import start_for_app
 from relay.backends import is_postgres, redact
@@ -35,8 +35,11 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.threads < 1:
         p.error("--threads %d: give at least 1" % args.threads)
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        logs.setup(args.log_level)      # ARCADE_LOG_FORMAT=json: one JSON object a line
+    except ValueError as e:
+        print("arcade relay: %s" % e, file=sys.stderr)
+        return 2
     try:
         app = create_app()
     except ConfigError as e:
@@ -49,6 +52,7 @@ def main(argv=None):
         return 2
     try:
         reconcile.settings(app.config)   # a bad ARCADE_RECONCILE_* stops the relay before it listens
+        alerts.Alerter(app.config)       # so does a bad alert setting (ARCADE_OPEN_HOURS, SMTP...)
     except ConfigError as e:
         print("arcade relay: %s" % e, file=sys.stderr)
         return 2
@@ -59,11 +63,12 @@ def main(argv=None):
         print("arcade relay: cannot listen on %s:%d: %s (is another relay running? try --port)"
               % (args.host, args.port, e), file=sys.stderr)
         return 2
-    dispatcher = reconciler = None
+    dispatcher = reconciler = alerter = None
     try:
         dispatcher = start_for_app(app)
         # the process that runs the dispatcher also reconciles with Stripe (when STRIPE_API_KEY is set)
         reconciler = reconcile.start_for_app(app) if dispatcher else None
+        alerter = alerts.start_for_app(app) if dispatcher else None     # alerts once per incident (issue 13)
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
         print("arcade relay: listening on http://%s:%d (POST /stripe/webhook, GET /healthz); broker %s; "
@@ -74,6 +79,8 @@ def main(argv=None):
         server.run()
     finally:
         server.close()
+        if alerter is not None:
+            alerter.stop()
         if reconciler is not None:
             reconciler.stop()
         if dispatcher is not None:

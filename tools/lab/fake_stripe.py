@@ -10,6 +10,15 @@ It answers the few endpoints the project uses the way Stripe does, and records e
                                             created[gte|gt|lte|lt], status, payment_link; has_more
     POST /v1/checkout/sessions/<id>/expire  expire an open session (sends checkout.session.expired)
 
+    POST /v1/refunds                        refund a payment_intent or charge (Idempotency-Key honoured;
+                                            a second full refund answers charge_already_refunded);
+                                            sends charge.refunded
+    GET  /v1/refunds/<id>, /v1/charges/<id>, /v1/disputes/<id>   retrieve
+
+Test helpers play Stripe's Dashboard: `dashboard_refund(session_id)`, `open_dispute(session_id)`,
+`close_dispute(dispute_id, status)` (each sends its event), and `fail_next_refund(...)` makes the
+next refund request fail as Stripe can (refused, 500, or made with its answer lost).
+
 and plays Stripe's hosted pages:
 
     GET  /pay/<id>          the hosted checkout page: what is bought, a card form, "Pay", a cancel link
@@ -127,6 +136,10 @@ class FakeStripe:
         self.webhooks = []            # (event, status code or error string) for every webhook sent
         self.attempts = []            # card payments tried on the hosted page: {"session", "last4", "outcome", "t"}
         self._order = []              # session ids in creation order
+        self.charges = {}             # ch id -> charge (issue 13: refunds and disputes, _money_api)
+        self.refunds = {}             # re id -> refund
+        self.disputes = {}            # dp id -> dispute
+        self.refund_faults = []       # what the next POST /v1/refunds does instead (see fail_next_refund)
         self._idem = {}               # idempotency key -> (fingerprint, status, body)
         self._lock = threading.RLock()
         self._conns = set()           # open client sockets (a browser may preconnect and never ask)
@@ -367,6 +380,18 @@ class FakeStripe:
         return {"object": "list", "data": [self._public(s) for s in page], "has_more": more,
                 "url": "/v1/checkout/sessions"}
 
+    def _replay(self, ikey, form_pairs):
+        """(fingerprint of the request, the stored (status, body) when this Idempotency-Key was used
+        before with the same parameters, else None); the key reused with other parameters is an error."""
+        fingerprint = hashlib.sha256(json.dumps(sorted(form_pairs)).encode()).hexdigest()
+        if ikey and ikey in self._idem:
+            old_fp, status, body = self._idem[ikey]
+            if old_fp != fingerprint:
+                raise StripeError(400, "idempotency_error", "Keys for idempotent requests can only be used "
+                                  "with the same parameters they were first used with.")
+            return fingerprint, (status, json.loads(json.dumps(body)))
+        return fingerprint, None
+
     def handle_api(self, method, path, query, form_pairs, headers):
         """Answer one /v1 request: (status, json body)."""
         auth = headers.get("Authorization", "")
@@ -374,16 +399,14 @@ class FakeStripe:
         if not key or (self.api_key and key != self.api_key):
             masked = (key[:8] + "*" * 4 + key[-4:]) if len(key) > 12 else "***"
             raise StripeError(401, "invalid_request_error", "Invalid API Key provided: %s" % masked)
+        if path.startswith(("/v1/refunds", "/v1/charges", "/v1/disputes")):
+            return self._money_api(method, path, query, form_pairs, headers)
         with self._lock:
             if method == "POST" and path == "/v1/checkout/sessions":
                 ikey = headers.get("Idempotency-Key")
-                fingerprint = hashlib.sha256(json.dumps(sorted(form_pairs)).encode()).hexdigest()
-                if ikey and ikey in self._idem:
-                    old_fp, status, body = self._idem[ikey]
-                    if old_fp != fingerprint:
-                        raise StripeError(400, "idempotency_error", "Keys for idempotent requests can only be used "
-                                          "with the same parameters they were first used with.")
-                    return status, json.loads(json.dumps(body))
+                fingerprint, replay = self._replay(ikey, form_pairs)
+                if replay:
+                    return replay
                 s = self._create(parse_pairs(form_pairs))
                 body = self._public(s)
                 if ikey:
@@ -402,6 +425,127 @@ class FakeStripe:
         if m and method == "POST":
             return 200, self._public(self.expire(m.group(1)))
         raise StripeError(404, "invalid_request_error", "Unrecognized request URL (%s: %s)." % (method, path))
+
+    # -- refunds, charges, disputes (issue 13) ----------------------------------------------------
+
+    def _charge_of(self, pi):
+        """The charge of a paid payment intent (made on first need, as the fake pays without one)."""
+        for ch in self.charges.values():
+            if ch["payment_intent"] == pi:
+                return ch
+        session = next((s for s in self.sessions.values() if s.get("payment_intent") == pi), None)
+        if session is None:
+            return None
+        ch = {"id": stripe_events.new_id("ch", 24), "object": "charge", "amount": session["amount_total"],
+              "amount_refunded": 0, "currency": session["currency"], "payment_intent": pi, "paid": True,
+              "refunded": False, "disputed": False, "status": "succeeded", "created": int(time.time()),
+              "refunds": {"object": "list", "data": [], "has_more": False}}
+        self.charges[ch["id"]] = ch
+        return ch
+
+    def _session_charge(self, session_id):
+        s = self.sessions.get(session_id)
+        if s is None or not s.get("payment_intent"):
+            raise KeyError("session %s is not paid" % session_id)
+        return self._charge_of(s["payment_intent"])
+
+    def fail_next_refund(self, status=400, type_="invalid_request_error", message="Refund refused (test).",
+                         made=False):
+        """The next POST /v1/refunds answers `status` with this error; made=True: the refund IS made (and
+        kept for its idempotency key) and only the answer is lost (status 500)."""
+        with self._lock:
+            self.refund_faults.append({"status": status, "type": type_, "message": message, "made": made})
+
+    def _refund(self, ch, params, ikey=None):
+        amount = _int(params.get("amount", ch["amount"] - ch["amount_refunded"]), "amount")
+        if ch["amount_refunded"] >= ch["amount"]:
+            raise StripeError(400, "invalid_request_error", "Charge %s has already been refunded." % ch["id"],
+                              "charge_already_refunded", None)
+        if not 0 < amount <= ch["amount"] - ch["amount_refunded"]:
+            raise StripeError(400, "invalid_request_error", "Refund amount (%d) is greater than unrefunded amount "
+                              "on charge (%d)" % (amount, ch["amount"] - ch["amount_refunded"]), "amount_too_large",
+                              "amount")
+        re_ = {"id": stripe_events.new_id("re", 24), "object": "refund", "amount": amount, "charge": ch["id"],
+               "currency": ch["currency"], "payment_intent": ch["payment_intent"], "status": "succeeded",
+               "reason": params.get("reason"), "metadata": params.get("metadata") or {}, "created": int(time.time())}
+        self.refunds[re_["id"]] = re_
+        ch["amount_refunded"] += amount
+        ch["refunded"] = ch["amount_refunded"] >= ch["amount"]
+        ch["refunds"]["data"].insert(0, re_)
+        return re_
+
+    def _send_later(self, obj, type_):
+        threading.Thread(target=self.send_event, args=(obj, type_), daemon=True).start()
+
+    def dashboard_refund(self, session_id, amount=None):
+        """A refund made in Stripe's Dashboard: sends charge.refunded. Returns the refund."""
+        with self._lock:
+            ch = self._session_charge(session_id)
+            re_ = self._refund(ch, {} if amount is None else {"amount": str(amount)})
+            obj = json.loads(json.dumps(ch))
+        self.send_event(obj, "charge.refunded")
+        return re_
+
+    def open_dispute(self, session_id, reason="fraudulent"):
+        with self._lock:
+            ch = self._session_charge(session_id)
+            ch["disputed"] = True
+            dp = {"id": stripe_events.new_id("dp", 24), "object": "dispute", "amount": ch["amount"], "charge": ch["id"],
+                  "currency": ch["currency"], "payment_intent": ch["payment_intent"], "reason": reason,
+                  "status": "needs_response", "created": int(time.time())}
+            self.disputes[dp["id"]] = dp
+            obj = json.loads(json.dumps(dp))
+        self.send_event(obj, "charge.dispute.created")
+        return obj
+
+    def close_dispute(self, dispute_id, status="won"):
+        with self._lock:
+            dp = self.disputes[dispute_id]
+            dp["status"] = status
+            obj = json.loads(json.dumps(dp))
+        self.send_event(obj, "charge.dispute.closed")
+        return obj
+
+    def _money_api(self, method, path, query, form_pairs, headers):
+        parts = path.strip("/").split("/")
+        kinds = {"refunds": self.refunds, "charges": self.charges, "disputes": self.disputes}
+        with self._lock:
+            if method == "GET" and len(parts) == 3 and parts[1] in kinds:
+                obj = kinds[parts[1]].get(parts[2])
+                if obj is None:
+                    raise StripeError(404, "invalid_request_error", "No such %s: '%s'" % (parts[1][:-1], parts[2]),
+                                      "resource_missing", "id")
+                return 200, json.loads(json.dumps(obj))
+            if not (method == "POST" and parts == ["v1", "refunds"]):
+                raise StripeError(404, "invalid_request_error", "Unrecognized request URL (%s: %s)." % (method, path))
+            params = parse_pairs(form_pairs)
+            ikey = headers.get("Idempotency-Key")
+            fingerprint, replay = self._replay(ikey, form_pairs)
+            if replay:
+                return replay
+            fault = self.refund_faults.pop(0) if self.refund_faults else None
+            if fault and not fault["made"]:
+                raise StripeError(fault["status"], fault["type"], fault["message"])
+            if params.get("charge"):
+                ch = self.charges.get(params["charge"])
+            elif params.get("payment_intent"):
+                ch = self._charge_of(params["payment_intent"])
+            else:
+                raise StripeError(400, "invalid_request_error", "One of the following params should be provided for "
+                                  "this request: payment_intent or charge.", "parameter_missing", None)
+            if ch is None:
+                raise StripeError(400, "invalid_request_error", "No such payment_intent: '%s'"
+                                  % params.get("payment_intent", params.get("charge")), "resource_missing",
+                                  "payment_intent")
+            re_ = self._refund(ch, params, ikey)
+            body = json.loads(json.dumps(re_))
+            if ikey:
+                self._idem[ikey] = (fingerprint, 200, body)
+            charge = json.loads(json.dumps(ch))
+        self._send_later(charge, "charge.refunded")
+        if fault:
+            raise StripeError(fault["status"], fault["type"], fault["message"])
+        return 200, body
 
     # -- hosted pages --------------------------------------------------------------------------
 
@@ -660,11 +804,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._handle("POST")
 
 
-def main(argv=None):
-    """Run the fake on its own (for trying the pay page by hand): python -m tools.lab.fake_stripe."""
+def main(argv=None, prog="fake_stripe"):
+    """Run the fake on its own (for trying the pay page by hand): `arcade fake-stripe`."""
     import argparse
     import os
-    p = argparse.ArgumentParser(prog="fake_stripe", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     p.add_argument("--port", type=int, default=12111)
     p.add_argument("--webhook-url", default=os.environ.get("FAKE_STRIPE_WEBHOOK_URL"))
     args = p.parse_args(argv)

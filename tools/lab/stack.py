@@ -131,6 +131,27 @@ class Relay(Proc):
             return json.load(e)
 
 
+class Console(Proc):
+    """`arcade console` (the operator's console, /admin) on a free port, on the relay's database."""
+
+    def __init__(self, workdir, db, mqtt_url, port=None, extra_env=None):
+        self.port = port or free_port()
+        env = _env({"ARCADE_DB": db, "MQTT_URL": mqtt_url, **(extra_env or {})})
+        argv = [sys.executable, "-m", "tools.cli", "console", "--host", "127.0.0.1", "--port", str(self.port)]
+        super().__init__(argv, env, Path(workdir) / "console.log", "console")
+
+    @property
+    def url(self):
+        # localhost, not 127.0.0.1: browsers keep a Secure cookie over plain http only for localhost
+        return "http://localhost:%d" % self.port
+
+    def start(self, timeout=20.0):
+        super().start()
+        if not wait_port("127.0.0.1", self.port, timeout, self.proc):
+            raise RuntimeError("the console did not start listening on %d (log: %s)" % (self.port, self.log_path))
+        return self
+
+
 class Cabinet(Proc):
     """`arcade simulate`: the real firmware with simulated pins, its flash in `state_dir`."""
 
