@@ -4,9 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo demo-web mosquitto postgresql umqtt browser clean
+.PHONY: setup test demo demo-web mosquitto postgresql umqtt browser clean font
 
-setup: $(STAMP) umqtt mosquitto postgresql browser node_modules/.package-lock.json
+setup: $(STAMP) umqtt mosquitto postgresql browser node_modules/.package-lock.json font
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml
 
 umqtt: $(STAMP)
 	$(BIN)/python -m tools.mpy.fetch_umqtt
+
+# MicroPython's 8x8 font, rendered by the VM, for the host's framebuf stand-in (simulated screens)
+font: $(STAMP) node_modules/.package-lock.json
+	$(BIN)/python -m tools.mpy.font
 
 mosquitto:
 	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || \

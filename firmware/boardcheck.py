@@ -95,4 +95,80 @@ def check(d, src):
         b[k + "_range"] = rng
         integer(b, src, k, rng[0], rng[1])
     integer(b, src, "safe_window_ms", 0, 10000)
+    if b.get("display") is not None:
+        b["display"] = _display(b["display"], src, chip, used)
     return b
+
+
+# display drivers: (bus, allowed native sizes, allowed rotations)
+_DRIVERS = {
+    "ssd1306": ("i2c", ((128, 64), (128, 32)), (0, 180)),
+    "sh1106": ("i2c", ((128, 64),), (0, 180)),
+    "st7789": ("spi", ((240, 240), (135, 240)), (0, 90, 180, 270)),
+}
+_BUS_PINS = {"i2c": ("sda", "scl"), "spi": ("sck", "mosi", "cs", "dc", "rst", "bl")}
+_OPTIONAL = ("rst", "bl")
+
+
+def _display(d, src, chip, used):
+    """The optional `display` object: driver, bus, pins, size, rotation (docs/hardware.md)."""
+    if not isinstance(d, dict):
+        raise bad(src, "display", "an object {driver, bus, pins, width, height, rotation} or null", d)
+    k = "display.driver"
+    drv = d.get("driver")
+    if drv not in _DRIVERS:
+        raise bad(src, k, "one of %s" % ", ".join(sorted(_DRIVERS)), drv)
+    bus, sizes, rots = _DRIVERS[drv]
+    if d.get("bus") != bus:
+        raise bad(src, "display.bus", "\"%s\" for the %s" % (bus, drv), d.get("bus"))
+    size = [d.get("width"), d.get("height")]
+    if tuple(size) not in sizes:
+        raise bad(src, "display.width", "with display.height one of %s for the %s (the panel's "
+                   "native size; rotation turns it)" % (", ".join("%dx%d" % s for s in sizes), drv),
+                  size)
+    r = d.get("rotation", 0)
+    if r not in rots or isinstance(r, bool):
+        raise bad(src, "display.rotation", "one of %s for the %s"
+                  % (", ".join(str(x) for x in rots), drv), r)
+    pins = d.get("pins")
+    names = _BUS_PINS[bus]
+    if not isinstance(pins, dict):
+        raise bad(src, "display.pins", "an object with %s" % ", ".join(names), pins)
+    exist, strap, reserved, in_only = _CHIPS[chip]
+    for n in pins:
+        if n not in names:
+            raise bad(src, "display.pins", "only %s for an %s display" % (", ".join(names), bus), n)
+    for n in names:
+        pin = pins.get(n)
+        if pin is None and n in _OPTIONAL:
+            continue
+        why = ""
+        if not isinstance(pin, int) or isinstance(pin, bool) or pin not in exist:
+            why = "not a GPIO of the %s" % chip
+        elif pin in reserved:
+            why = "reserved on the %s (flash/PSRAM, USB or the serial console)" % chip
+        elif pin in strap:
+            why = "a strapping pin of the %s: a display line on it can change the boot mode" % chip
+        elif pin in in_only:
+            why = "input-only on the %s" % chip
+        elif pin in used:
+            why = "already used by another pin"
+        if why:
+            raise ConfigError("%s: 'display.pins.%s' %s is %s; choose another GPIO"
+                              % (src, n, json.dumps(pin), why))
+        used.append(pin)
+    out = {"driver": drv, "bus": bus, "width": size[0], "height": size[1], "rotation": r,
+           "pins": pins}
+    if bus == "i2c":
+        out["addr"] = _num(d, src, "addr", 0x3C, 0x08, 0x77)
+        out["freq"] = _num(d, src, "freq", 400000, 10000, 1000000)
+    else:
+        out["freq"] = _num(d, src, "freq", 26000000, 1000000, 80000000)
+    return out
+
+
+def _num(d, src, k, default, lo, hi):
+    v = d.get(k, default)
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise bad(src, "display." + k, "an integer from %d to %d" % (lo, hi), v)
+    return v

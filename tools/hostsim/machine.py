@@ -23,6 +23,8 @@ WDT_RESET = 3
 DEEPSLEEP_RESET = 4
 SOFT_RESET = 5
 cause = [PWRON_RESET]      # what reset_cause() says (the simulator sets it after a simulated reset)
+devices = []       # fake bus devices (tools/hostsim/panels.py): what is wired to I2C/SPI
+buses = []         # every I2C/SPI constructed, with its history
 
 
 def set_clock(fn):
@@ -46,6 +48,8 @@ def clear():
     del resets[:]
     rtc_memory[:] = b""
     cause[0] = PWRON_RESET
+    del devices[:]
+    del buses[:]
     set_clock(None)
 
 
@@ -214,3 +218,87 @@ def unique_id():
 
 def freq(f=None):
     return 240000000
+
+
+def _pin_id(p, what):
+    if isinstance(p, Pin):
+        return p.id
+    if isinstance(p, int) and not isinstance(p, bool) and p >= 0:
+        return p
+    raise TypeError("%s must be a Pin or a GPIO number, got %r" % (what, p))
+
+
+class I2C:
+    """A bus that delivers writes to the fake devices in `devices` with bus "i2c" at that address.
+    history: (t, addr, nbytes) per transaction. No device at the address: OSError(19), as the ESP32."""
+    def __init__(self, id=0, scl=None, sda=None, freq=400000, timeout=50000):
+        if id not in (0, 1):
+            raise ValueError("I2C(%r) doesn't exist" % id)
+        self.scl = _pin_id(scl, "scl")
+        self.sda = _pin_id(sda, "sda")
+        if self.scl == self.sda:
+            raise ValueError("scl and sda are the same pin")
+        if not 1 <= freq <= 5000000:
+            raise ValueError("bad I2C frequency")
+        self.freq = freq
+        self.history = []
+        buses.append(self)
+
+    def _dev(self, addr):
+        for d in devices:
+            if d.bus == "i2c" and d.addr == addr and d.sda == self.sda and d.scl == self.scl:
+                return d
+        raise OSError(19)
+
+    def scan(self):
+        return sorted(d.addr for d in devices
+                      if d.bus == "i2c" and d.sda == self.sda and d.scl == self.scl)
+
+    def writeto(self, addr, buf, stop=True):
+        return self.writevto(addr, (buf,), stop)
+
+    def writevto(self, addr, vector, stop=True):
+        d = self._dev(addr)
+        data = b"".join(bytes(b) for b in vector)
+        self.history.append((now(), addr, len(data)))
+        d.write(data)
+        return len(data)
+
+
+class SPI:
+    """A bus that delivers writes to the fake SPI device whose chip-select pin is low, with the
+    level of its D/C pin. history: (t, cs pin, dc level, nbytes). A write with no device selected,
+    or with two, is a driver bug: PinMisuse."""
+    def __init__(self, id=1, baudrate=1000000, polarity=0, phase=0, bits=8, firstbit=0, sck=None,
+                 mosi=None, miso=None):
+        if id not in (1, 2):
+            raise ValueError("SPI(%r) doesn't exist" % id)
+        self.sck = _pin_id(sck, "sck")
+        self.mosi = _pin_id(mosi, "mosi")
+        if self.sck == self.mosi:
+            raise ValueError("sck and mosi are the same pin")
+        if polarity not in (0, 1) or phase not in (0, 1) or bits != 8:
+            raise ValueError("bad SPI mode")
+        self.baudrate = baudrate
+        self.history = []
+        buses.append(self)
+
+    def write(self, buf):
+        sel = []
+        for d in devices:
+            if d.bus != "spi" or d.sck != self.sck or d.mosi != self.mosi:
+                continue
+            p = pins.get(d.cs)
+            if p is None or p.mode != Pin.OUT:
+                raise PinMisuse("SPI write: chip-select GPIO %d is not an output" % d.cs)
+            if p._v == 0:
+                sel.append(d)
+        if len(sel) != 1:
+            raise PinMisuse("SPI write with %d devices selected (chip-select low)" % len(sel))
+        d = sel[0]
+        p = pins.get(d.dc)
+        if p is None or p.mode != Pin.OUT:
+            raise PinMisuse("SPI write: D/C GPIO %d is not an output" % d.dc)
+        data = bytes(buf)
+        self.history.append((now(), d.cs, p._v, len(data)))
+        d.write(data, p._v)
