@@ -177,6 +177,10 @@ class App:
         if isinstance(mod, _TimedSockets):
             mod = mod.mod
         simple.socket = _TimedSockets(mod, self.sock_timeout, self._feed)
+        self.screen = None        # board.json `display`: firmware/display.py, loaded only then
+        if board.get("display") is not None:
+            import display
+            self.screen = display.attach(self, board["display"], root)
 
     # -- time and watchdog
     def _feed(self):
@@ -263,11 +267,14 @@ class App:
         except (OSError, ValueError, TypeError):
             rssi = 0
         self._uptime()
-        return {"uptime": self.up_ms // 1000, "heap": _mem_free(), "rssi": rssi,
-                "total": cab.state["total"], "inhibited": cab.inhibited(), "held": cab.held(),
-                "cfg": cab.cfg["ver"], "width_ms": self.coin.width_ms, "gap_ms": self.coin.gap_ms,
-                "cfg_error": cab.cfg_error, "test": cab.cfg["test"], "test_error": cab.test_error,
-                "crashes": self.crashes, "wifi": self.wifi_err, "dropped": inbound.dropped}
+        d = {"uptime": self.up_ms // 1000, "heap": _mem_free(), "rssi": rssi,
+             "total": cab.state["total"], "inhibited": cab.inhibited(), "held": cab.held(),
+             "cfg": cab.cfg["ver"], "width_ms": self.coin.width_ms, "gap_ms": self.coin.gap_ms,
+             "cfg_error": cab.cfg_error, "test": cab.cfg["test"], "test_error": cab.test_error,
+             "crashes": self.crashes, "wifi": self.wifi_err, "dropped": inbound.dropped}
+        if self.screen is not None:
+            d["display"] = self.screen.error or "ok"
+        return d
 
     def _uptime(self):
         # accumulated each loop turn, so ticks wrapping (every ~12 days) never shows
@@ -354,6 +361,8 @@ class App:
         self.connects += 1
         if self.led is not None:
             self.led.on()
+        if self.screen is not None:
+            self.screen.link(True)
         self.emit("connected", None)
 
     def _close(self):
@@ -390,6 +399,8 @@ class App:
             self.emit("resumed", self.cabinet.state["last"])
         self._flush()
         self._status()
+        if self.screen is not None:
+            self.screen.update()
 
     def _serve(self):
         c = self.client
@@ -439,6 +450,8 @@ class App:
                 # MemoryError too: a reconnect (gc.collect below) frees what the turn held; a
                 # reset would lose the session and bring back whatever caused it
                 self.emit("disconnected", repr(e))
+                if self.screen is not None:
+                    self.screen.link(False)
             self._close()
             gc.collect()
             self._sleep(backoff)

@@ -18,6 +18,7 @@ class Coin:
         self.gap_ms = gap_ms
         self._idle_since = self.ticks_ms()
         self.count = 0
+        self.after = None         # called once the line is idle after a pulse (the screen)
 
     def idle(self):
         self.line.off()
@@ -39,3 +40,5 @@ class Coin:
             self.line.off()
             self._idle_since = self.ticks_ms()
         self.count += 1
+        if self.after is not None:
+            self.after()          # inside the gap: ready() counts this time towards it

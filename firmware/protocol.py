@@ -181,7 +181,7 @@ def check_test(payload, cab, key):
 
 
 STATUS_KEYS = ("uptime", "heap", "rssi", "total", "inhibited", "held", "cfg", "width_ms",
-               "gap_ms", "cfg_error", "test", "test_error", "crashes", "wifi", "dropped")
+               "gap_ms", "cfg_error", "test", "test_error", "crashes", "wifi", "dropped", "display")
 
 
 def status(key, cab, online, seal, ledger="", last=0, info=None):

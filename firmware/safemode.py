@@ -60,6 +60,12 @@ def boot(root="", ticks_ms=None, sleep_ms=None):
         return None
     _board = b
     active = held(b, ticks_ms, sleep_ms)
+    if active and b.get("display") is not None:
+        try:
+            import display
+            display.safe(b, root)
+        except Exception as e:   # the screen is a courtesy; safe mode must not depend on it
+            print("boot: display:", e)
     if active:
         print("SAFE MODE: safe-mode pin held at boot; main.py will not start the app. "
               "Fix config.json over USB (mpremote), then reset.")

@@ -32,7 +32,7 @@ const PKG = "@micropython/micropython-webassembly-pyscript";
 const VM_ROOT = "/repo";
 
 // tools/hostsim files written in the MicroPython subset (the rest there is CPython-only).
-const HOSTSIM_MPY = ["machine.py", "network.py", "fakeclock.py", "mqttwire.py", "fwmsgs.py"];
+const HOSTSIM_MPY = ["machine.py", "network.py", "fakeclock.py", "mqttwire.py", "fwmsgs.py", "panels.py"];
 
 // Frozen into the PyScript build but absent from the stock ESP32 firmware (ports/esp32 manifest:
 // asyncio, bundle-networking, dht, ds18x20, neopixel, onewire, umqtt.*, upysh).

@@ -1,0 +1,291 @@
+# The cabinet's own screen (board.json `display`): imported only when a display is configured, so a board
+# without one pays nothing. What it shows comes from what the firmware already knows: the link (attract
+# with the pay-page QR, or "coins only"), the inhibit line ("game busy"), the credit being pulsed
+# ("Paid - 3 credits", one step per pulse), "Press START" for _DONE_MS after the last pulse, safe mode.
+# The QR is a 1-bit bitmap made by `arcade provision` (no QR encoder here): a binary PBM, whose rows are
+# framebuf's MONO_HLSB layout. Drawing happens after a pulse (in the gap, which counts the time) or in the
+# main loop, never while the coin line is active; a display that fails is reported in the status and
+# otherwise ignored: payments never wait on it.
+import time
+import framebuf
+from micropython import const
+
+_DONE_MS = const(15000)         # "Press START" stays this long after the last pulse, then attract
+_POLL_MS = const(1000)          # main-loop turn while a display is on (to end the "Press START" screen)
+_LINE = const(40)               # longest price/promotion line kept (characters)
+
+BOOT = const(0)
+ATTRACT = const(1)
+OFFLINE = const(2)
+BUSY = const(3)
+HELD = const(4)
+PAY = const(5)
+DONE = const(6)
+SAFE = const(7)
+TEST = const(8)
+# RGB565 ink per screen (a colour panel; the OLEDs are one colour)
+_INK = (0xFFFF, 0xFFFF, 0xF800, 0xFD20, 0xFD20, 0x07E0, 0x07E0, 0xF800, 0xFFFF)
+_TICK = "\x01"                  # drawn as a check mark
+
+
+def _scale(w, h):
+    return 1 if w * h <= 8192 else 2
+
+
+def qr_box(w, h):
+    """(x, y, side): the square the attract screen keeps for the QR on a w x h screen. The host sizes
+    the bitmap to fit it (tools/hostsim/screen.py)."""
+    if w > h:
+        return 0, 0, h
+    side = min(w, h - 3 * 10 * _scale(w, h) - 4)
+    return (w - side) // 2, 0, side
+
+
+def _why(e):
+    a = e.args
+    if isinstance(e, OSError) and a and isinstance(a[0], int):
+        return "OSError %d" % a[0]
+    return "%s %s" % (type(e).__name__, a[0] if a else "")
+
+
+def _text_line(v):
+    if not isinstance(v, str):
+        return ""
+    return v[:_LINE]
+
+
+def _wrap(t, n):
+    out = []
+    line = ""
+    for word in t.split(" "):
+        while len(word) > n:
+            if line:
+                out.append(line)
+                line = ""
+            out.append(word[:n])
+            word = word[n:]
+        if not line:
+            line = word
+        elif len(line) + 1 + len(word) <= n:
+            line += " " + word
+        else:
+            out.append(line)
+            line = word
+    if line:
+        out.append(line)
+    return out
+
+
+class Screen:
+    def __init__(self, d, root="", content=None):
+        self.error = ""
+        self.panel = None
+        self.shown = None
+        self.online = False
+        self.done_at = None
+        self.app = None
+        self.root = root
+        c = content if isinstance(content, dict) else {}
+        self.qr = c.get("qr") if isinstance(c.get("qr"), str) else None
+        self.price = _text_line(c.get("price"))
+        self.promo = _text_line(c.get("promo"))
+        try:
+            mod = __import__("disp_" + d["driver"])
+            p = mod.Panel(d)
+            w, h = p.w, p.h
+            if mod.FMT == framebuf.MONO_VLSB:
+                n = w * ((h + 7) // 8)
+            else:
+                n = ((w + 7) // 8) * h
+            self.buf = bytearray(n)
+            self.fb = framebuf.FrameBuffer(self.buf, w, h, mod.FMT)
+            self.w, self.h = w, h
+            self.glyph = framebuf.FrameBuffer(bytearray(8), 8, 8, framebuf.MONO_HLSB)
+            inv = framebuf.FrameBuffer(bytearray(1), 2, 1, framebuf.MONO_HLSB)
+            inv.pixel(0, 0, 1)          # PBM 0 (light module) -> lit, 1 (dark) -> unlit
+            self.inv = inv
+            self.panel = p
+        except Exception as e:          # missing or broken display: report it, run without it
+            self.error = "%s: %s" % (d["driver"], _why(e))
+
+    # -- what the app calls
+    def link(self, up):
+        self.online = up
+        self.update()
+
+    def update(self):
+        """From the main loop: the screen for the state now (drawn only when it changed)."""
+        if self.panel is None or self.app is None:
+            return
+        cab = self.app.cabinet
+        cur = cab.state["cur"]
+        if cur is not None:             # only between pulse trains: a credit held by inhibit
+            self.show(HELD, cur["credits"])
+            return
+        if self.done_at is not None:
+            if time.ticks_diff(time.ticks_ms(), self.done_at) < _DONE_MS:
+                return
+            self.done_at = None
+        if not self.online:
+            self.show(OFFLINE)
+        elif cab.inhibited():
+            self.show(BUSY)
+        else:
+            self.show(ATTRACT)
+
+    def pulsed(self):
+        """Coin.after: the line has just gone idle, the gap starts now (drawing counts towards it)."""
+        if self.panel is None:
+            return
+        cur = self.app.cabinet.state["cur"]
+        if cur is None:
+            self.show(TEST, self.app.coin.count)
+            return
+        k = cur["done"] + 1             # the cabinet counts this pulse once Coin.pulse returns
+        if k >= cur["pulses"]:
+            self.done_at = time.ticks_ms()
+            self.show(DONE, cur["credits"])
+        else:
+            self.show(PAY, k, cur["pulses"], cur["credits"])
+
+    def show(self, st, a=0, b=0, c=0):
+        if self.panel is None:
+            return
+        key = (st, a, b, c)
+        if key == self.shown:
+            return
+        try:
+            self._draw(st, a, b, c)
+            self.panel.show(self.fb, self.buf, _INK[st])
+            self.shown = key
+        except Exception as e:
+            self.error = "draw: %s" % _why(e)
+            self.panel = None
+
+    # -- drawing
+    def _draw(self, st, a, b, c):
+        fb = self.fb
+        w, h = self.w, self.h
+        s = _scale(w, h)
+        fb.fill(0)
+        if st == ATTRACT and self._qr():
+            x, y, side = qr_box(w, h)
+            lines = ("Scan to play", self.price, self.promo)
+            if w > h:
+                self._lines(lines, side + 2, 0, w - side - 2, h, s, False)
+            else:
+                self._lines(lines, 0, side + 2, w, h - side - 2, s, False)
+            return
+        credits = "%d credit%s" % (a if st != PAY else c, "" if (a if st != PAY else c) == 1 else "s")
+        if st == ATTRACT:
+            lines = ("Scan the cabinet's code to play", self.price, self.promo)
+        elif st == OFFLINE:
+            lines = ("Coins only", "Card payments unavailable")
+        elif st == BUSY:
+            lines = ("Game busy", "Paid credits wait for the game")
+        elif st == HELD:
+            lines = ("Paid " + _TICK, credits, "waiting for the game")
+        elif st == PAY:
+            lines = ("Paid " + _TICK, credits, "coin %d of %d" % (a, b))
+        elif st == DONE:
+            lines = ("Press START", credits + " added")
+        elif st == SAFE:
+            lines = ("SAFE MODE", "Service: fix the config over USB")
+        elif st == TEST:
+            lines = ("Test pulse", "coin line check")
+        else:
+            lines = ("Starting", "connecting to the network")
+        bottom = self._lines(lines, 0, 0, w, h - (6 * s if st == PAY else 0), s, True)
+        if st == PAY:
+            m = 4 * s
+            y = min(bottom + 2 * s, h - 5 * s)
+            fb.rect(m, y, w - 2 * m, 4 * s, 1)
+            fb.fill_rect(m, y, (w - 2 * m) * a // b, 4 * s, 1)
+
+    def _lines(self, lines, x, y, w, h, s, big):
+        """Centred text in the box; the first line twice as large when `big` and it fits.
+        Returns the y below the last line."""
+        while True:
+            rows = []
+            total = 0
+            for i, t in enumerate(lines):
+                if not t:
+                    continue
+                k = 2 * s if (big and i == 0 and len(t) * 16 * s <= w) else s
+                for part in _wrap(t, w // (8 * k)):
+                    rows.append((part, k))
+                    total += 10 * k
+            if total <= h + 2 * s or s == 1:
+                break
+            s = 1                       # a colour panel: smaller text rather than lines cut off
+        ty = y + max(0, (h - total) // 2)
+        for part, k in rows:
+            if ty + 8 * k > y + h:
+                break
+            self._text(part, x + (w - len(part) * 8 * k) // 2, ty, k)
+            ty += 10 * k
+        return ty
+
+    def _text(self, t, x, y, k):
+        fb = self.fb
+        g = self.glyph
+        for ch in t:
+            if ch == _TICK:
+                for d in range(k + 1):
+                    fb.line(x + k, y + 4 * k + d, x + 3 * k, y + 6 * k + d, 1)
+                    fb.line(x + 3 * k, y + 6 * k + d, x + 7 * k, y + k + d, 1)
+            elif k == 1:
+                fb.text(ch, x, y, 1)
+            else:
+                g.fill(0)
+                g.text(ch, 0, 0, 1)
+                for gy in range(8):
+                    for gx in range(8):
+                        if g.pixel(gx, gy):
+                            fb.fill_rect(x + gx * k, y + gy * k, k, k, 1)
+            x += 8 * k
+
+    def _qr(self):
+        """Blit the provisioned QR into its box; False (and the reason in `error`) when it can't."""
+        name = self.qr
+        if not name:
+            return False
+        x, y, side = qr_box(self.w, self.h)
+        try:
+            with open(self.root + name, "rb") as f:
+                ok = f.readline() == b"P4\n"
+                dims = f.readline().split()
+                n = int(dims[0])
+                ok = ok and len(dims) == 2 and n == int(dims[1]) and 0 < n <= side
+                data = bytearray(f.read(((n + 7) // 8) * n + 1)) if ok else b""
+            if not ok or len(data) != ((n + 7) // 8) * n:
+                raise ValueError
+        except (OSError, ValueError, IndexError):
+            self.error = "qr: %s is missing or not a square binary PBM of at most %d px" % (name, side)
+            self.qr = None
+            return False
+        src = framebuf.FrameBuffer(data, n, n, framebuf.MONO_HLSB)
+        if self.w > self.h:
+            self.fb.blit(src, x + (side - n) // 2, (self.h - n) // 2, -1, self.inv)
+        else:
+            self.fb.blit(src, (self.w - n) // 2, y + (side - n) // 2, -1, self.inv)
+        return True
+
+
+def attach(app, d, root=""):
+    """App.__init__: the screen for board.json's `display`, driven by this app."""
+    s = Screen(d, root, app.cfg.get("screen"))
+    s.app = app
+    if s.panel is not None:
+        app.coin.after = s.pulsed
+        if app.poll_cap > _POLL_MS:
+            app.poll_cap = _POLL_MS
+        s.show(BOOT)
+    return s
+
+
+def safe(board, root=""):
+    """boot.py in safe mode: say so on the screen, if there is one that works."""
+    s = Screen(board["display"], root)
+    s.show(SAFE)
+    return s
