@@ -84,6 +84,7 @@ class Screen:
         self.online = False
         self.done_at = None
         self.app = None
+        self.ticks = time.ticks_ms      # the coin line's clock once attached (a fake one in tests)
         self.root = root
         c = content if isinstance(content, dict) else {}
         self.qr = c.get("qr") if isinstance(c.get("qr"), str) else None
@@ -123,7 +124,7 @@ class Screen:
             self.show(HELD, cur["credits"])
             return
         if self.done_at is not None:
-            if time.ticks_diff(time.ticks_ms(), self.done_at) < _DONE_MS:
+            if time.ticks_diff(self.ticks(), self.done_at) < _DONE_MS:
                 return
             self.done_at = None
         if not self.online:
@@ -143,7 +144,7 @@ class Screen:
             return
         k = cur["done"] + 1             # the cabinet counts this pulse once Coin.pulse returns
         if k >= cur["pulses"]:
-            self.done_at = time.ticks_ms()
+            self.done_at = self.ticks()
             self.show(DONE, cur["credits"])
         else:
             self.show(PAY, k, cur["pulses"], cur["credits"])
@@ -276,6 +277,7 @@ def attach(app, d, root=""):
     """App.__init__: the screen for board.json's `display`, driven by this app."""
     s = Screen(d, root, app.cfg.get("screen"))
     s.app = app
+    s.ticks = app.coin.ticks_ms
     if s.panel is not None:
         app.coin.after = s.pulsed
         if app.poll_cap > _POLL_MS:

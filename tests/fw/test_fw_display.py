@@ -1,0 +1,224 @@
+# The cabinet's screen (firmware/display.py and the disp_* drivers) on fake panels that decode the I2C/SPI
+# byte stream (tools/hostsim/panels.py): what the glass shows, when it is drawn relative to the coin line,
+# and that a missing display changes nothing else. Runs on CPython (framebuf stand-in) and MicroPython.
+import json
+import sys
+
+import machine
+import panels
+import protocol
+import app as fwapp
+from coin import Coin
+from fwutil import KEY, LEDGER, FakeSock, board, clock, puback, pulses, scratch, write_json
+from fwutil import config as good_config
+
+OLED = {"driver": "ssd1306", "bus": "i2c", "width": 128, "height": 64, "rotation": 0,
+        "pins": {"sda": 21, "scl": 22}}
+TFT = {"driver": "st7789", "bus": "spi", "width": 135, "height": 240, "rotation": 0,
+       "pins": {"sck": 18, "mosi": 23, "cs": 32, "dc": 33, "rst": 4, "bl": 13}}
+# a 24 x 24 "QR": a pattern no screen text makes (1 = dark module, as in a PBM)
+QR_N = 24
+
+
+def _qr_bit(x, y):
+    return 1 if (x * 7 + y * 3) % 5 < 2 or (x < 7 and y < 7) else 0
+
+
+def _pbm(root):
+    out = bytearray(b"P4\n%d %d\n" % (QR_N, QR_N))
+    for y in range(QR_N):
+        for i in range(0, QR_N, 8):
+            byte = 0
+            for b in range(8):
+                byte |= _qr_bit(i + b, y) << (7 - b)
+            out.append(byte)
+    with open(root + "qr.pbm", "wb") as f:
+        f.write(out)
+
+
+def _app(d, attach=True, **kw):
+    root = scratch()
+    c = clock()
+    b = fwapp.config.check_board(board(display=d, **kw))
+    panel = panels.attach(b["display"]) if attach else None
+    _pbm(root)
+    coin = Coin(25, True, 100, 150, c.ticks_ms, c.sleep_ms)
+    events = []
+    cfg = fwapp.config.check_config(good_config(screen={"qr": "qr.pbm", "price": "from $0.84 a play",
+                                                        "promo": "2 for 1 until 8pm"}))
+    a = fwapp.App(cfg, b, coin, root, lambda e, d_: events.append((e, d_)))
+    raw = FakeSock()
+    a.client.sock = fwapp.DeadlineSocket(raw, 5)
+    raw.on_write = lambda data: data.startswith(b'{"t":') and raw.feed(puback(a.client.pid))
+    return a, panel, c, events, raw
+
+
+def _glass_is_fb(panel, screen):
+    w, h = panel.size()
+    for y in range(h):
+        for x in range(w):
+            lit = panel.glass(x, y) != (0, 0, 0)
+            if lit != bool(screen.fb.pixel(x, y)):
+                return (x, y)
+    return None
+
+
+def test_no_display_in_the_profile_loads_nothing():
+    sys.modules.pop("display", None)
+    root = scratch()
+    c = clock()
+    coin = Coin(25, True, 100, 150, c.ticks_ms, c.sleep_ms)
+    a = fwapp.App(fwapp.config.check_config(good_config()), fwapp.config.check_board(board()), coin, root,
+                  lambda e, d: None)
+    assert a.screen is None and "display" not in sys.modules
+    assert "display" not in a.info() and coin.after is None
+
+
+def test_attract_shows_the_provisioned_qr_pixel_for_pixel():
+    a, panel, c, events, raw = _app(OLED)
+    s = a.screen
+    assert s.error == "" and panel.on and panel.pump
+    a._step()
+    assert s.shown[0] == 2, "before the first connect: coins only"
+    s.link(True)
+    assert s.shown[0] == 1
+    # the QR box is the left 64 x 64; the 24 px bitmap is centred in it; light modules are lit
+    x0, y0 = (64 - QR_N) // 2, (64 - QR_N) // 2
+    for y in range(QR_N):
+        for x in range(QR_N):
+            assert panel.lit(x0 + x, y0 + y) == (not _qr_bit(x, y)), (x, y)
+    assert _glass_is_fb(panel, s) is None
+
+
+def test_a_credit_is_drawn_between_pulses_never_during_one():
+    a, panel, c, events, raw = _app(OLED)
+    s = a.screen
+    s.link(True)
+    seen = []
+    panel.on_frame = lambda p: seen.append((machine.pins[25].value(), s.fb.pixel(0, 0) is not None
+                                            and _glass_is_fb(p, s)))
+    states = []
+    orig = s.show
+
+    def record(st, a_=0, b_=0, c_=0):
+        orig(st, a_, b_, c_)
+        states.append((st, a_, b_, c_))
+    s.show = record
+    a._on_msg(a.t_credit, protocol.credit(KEY, "cab1", LEDGER, 1, 3, 6, "cs_disp", 1764165000))
+    assert [p[1] for p in pulses(machine.pins[25])] == [100] * 6
+    assert states == [(5, k, 6, 3) for k in range(1, 6)] + [(6, 3, 0, 0)], states
+    assert len(seen) == 6 and all(level == 0 for level, _ in seen), "drawn only with the coin line idle"
+    assert all(diff is None for _, diff in seen), "the glass shows the framebuffer after each frame"
+    # each pulse is 100 ms and each gap at least 150 ms whatever the drawing cost
+    assert all(gap >= 150 for _, _, gap in pulses(machine.pins[25])[1:])
+    a._flush()
+    a._step()
+    assert s.shown[0] == 6, "Press START stays"
+    c.advance(14999)
+    a._step()
+    assert s.shown[0] == 6
+    c.advance(2)
+    a._step()
+    assert s.shown[0] == 1, "back to attract after 15 s"
+
+
+def test_inhibit_busy_held_and_offline_screens():
+    a, panel, c, events, raw = _app(OLED, inhibit_pin=26)
+    s = a.screen
+    s.link(True)
+    machine.pins[26].drive(0)
+    a._step()
+    assert s.shown[0] == 3, "game busy"
+    a._on_msg(a.t_credit, protocol.credit(KEY, "cab1", LEDGER, 2, 2, 2, "cs_held", 1764165000))
+    a._step()
+    assert s.shown == (4, 2, 0, 0), "paid, held for the game"
+    machine.pins[26].drive(1)
+    a._step()
+    assert [p[1] for p in pulses(machine.pins[25])] == [100, 100]
+    assert s.shown[0] == 6
+    c.advance(15001)
+    a._step()
+    assert s.shown[0] == 1
+    s.link(False)
+    assert s.shown[0] == 2 and _glass_is_fb(panel, s) is None
+
+
+def test_a_missing_display_is_reported_and_payments_go_on():
+    a, panel, c, events, raw = _app(OLED, attach=False)
+    s = a.screen
+    assert s.panel is None and "no display answers at I2C 0x3c" in s.error, s.error
+    a._on_msg(a.t_credit, protocol.credit(KEY, "cab1", LEDGER, 1, 1, 2, "cs_nodisp", 1764165000))
+    assert [p[1] for p in pulses(machine.pins[25])] == [100, 100]
+    a._flush()
+    a._status(True)
+    out = bytes(raw.out)
+    i = out.rfind(b'{"t":"status"')
+    st = json.loads(out[i:out.find(b"}", i) + 1])
+    assert st["display"].startswith("ssd1306: ") and "0x3c" in st["display"]
+
+
+def test_a_display_failing_mid_draw_is_dropped_not_fatal():
+    a, panel, c, events, raw = _app(OLED)
+    s = a.screen
+    s.link(True)
+
+    def broken(data):
+        raise OSError(116)      # ETIMEDOUT on the bus
+    panel.write = broken
+    a._on_msg(a.t_credit, protocol.credit(KEY, "cab1", LEDGER, 1, 1, 2, "cs_brk", 1764165000))
+    assert [p[1] for p in pulses(machine.pins[25])] == [100, 100]
+    assert s.panel is None and s.error == "draw: OSError 116"
+    assert a.info()["display"] == "draw: OSError 116"
+
+
+def test_sh1106_page_writes_and_rotation():
+    for rot in (0, 180):
+        d = dict(OLED)
+        d["driver"] = "sh1106"
+        d["rotation"] = rot
+        a, panel, c, events, raw = _app(d)
+        assert a.screen.error == "" and 0x20 not in panel.log, "no SSD1306-only command"
+        a.screen.link(True)
+        assert _glass_is_fb(panel, a.screen) is None, rot
+
+
+def test_st7789_glass_matches_the_frame_in_colour():
+    for rot in (0, 90):
+        d = dict(TFT)
+        d["rotation"] = rot
+        a, panel, c, events, raw = _app(d)
+        s = a.screen
+        assert s.error == "", s.error
+        assert (s.w, s.h) == ((135, 240) if rot == 0 else (240, 135))
+        s.link(False)
+        assert panel.size() == (s.w, s.h)
+        red = None
+        w, h = panel.size()
+        for y in range(h):
+            for x in range(w):
+                g = panel.glass(x, y)
+                if s.fb.pixel(x, y):
+                    assert g == (255, 0, 0), (x, y, g)
+                    red = (x, y)
+                else:
+                    assert g == (0, 0, 0), (x, y, g)
+        assert red is not None, "the offline screen is red text"
+
+
+def test_safe_mode_says_so_on_the_screen():
+    import safemode
+    root = scratch()
+    c = clock()
+    write_json(root + "board.json", board(safe_pin=0, display=OLED))
+    panel = panels.attach(fwapp.config.check_board(board(safe_pin=0, display=OLED))["display"])
+    machine.sources[0] = lambda: 0
+    safemode.active = False
+    safemode.boot(root, c.ticks_ms, c.sleep_ms)
+    assert safemode.active
+    assert panel.frames > 0 and panel.on
+    lit = 0
+    for y in range(64):
+        for x in range(128):
+            lit += panel.lit(x, y)
+    assert lit > 100, "SAFE MODE text on the glass"
+    safemode.active = False
