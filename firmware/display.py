@@ -212,7 +212,11 @@ class Screen:
             for i, t in enumerate(lines):
                 if not t:
                     continue
-                k = 2 * s if (big and i == 0 and len(t) * 16 * s <= w) else s
+                # the headline on one line if it can; a line's longest word never split
+                n = len(t) if (big and i == 0) else max(len(x) for x in t.split(" "))
+                k = 2 * s if (big and i == 0) else s
+                while k > 1 and n * 8 * k > w:
+                    k -= 1
                 for part in _wrap(t, w // (8 * k)):
                     rows.append((part, k))
                     total += 10 * k
