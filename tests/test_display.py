@@ -200,3 +200,71 @@ def test_the_suggested_wiring_passes_every_board_check(board):
     for kind in hs.KINDS:
         d = checked(board, kind)["display"]
         assert d["driver"] == hs.KINDS[kind][0]
+
+
+# -- arcade provision --display: the files the board gets, drawn by the firmware, decoded by zbarimg
+
+@pytest.fixture
+def prov(tmp_path, monkeypatch):
+    from relay.ledger import open_ledger
+    db = str(tmp_path / "arcade.db")
+    monkeypatch.setenv("ARCADE_DB", db)
+    monkeypatch.delenv("ARCADE_PUBLIC_URL", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with open_ledger(db) as ledger:
+        ledger.add_cabinet("galaga-1", price_cents=100)
+    return tmp_path
+
+
+def _provision(capsys, tmp_path, *extra):
+    from tools import cli
+    code = cli.main(["provision", "galaga-1", "--board", "esp32-c3", "--wifi-ssid", "Arcade",
+                     "--wifi-password", "pw-123456", "--broker", "mqtt://relay:pw@192.168.1.5",
+                     "--out", str(tmp_path / "build")] + list(extra))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_provision_writes_the_qr_the_board_draws_and_a_phone_reads(prov, capsys, fw):
+    import display
+    import panels
+    code, out, err = _provision(capsys, prov, "--display", "sh1106@180",
+                                "--public-url", "https://pay.example.com/")
+    assert code == 0, err
+    d = prov / "build" / "galaga-1"
+    assert sorted(p.name for p in d.iterdir()) == ["board.json", "config.json", "qr.pbm"]
+    assert "qr.pbm" in out
+    fw_ = fw_config()
+    board = fw_.load_board(str(d) + "/")
+    cfg = fw_.load_config(str(d) + "/", board)
+    assert board["display"]["driver"] == "sh1106" and board["display"]["rotation"] == 180
+    assert cfg["screen"] == {"qr": "qr.pbm", "price": "from $1.00 a play"}
+    w, h, rows = hs.read_pbm((d / "qr.pbm").read_bytes())
+    assert w == h <= 64
+    panel = panels.attach(board["display"])
+    s = display.Screen(board["display"], str(d) + "/", cfg["screen"])
+    s.show(display.ATTRACT)
+    png = hs.png(panel, prov / "shown.png")
+    assert decode(png) == "https://pay.example.com/pay/galaga-1"
+    assert find_text(panel, "$1.00")
+
+
+def test_provision_with_a_screen_needs_the_public_url_and_writes_nothing(prov, capsys):
+    code, out, err = _provision(capsys, prov, "--display", "ssd1306")
+    assert code == 2 and "ARCADE_PUBLIC_URL" in err
+    assert not (prov / "build" / "galaga-1").exists()
+    code, out, err = _provision(capsys, prov, "--display", "ili9341", "--public-url", "https://p.example")
+    assert code == 2 and "unknown display 'ili9341'" in err
+    code, out, err = _provision(capsys, prov, "--display", "ssd1306@90", "--public-url", "https://p.example")
+    assert code == 2 and "'display.rotation' must be one of 0, 180" in err
+    assert not (prov / "build" / "galaga-1").exists()
+
+
+def test_provision_without_a_screen_drops_an_old_qr(prov, capsys):
+    code, out, err = _provision(capsys, prov, "--display", "ssd1306", "--public-url", "https://p.example")
+    assert code == 0, err
+    code, out, err = _provision(capsys, prov)
+    assert code == 0, err
+    d = prov / "build" / "galaga-1"
+    assert sorted(p.name for p in d.iterdir()) == ["board.json", "config.json"]
+    assert "screen" not in json.loads((d / "config.json").read_text())

@@ -270,6 +270,9 @@ class Flasher:
                       ("fs", "cp", self.cfg_dir / "config.json", ":config.json"), False))
         if self.ca is not None:
             steps.append(("broker CA -> /%s" % CA_NAME, ("fs", "cp", self.ca, ":" + CA_NAME), False))
+        qr = (self.config.get("screen") or {}).get("qr")
+        if qr:
+            steps.append(("the screen's pay-page QR -> /%s" % qr, ("fs", "cp", self.cfg_dir / qr, ":" + qr), False))
         steps.append(("boot.py", ("fs", "cp", self.firmware / "boot.py", ":boot.py"), False))
         steps.append(("main.py (last: the board runs the firmware only once everything is there)",
                       ("fs", "cp", self.firmware / "main.py", ":main.py"), False))

@@ -7,6 +7,9 @@ the relay database: the board it replaces, and every credit signed for it, stop 
 login (user = its id, its password) from the relay database (ARCADE_DB): whatever login --broker or
 MQTT_URL carries (the relay's, typically) is never copied onto a board, whose flash anyone with a USB
 cable can read. Also <out>/<ID>/board.json (a copy of boards/<B>.json) and, with --ca, ca.pem.
+With a screen (a `display` object in the profile, or --display KIND for the suggested wiring), also
+qr.pbm: the pay page's QR (the sticker's URL, ARCADE_PUBLIC_URL/pay/<ID>) as a 1-bit bitmap sized for
+that display, and the price line in config.json's "screen" (tools/hostsim/screen.py).
 The result is checked by the firmware's own validation (firmware/config.py: load_board and
 load_config, the code the board runs at boot) before anything is put in place: bad input is a
 clear error and leaves an earlier provisioning untouched. The secret and the WiFi password are
@@ -25,21 +28,32 @@ from pathlib import Path
 from dotenv import dotenv_values
 
 from relay.config import db_path, mask_url
+from relay import checkout
 from relay.backends import redact
 from relay.ledger import LedgerError, StorageError, ledger_exists, open_ledger, valid_cabinet_id
+from relay.stickers import from_price, pay_url
+from tools.hostsim import screen
 from tools.hostsim.boards import BOARDS, CA_NAME, ProvisionError, board_names, fw_config, load_profile
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = ROOT / "build"
 
 
-def default_broker(environ=None, dotenv_path=".env"):
+def _setting(name, environ=None, dotenv_path=".env"):
     env = os.environ if environ is None else environ
-    if env.get("MQTT_URL"):
-        return env["MQTT_URL"]
+    if env.get(name):
+        return env[name]
     if dotenv_path and os.path.exists(dotenv_path):
-        return dotenv_values(dotenv_path).get("MQTT_URL") or None
+        return dotenv_values(dotenv_path).get(name) or None
     return None
+
+
+def default_broker(environ=None, dotenv_path=".env"):
+    return _setting("MQTT_URL", environ, dotenv_path)
+
+
+def public_url_default(environ=None, dotenv_path=".env"):
+    return _setting("ARCADE_PUBLIC_URL", environ, dotenv_path)
 
 
 def _loopback(host):
@@ -59,12 +73,22 @@ def _write_private(path, data):
 
 
 def provision(cab, board, wifi_ssid, wifi_password, broker, db, out=DEFAULT_OUT, ca=None, prefix="arcade",
-              keepalive=30, boards=BOARDS):
+              keepalive=30, boards=BOARDS, display=None, public_url=None):
     """Write <out>/<cab>/{config.json, board.json[, ca.pem]}; returns the directory.
     Raises ProvisionError (nothing changed) on bad input."""
     if not valid_cabinet_id(cab):
         raise ProvisionError("cabinet id %r is not valid: use 1 to 32 letters, digits, '-' or '_'" % (cab,))
     profile = load_profile(board, boards)
+    raw_profile = json.loads((Path(boards) / (board + ".json")).read_text())
+    if display is not None:
+        raw_profile["display"] = screen.display_block(board, display)
+        try:
+            profile = fw_config().check_board(raw_profile, "boards/%s.json with --display %s" % (board, display))
+        except fw_config().ConfigError as e:
+            raise ProvisionError(str(e))
+    if profile.get("display") is not None and not public_url:
+        raise ProvisionError("the board has a screen, which shows the pay page's QR: set ARCADE_PUBLIC_URL "
+                             "(or pass --public-url) to the address phones reach the relay at")
     if not broker:
         raise ProvisionError("no broker: pass --broker mqtt://user:pass@host:1883 (the address the board "
                              "reaches the broker at) or set MQTT_URL")
@@ -111,6 +135,11 @@ def provision(cab, board, wifi_ssid, wifi_password, broker, db, out=DEFAULT_OUT,
                   "keepalive": keepalive}
         if ca is not None:
             config["ca"] = CA_NAME
+        qr = None
+        if profile.get("display") is not None:
+            qr = screen.qr_pbm(pay_url(public_url, cab), profile["display"])
+            config["screen"] = {"qr": screen.QR_NAME,
+                                "price": from_price(checkout.options(cabinet), cabinet["currency"])}
 
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -120,7 +149,12 @@ def provision(cab, board, wifi_ssid, wifi_password, broker, db, out=DEFAULT_OUT,
         stage = Path(tempfile.mkdtemp(prefix=".%s." % cab, dir=out))
         try:
             _write_private(stage / "config.json", (json.dumps(config, indent=1) + "\n").encode())
-            shutil.copyfile(Path(boards) / (board + ".json"), stage / "board.json")
+            if display is None:
+                shutil.copyfile(Path(boards) / (board + ".json"), stage / "board.json")
+            else:
+                (stage / "board.json").write_text(json.dumps(raw_profile, indent=1) + "\n")
+            if qr is not None:
+                (stage / screen.QR_NAME).write_bytes(qr)
             if ca is not None:
                 _write_private(stage / CA_NAME, ca_data)
             root = str(stage) + "/"
@@ -132,9 +166,10 @@ def provision(cab, board, wifi_ssid, wifi_password, broker, db, out=DEFAULT_OUT,
             ledger.rekey_cabinet(cab, secret)
             target.mkdir(mode=0o700, exist_ok=True)
             os.chmod(target, 0o700)
-            if ca is None and (target / CA_NAME).exists():
-                (target / CA_NAME).unlink()
-            for name in ("board.json", CA_NAME, "config.json"):
+            for name in (CA_NAME, screen.QR_NAME):
+                if not (stage / name).exists() and (target / name).exists():
+                    (target / name).unlink()
+            for name in ("board.json", CA_NAME, screen.QR_NAME, "config.json"):
                 if (stage / name).exists():
                     os.replace(stage / name, target / name)
         finally:
@@ -161,6 +196,11 @@ def main(argv=None):
     p.add_argument("--keepalive", type=int, default=30, metavar="S", help="MQTT keepalive (default %(default)s)")
     p.add_argument("--out", default=str(DEFAULT_OUT), metavar="DIR", help="output directory (default build/)")
     p.add_argument("--db", default=None, help="relay database (default: ARCADE_DB or ./arcade.db)")
+    p.add_argument("--display", metavar="KIND", help="the cabinet has a screen: %s (add @90/@180/@270 to "
+                   "rotate), wired as docs/hardware.md suggests for the board; or put a `display` object in "
+                   "the board profile" % ", ".join(sorted(screen.KINDS)))
+    p.add_argument("--public-url", metavar="URL", help="where phones reach the relay, for the screen's QR "
+                   "(default: ARCADE_PUBLIC_URL)")
     args = p.parse_args(argv)
     password = args.wifi_password
     if password == "-":
@@ -170,7 +210,8 @@ def main(argv=None):
     db = args.db or db_path()
     try:
         target, own = provision(args.cabinet, args.board, args.wifi_ssid, password, broker, db, args.out,
-                           args.ca, prefix, args.keepalive)
+                                args.ca, prefix, args.keepalive, display=args.display,
+                                public_url=args.public_url or public_url_default())
     except ProvisionError as e:
         print("arcade provision: %s" % e, file=sys.stderr)
         return 2
@@ -178,7 +219,8 @@ def main(argv=None):
         print("arcade provision: database %s: %s" % (redact(db), e), file=sys.stderr)
         return 2
     shown = os.path.relpath(target) if not os.path.relpath(target).startswith("..") else str(target)
-    files = ["config.json (0600)", "board.json"] + ([CA_NAME] if args.ca else [])
+    files = ["config.json (0600)", "board.json"] + ([CA_NAME] if args.ca else []) + \
+        ([screen.QR_NAME] if (target / screen.QR_NAME).exists() else [])
     print("provisioned %s for %s in %s/: %s" % (args.cabinet, args.board, shown, ", ".join(files)))
     print("  broker %s (the cabinet's own login; regenerate the broker's logins with `arcade broker config`), "
           "topic prefix %s, WiFi %r; the secret and the passwords are in config.json only"
