@@ -471,3 +471,29 @@ def test_a_profile_for_another_chip_is_refused_at_boot(tmp_path):
     assert r.returncode == 2, r.stderr
     assert "'chip' is \"esp32c3\" but this board is an ESP32" in r.stderr
     assert "pulse" not in r.stdout and "connected" not in r.stdout
+
+
+def test_simulated_screen_is_written_as_png_and_shows_the_pay_qr(broker, tmp_path):
+    import shutil
+    zbar = shutil.which("zbarimg")
+    assert zbar, "zbarimg is not installed: run `make setup` (apt-get install zbar-tools)"
+    shot = tmp_path / "screen.png"
+    obs = Observer(broker.port)
+    sim = Sim(tmp_path, broker.url, tmp_path / "flash", "--display", "ssd1306", "--screen", str(shot),
+              "--public-url", "https://pay.example.com")
+    try:
+        lines = sim.next("connected")
+        assert "screen" in [x["event"] for x in lines], "attract, drawn on connect (before the line says so)"
+        read = subprocess.run([zbar, "-q", "--raw", str(shot)], capture_output=True, text=True, timeout=60)
+        assert read.stdout.strip() == "https://pay.example.com/pay/cab1"
+        obs.publish(credit(1, 3, "cs_test_screen"))
+        lines = sim.next("ack")
+        order = [x["event"] for x in lines if x["event"] in ("pulse", "screen")]
+        assert order == ["pulse", "screen"] * 3, "one new screen after each pulse (progress, then Press START)"
+        read = subprocess.run([zbar, "-q", "--raw", str(shot)], capture_output=True, text=True, timeout=60)
+        assert read.stdout.strip() == "", "no QR while the credit is being shown"
+        status = obs.next("arcade/cab1/status", lambda m: m.get("online") and m.get("last") == 1)
+        assert status["display"] == "ok"
+    finally:
+        sim.stop()
+        obs.close()

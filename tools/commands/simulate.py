@@ -25,6 +25,7 @@ stdout carries only JSON lines, one per event, flushed:
   {"event":"pulse",...,"test":true}               (a test pulse: no credit, seq/session null)
   {"event":"disconnected","cab":ID,"error":"...","t":T}
   {"event":"stopped","cab":ID,"t":T}
+  {"event":"screen","cab":ID,"file":PNG,"frame":N,"t":T}   (with a display and --screen: the PNG was rewritten)
 T is Unix time (float seconds). Human messages go to stderr.
 """
 import argparse
@@ -33,7 +34,9 @@ import os
 import sys
 from pathlib import Path
 
-from tools.hostsim import simulator
+from relay.stickers import pay_url
+from tools.hostsim import screen, simulator
+from tools.hostsim.boards import ProvisionError
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MQTT_URL = simulator.DEFAULT_MQTT_URL
@@ -121,6 +124,14 @@ def parse_args(argv):
     p.add_argument("--ca", metavar="FILE",
                    help="CA certificate (PEM or DER) that signed the broker's certificate; required "
                         "with MQTT_URL=mqtts://..., copied into the state dir as ca.pem")
+    p.add_argument("--display", metavar="KIND",
+                   help="give the simulated cabinet a screen: %s (add @90/@180/@270 to rotate), wired as "
+                        "docs/hardware.md suggests; its attract screen shows the pay page's QR for "
+                        "ARCADE_PUBLIC_URL (or --public-url)" % ", ".join(sorted(screen.KINDS)))
+    p.add_argument("--public-url", metavar="URL", help="where phones reach the relay (default: "
+                   "ARCADE_PUBLIC_URL, else http://localhost:8000)")
+    p.add_argument("--screen", metavar="FILE.png",
+                   help="write the simulated screen to this PNG (4x, pixel-exact) every time it changes")
     return p.parse_args(argv)
 
 
@@ -166,6 +177,18 @@ def main(argv=None):
     elif tls:
         return fail("MQTT_URL is mqtts://: pass --ca FILE, the CA certificate that signed the broker's "
                     "certificate, so the firmware can verify it")
+    display = None
+    if args.display or board.get("display") is not None:
+        try:
+            block = screen.display_block(args.board, args.display) if args.display else board["display"]
+            public = args.public_url or os.environ.get("ARCADE_PUBLIC_URL") or "http://localhost:8000"
+            display = {"block": block, "qr": screen.qr_pbm(pay_url(public, args.cabinet), block)}
+        except ProvisionError as e:
+            return fail(str(e))
+        except KeyError as e:
+            return fail("the display in boards/%s.json is incomplete (%s): see docs/hardware.md" % (args.board, e))
+    elif args.screen:
+        return fail("--screen needs a screen: pass --display KIND (%s)" % ", ".join(sorted(screen.KINDS)))
     umqtt = ROOT / "build" / "umqtt"
     if not (umqtt / "umqtt" / "simple.py").is_file():
         return fail("the pinned umqtt.simple is missing from %s: run `make umqtt`" % umqtt)
@@ -181,7 +204,8 @@ def main(argv=None):
                           wifi_off_file=args.wifi_off_file)
     rc = simulator.run(args.cabinet, url, secret, args.state, profile, board, prefix=args.prefix,
                        keepalive=args.keepalive, inhibit_file=args.inhibit_file, pulse_ms=args.pulse_ms,
-                       gap_ms=args.gap_ms, ca_data=ca_data, sim=sim)
+                       gap_ms=args.gap_ms, ca_data=ca_data, sim=sim, display=display,
+                       screen_png=Path(args.screen).resolve() if args.screen else None)
     if rc:
         print("arcade simulate: the firmware refused its configuration (see above)", file=sys.stderr)
         return 2

@@ -28,6 +28,7 @@ stdout carries only JSON lines, one per event, flushed:
   {"event":"reset","cab":ID,"cause":"watchdog|crash","t":T}  (the simulated board resets: this process
       starts the firmware again on the same flash, RTC memory kept, as the board would; a "boot" follows)
   {"event":"stopped","cab":ID,"t":T}
+  {"event":"screen","cab":ID,"file":PNG,"frame":N,"t":T}   (with a display and --screen: the PNG was rewritten)
 T is Unix time (float seconds). Human messages go to stderr.
 
 The board boots as a real one does: boot.py's work (coin line idle, a profile for another chip refused,
@@ -70,9 +71,11 @@ class Board:
 
 
 def run(cab, url, secret, state, profile, board, prefix="arcade", keepalive=30, inhibit_file=None,
-        pulse_ms=None, gap_ms=None, ca_data=None, sim=None):
+        pulse_ms=None, gap_ms=None, ca_data=None, sim=None, display=None, screen_png=None):
     """Write the simulated flash in `state` (config.json, board.json from `profile`, ca.pem) and run
-    the firmware in this process until SIGTERM/SIGINT; returns the firmware's exit status."""
+    the firmware in this process until SIGTERM/SIGINT; returns the firmware's exit status.
+    display: {"block": the board profile's display object, "qr": PBM bytes, "price": str} puts a screen on
+    the simulated board (a fake panel on its bus); screen_png: rewrite that PNG on every frame."""
     umqtt = ROOT / "build" / "umqtt"
     state = Path(state)
     state.mkdir(parents=True, exist_ok=True)
@@ -82,12 +85,17 @@ def run(cab, url, secret, state, profile, board, prefix="arcade", keepalive=30, 
     custom = json.loads(Path(profile).read_text())
     custom.update({k: v for k, v in (("width_ms", pulse_ms), ("gap_ms", gap_ms)) if v is not None})
     custom["safe_window_ms"] = 0
+    if display is not None:
+        custom["display"] = display["block"]
     (state / "board.json").write_text(json.dumps(custom))
     cfg = {"wifi_ssid": "hostsim", "wifi_password": "", "broker": url, "cabinet": cab,
            "secret": secret, "board": Path(profile).stem, "prefix": prefix, "keepalive": keepalive}
     if ca_data is not None:
         (state / "ca.pem").write_bytes(ca_data)
         cfg["ca"] = "ca.pem"
+    if display is not None:
+        (state / "qr.pbm").write_bytes(display["qr"])
+        cfg["screen"] = {"qr": "qr.pbm", "price": display.get("price", "")}
     cfg_path = state / "config.json"
     fd = os.open(cfg_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -229,6 +237,17 @@ def run(cab, url, secret, state, profile, board, prefix="arcade", keepalive=30, 
             if time.ticks_diff(time.ticks_ms(), w.last) > limit:
                 reset(machine.WDT_RESET, "watchdog")
 
+    if display is not None:
+        import panels
+        from config import check_board
+        panel = panels.attach(check_board(json.loads((state / "board.json").read_text()))["display"])
+        if screen_png:
+            from tools.hostsim.screen import png
+
+            def frame(p):
+                png(p, screen_png)
+                line("screen", {"file": str(screen_png), "frame": p.frames})
+            panel.on_frame = frame
     machine.watchers.append(watch)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
