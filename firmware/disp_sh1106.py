@@ -15,7 +15,10 @@ class Panel(_Base):
                   0xA0 if flip else 0xA1, 0xC0 if flip else 0xC8, 0xDA, 0x12, 0x81, 0x80, 0xD9, 0x22,
                   0xDB, 0x35, 0xA4, 0xA6, 0xAF)
 
-    def show(self, fb, buf, ink):
+    def begin(self, ink):
+        pass
+
+    def push(self, fb, buf, n):
         mv = memoryview(buf)
         w = self.w
         for page in range(self.h // 8):

@@ -11,6 +11,7 @@ class Panel:
     def __init__(self, d):
         p = d["pins"]
         self.w, self.h = d["width"], d["height"]
+        self.band = self.h
         self.addr = d["addr"]
         self.i2c = I2C(0, scl=Pin(p["scl"]), sda=Pin(p["sda"]), freq=d["freq"])
         if self.addr not in self.i2c.scan():
@@ -33,6 +34,12 @@ class Panel:
                   0xA0 if flip else 0xA1, 0xC0 if flip else 0xC8, 0xDA, 0x12 if self.h == 64 else 0x02,
                   0x81, 0xCF, 0xD9, 0xF1, 0xDB, 0x40, 0xA4, 0xA6, 0xAF)
 
-    def show(self, fb, buf, ink):
+    # the screen is one band: begin, one push of the whole buffer, end
+    def begin(self, ink):
         self._cmd(0x21, 0, self.w - 1, 0x22, 0, self.h // 8 - 1)
+
+    def push(self, fb, buf, n):
         self.i2c.writevto(self.addr, (b"\x40", buf))
+
+    def end(self):
+        pass

@@ -1,7 +1,7 @@
 # ST7789 colour TFT (240x240 or 135x240) on SPI, written for this project from the ST7789 datasheet.
-# The screen is drawn 1 bit per pixel (MONO_HLSB: 7.2 KB for 240x240, not 112 KB of RGB565); show()
-# turns it into colour a band of rows at a time with framebuf's blit() and a 2-colour palette (native
-# code), so the colour frame never exists in RAM.
+# The screen is drawn 1 bit per pixel, a band of _BAND rows at a time (firmware/display.py), and each
+# band is turned into colour by framebuf's blit() with a 2-colour palette (native code) and sent: neither
+# the colour frame (112 KB for 240x240) nor the 1-bit one (7.2 KB) ever exists in RAM.
 import time
 import framebuf
 from machine import SPI, Pin
@@ -51,8 +51,10 @@ class Panel:
         self._cmd(0x29)                 # display on
         if p.get("bl") is not None:
             Pin(p["bl"], Pin.OUT, value=1)
-        self.band = bytearray(w * 2 * _BAND)
-        self.bfb = framebuf.FrameBuffer(self.band, w, _BAND, framebuf.RGB565)
+        self.band = _BAND
+        self.band_rgb = bytearray(w * 2 * _BAND)
+        self.bfb = framebuf.FrameBuffer(self.band_rgb, w, _BAND, framebuf.RGB565)
+        self.mv = memoryview(self.band_rgb)
         self.pal = framebuf.FrameBuffer(bytearray(4), 2, 1, framebuf.RGB565)
 
     def _cmd(self, c, data=None):
@@ -64,7 +66,8 @@ class Panel:
             self.spi.write(data)
         self.cs(1)
 
-    def show(self, fb, buf, ink):
+    # one RAMWR per screen; the screen draws each band of _BAND rows and pushes it here
+    def begin(self, ink):
         w, h = self.w, self.h
         x, y = self.xo, self.yo
         self._cmd(0x2A, bytes((x >> 8, x & 0xFF, (x + w - 1) >> 8, (x + w - 1) & 0xFF)))
@@ -74,11 +77,10 @@ class Panel:
         self._cmd(0x2C)
         self.cs(0)
         self.dc(1)
-        mv = memoryview(self.band)
-        row = 0
-        while row < h:
-            n = min(_BAND, h - row)
-            self.bfb.blit(fb, 0, -row, -1, self.pal)
-            self.spi.write(mv[:w * 2 * n])
-            row += n
+
+    def push(self, fb, buf, n):
+        self.bfb.blit(fb, 0, 0, -1, self.pal)
+        self.spi.write(self.mv[:self.w * 2 * n])
+
+    def end(self):
         self.cs(1)

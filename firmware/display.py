@@ -93,14 +93,19 @@ class Screen:
         try:
             mod = __import__("disp_" + d["driver"])
             p = mod.Panel(d)
-            w, h = p.w, p.h
+            # drawn a band of rows at a time (the whole screen on an OLED, 8 rows on the colour
+            # panel: 240 B instead of a 7.2 KB frame); each band draws the whole scene, clipped
+            w, h, bh = p.w, p.h, p.band
             if mod.FMT == framebuf.MONO_VLSB:
-                n = w * ((h + 7) // 8)
+                n = w * ((bh + 7) // 8)
             else:
-                n = ((w + 7) // 8) * h
+                n = ((w + 7) // 8) * bh
             self.buf = bytearray(n)
-            self.fb = framebuf.FrameBuffer(self.buf, w, h, mod.FMT)
-            self.w, self.h = w, h
+            self.fb = framebuf.FrameBuffer(self.buf, w, bh, mod.FMT)
+            self.w, self.h, self.bh = w, h, bh
+            self.oy = 0
+            self.src = None
+            self.qn = 0
             self.glyph = framebuf.FrameBuffer(bytearray(8), 8, 8, framebuf.MONO_HLSB)
             inv = framebuf.FrameBuffer(bytearray(1), 2, 1, framebuf.MONO_HLSB)
             inv.pixel(0, 0, 1)          # PBM 0 (light module) -> lit, 1 (dark) -> unlit
@@ -155,22 +160,39 @@ class Screen:
         key = (st, a, b, c)
         if key == self.shown:
             return
+        p = self.panel
         try:
-            self._draw(st, a, b, c)
-            self.panel.show(self.fb, self.buf, _INK[st])
+            if st == ATTRACT:
+                self.src = self._qr()
+            p.begin(_INK[st])
+            oy = 0
+            while oy < self.h:
+                n = min(self.bh, self.h - oy)
+                self.oy = oy
+                self.fb.fill(0)
+                self._draw(st, a, b, c)
+                p.push(self.fb, self.buf, n)
+                oy += n
+            p.end()
             self.shown = key
         except Exception as e:
             self.error = "draw: %s" % _why(e)
             self.panel = None
+        self.src = None
 
     # -- drawing
     def _draw(self, st, a, b, c):
         fb = self.fb
         w, h = self.w, self.h
         s = _scale(w, h)
-        fb.fill(0)
-        if st == ATTRACT and self._qr():
+        src = self.src
+        if st == ATTRACT and src is not None:
             x, y, side = qr_box(w, h)
+            n = self.qn
+            if w > h:
+                fb.blit(src, x + (side - n) // 2, (h - n) // 2 - self.oy, -1, self.inv)
+            else:
+                fb.blit(src, (w - n) // 2, y + (side - n) // 2 - self.oy, -1, self.inv)
             lines = ("Scan to play", self.price, self.promo)
             if w > h:
                 self._lines(lines, side + 2, 0, w - side - 2, h, s, False)
@@ -199,7 +221,7 @@ class Screen:
         bottom = self._lines(lines, 0, 0, w, h - (6 * s if st == PAY else 0), s, True)
         if st == PAY:
             m = 4 * s
-            y = min(bottom + 2 * s, h - 5 * s)
+            y = min(bottom + 2 * s, h - 5 * s) - self.oy
             fb.rect(m, y, w - 2 * m, 4 * s, 1)
             fb.fill_rect(m, y, (w - 2 * m) * a // b, 4 * s, 1)
 
@@ -232,6 +254,9 @@ class Screen:
         return ty
 
     def _text(self, t, x, y, k):
+        y -= self.oy
+        if y + 9 * k < 0 or y >= self.bh:
+            return                      # not in this band
         fb = self.fb
         g = self.glyph
         for ch in t:
@@ -251,10 +276,10 @@ class Screen:
             x += 8 * k
 
     def _qr(self):
-        """Blit the provisioned QR into its box; False (and the reason in `error`) when it can't."""
+        """The provisioned QR as a framebuffer, or None (and the reason in `error`)."""
         name = self.qr
         if not name:
-            return False
+            return None
         x, y, side = qr_box(self.w, self.h)
         try:
             with open(self.root + name, "rb") as f:
@@ -268,13 +293,9 @@ class Screen:
         except (OSError, ValueError, IndexError):
             self.error = "qr: %s is missing or not a square binary PBM of at most %d px" % (name, side)
             self.qr = None
-            return False
-        src = framebuf.FrameBuffer(data, n, n, framebuf.MONO_HLSB)
-        if self.w > self.h:
-            self.fb.blit(src, x + (side - n) // 2, (self.h - n) // 2, -1, self.inv)
-        else:
-            self.fb.blit(src, (self.w - n) // 2, y + (side - n) // 2, -1, self.inv)
-        return True
+            return None
+        self.qn = n
+        return framebuf.FrameBuffer(data, n, n, framebuf.MONO_HLSB)
 
 
 def attach(app, d, root=""):

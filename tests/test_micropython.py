@@ -241,3 +241,21 @@ def test_footprint_within_budget_and_flat(tmp_path):
     assert body.count("## Footprint") == 1 and "## Wiring\n\nPC817 notes." in body
     assert "| **firmware after 100 credits (steady state)** | **%d** |" % r["firmware"] in body
     assert "| **firmware at its peak** (live + the garbage of handling one credit) | **%d** |" % r["peak"] in body
+
+
+def test_footprint_with_a_screen_draws_every_pulse_and_stays_under_the_start_heap(tmp_path):
+    node()
+    mpy_build.build(out=tmp_path, log=lambda line: None)
+    r, _ = mpy_footprint.measure(tmp_path, timeout=TIMEOUT)
+    screens = []
+    for d in mpy_footprint.DISPLAYS:
+        rd, report = mpy_footprint.measure(tmp_path, timeout=TIMEOUT, display=d)
+        assert (rd["credits"], rd["pulses"], rd["acks"]) == (100, 200, 100), rd
+        assert rd["display"] == d[0] and rd["frames"] > 0, "the screen really drew"
+        assert "display.mpy" in rd["modules"] and "display" not in [m.split(".")[0] for m in r["modules"]]
+        assert rd["firmware"] > r["firmware"], "a screen costs heap; the measurement sees it"
+        screens.append((d, rd))
+    assert mpy_footprint.check(r, screens) == []
+    assert mpy_footprint.check(r, [(d, dict(rd, peak=mpy_footprint.HEAP)) for d, rd in screens])
+    text = mpy_footprint.section(r, [("x.py", 1, 1)], "1.29.0", screens)
+    assert "### With a screen" in text and "| SSD1306 128x64 OLED (I2C), QR 37 px | %d B" % screens[0][1]["firmware"] in text

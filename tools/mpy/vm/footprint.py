@@ -8,6 +8,9 @@
 # and PINGRESP. Heap is gc.mem_alloc() after gc.collect(). The fakes for machine/network (built into
 # the device's firmware, not on its heap) are imported before the baseline so they are not counted
 # as firmware. Last line: FOOTPRINT {json} for tools/mpy/footprint_report.py.
+# With `-- --display KIND --qr SIDE` the board has a screen (KIND: ssd1306 or st7789-240x240) on a fake
+# panel (tools/hostsim/panels.py, counted with the fakes) and a SIDE x SIDE QR bitmap in its flash; the
+# screen then draws after every pulse and on attract, as on the cabinet.
 #
 # The WebAssembly port only collects garbage between calls from JavaScript (gc.collect() inside a
 # call just marks a collection pending), so the work is a generator, STEPS, that run.mjs resumes once
@@ -27,6 +30,28 @@ import sys
 CREDITS = 100
 PULSES = 2              # per credit
 STEADY_FROM = 40        # credits: by then `recent` (32 sessions) is full and the journal at its size
+DISPLAYS = {
+    "ssd1306": {"driver": "ssd1306", "bus": "i2c", "width": 128, "height": 64, "pins": {"sda": 21, "scl": 22}},
+    "st7789-240x240": {"driver": "st7789", "bus": "spi", "width": 240, "height": 240,
+                       "pins": {"sck": 18, "mosi": 23, "cs": 32, "dc": 33, "rst": 4, "bl": 13}},
+}
+
+
+def _arg(name, default=None):
+    a = sys.argv
+    for i in range(len(a) - 1):
+        if a[i] == name:
+            return a[i + 1]
+    return default
+
+
+def _qr(path, n):
+    # a SIDE x SIDE binary PBM, as `arcade provision` writes (its content does not change the heap)
+    with open(path, "wb") as f:
+        f.write(b"P4\n%d %d\n" % (n, n))
+        row = bytes(0x5A for _ in range((n + 7) // 8))
+        for _ in range(n):
+            f.write(row)
 ROOT = "/tmp/footprint/"
 SECRET = "footprint-secret-0123456789"
 LEDGER = "0123456789abcdef0123456789abcdef"
@@ -136,6 +161,9 @@ def steps():
     from fakeclock import FakeClock
     global mqttwire
     import mqttwire
+    import panels
+    kind = _arg("--display")
+    disp = DISPLAYS[kind] if kind else None
     clock = FakeClock()
     machine.set_clock(clock.ticks_ms)
     try:
@@ -143,6 +171,10 @@ def steps():
     except OSError:
         pass
     rmtree(ROOT)
+    if disp is not None:
+        _qr(ROOT + "qr.pbm", int(_arg("--qr", "37")))
+        panel = panels.attach(dict(disp, rotation=0, addr=0x3C))
+        # the fake's own RAM is allocated here, before the baseline: it is not counted as firmware
     gc.collect()
     yield
     _peak[0] = 0            # from here on: the firmware's peak
@@ -154,18 +186,25 @@ def steps():
     collect()
     yield
     imported = gc.mem_alloc()
-    mods = sorted(k for k in sys.modules if k in ("app", "protocol", "config", "coin", "cabinet",
-                                                  "journal", "umqtt.simple", "umqtt"))
 
-    board = config.check_board({"name": "footprint", "chip": "esp32", "coin_pin": 25})
-    cfg = config.check_config({"cabinet": "cab1", "secret": SECRET, "wifi_ssid": "arcade",
-                               "broker": "mqtt://cab1:pw@broker.local:1883", "board": "footprint"})
+    b = {"name": "footprint", "chip": "esp32", "coin_pin": 25}
+    c = {"cabinet": "cab1", "secret": SECRET, "wifi_ssid": "arcade",
+         "broker": "mqtt://cab1:pw@broker.local:1883", "board": "footprint"}
+    if disp is not None:
+        b["display"] = disp
+        c["screen"] = {"qr": "qr.pbm", "price": "from $0.84 a play", "promo": "2 for 1 until 8pm"}
+    board = config.check_board(b)
+    cfg = config.check_config(c)
+    del b, c
     coin = Coin(board["coin_pin"], True, board["width_ms"], board["gap_ms"],
                 ticks_ms=clock.ticks_ms, sleep_ms=clock.sleep_ms)
     app = app_mod.App(cfg, board, coin, ROOT, emit=lambda event, data: None)
     del cfg, board
     broker = LoopbackBroker()
     app.client.sock = app_mod.DeadlineSocket(broker, 10)
+    if app.screen is not None:
+        assert app.screen.error == "", app.screen.error
+        app.screen.link(True)                    # attract: the QR read from flash and drawn
     collect()
     yield
     ready = gc.mem_alloc()
@@ -191,13 +230,21 @@ def steps():
         app._flush()
         acks += broker.published - before
         # what the fakes record (pin history, clock sleeps) is host bookkeeping, not firmware
-        del machine.pins[coin.pin.id].history[:-1]
+        for pin in machine.pins.values():
+            del pin.history[:-1]
+        for bus in machine.buses:
+            del bus.history[:]
+        if disp is not None:
+            del panel.log[:]
         del clock.sleeps[:]
         collect()               # one credit's garbage at a time: the peak is per credit
         yield
         if seq in (1, 10, STEADY_FROM, CREDITS):
             after[seq] = gc.mem_alloc()
 
+    mods = sorted(k for k in sys.modules if k in ("display", "disp_ssd1306", "disp_sh1106", "disp_st7789",
+                                                  "app", "protocol", "config", "coin", "cabinet",
+                                                  "journal", "umqtt.simple", "umqtt"))
     s = app.cabinet.state
     assert s["last"] == CREDITS and s["total"] == CREDITS * PULSES, s
     assert coin.count == CREDITS * PULSES, coin.count
@@ -213,6 +260,7 @@ def steps():
         "after_1": after[1], "after_10": after[10], "after_%d" % STEADY_FROM: after[STEADY_FROM],
         "steady": steady, "growth": steady - after[STEADY_FROM], "steady_from": STEADY_FROM,
         "firmware": steady - base, "peak": _peak[0] - base,
+        "display": kind or "", "frames": 0 if disp is None else panel.frames,
     }
     print("heap in use (gc.mem_alloc after gc.collect), MicroPython %s:" % r["version"])
     print("  interpreter and this script                           %6d B" % bare)
