@@ -188,6 +188,7 @@ class ST7789:
         self.ram = bytearray(240 * 320 * 2)
         self._reset()
         self.frames = 0                 # RAMWR commands
+        self.decode = True              # False: count pixel bytes only (the footprint run's speed)
         self.log = []
         self.on_frame = None            # fn(panel) when a RAMWR has filled its window
 
@@ -215,7 +216,8 @@ class ST7789:
         if self.cmd is None:
             raise PanelMisuse("data with no command before it")
         if self.cmd == 0x2C:
-            self._pixels(data)
+            if self.decode:
+                self._pixels(data)
             return
         for b in data:
             self.args.append(b)
