@@ -268,3 +268,14 @@ def test_provision_without_a_screen_drops_an_old_qr(prov, capsys):
     d = prov / "build" / "galaga-1"
     assert sorted(p.name for p in d.iterdir()) == ["board.json", "config.json"]
     assert "screen" not in json.loads((d / "config.json").read_text())
+
+
+def test_the_wiring_table_in_the_docs_is_the_one_provision_uses():
+    doc = (ROOT / "docs" / "hardware.md").read_text()
+    for board, w in hs.WIRING.items():
+        i2c = "GPIO %d, %d" % (w["i2c"]["sda"], w["i2c"]["scl"])
+        spi = "GPIO " + ", ".join("none" if w["spi"][k] is None else str(w["spi"][k])
+                                  for k in ("sck", "mosi", "cs", "dc", "rst", "bl"))
+        row = [ln for ln in doc.splitlines() if ln.startswith("| `%s` | GPIO" % board)]
+        assert len(row) == 1, board
+        assert "| %s |" % i2c in row[0] and spi in row[0], (row[0], i2c, spi)
