@@ -279,3 +279,32 @@ def test_the_wiring_table_in_the_docs_is_the_one_provision_uses():
         row = [ln for ln in doc.splitlines() if ln.startswith("| `%s` | GPIO" % board)]
         assert len(row) == 1, board
         assert "| %s |" % i2c in row[0] and spi in row[0], (row[0], i2c, spi)
+
+
+def test_micropython_draws_every_screen_pixel_for_pixel_like_the_host(tmp_path, fw):
+    """The same screens drawn by MicroPython's real framebuf (WebAssembly VM) and by the host's stand-in
+    (tests, `arcade simulate`): the glass must be identical, font included."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is not installed; run `make setup` (apt-get install nodejs npm)")
+    sys.path.insert(0, str(ROOT / "tests" / "fw"))
+    try:
+        import screendump
+    finally:
+        sys.path.remove(str(ROOT / "tests" / "fw"))
+    qr = hs.qr_pbm(URL, checked("esp32-devkitc", "ssd1306")["display"])
+    proc = subprocess.run([node, str(ROOT / "tools" / "mpy" / "vm" / "run.mjs"), "--script",
+                           "tests/fw/screendump.py", "--", "/tmp/", qr.hex()],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    on_mpy = [ln for ln in proc.stdout.splitlines() if ln.startswith("GLASS ")]
+    (tmp_path / "qr.pbm").write_bytes(qr)
+    on_host = []
+    for kind in sorted(screendump.KINDS):
+        on_host += screendump.dump(str(tmp_path) + "/", kind, {"qr": "qr.pbm", "price": "from $0.84 a play",
+                                                               "promo": "2 for 1"})
+    assert len(on_mpy) == len(on_host) == 8
+    for a, b in zip(on_mpy, on_host):
+        assert a.split()[:3] == b.split()[:3]
+        assert a == b, "%s differs between MicroPython and the host" % " ".join(a.split()[1:3])
+        assert set(a.split()[3]) != {"0"}, "something was drawn"
