@@ -33,6 +33,31 @@ def same_chip(b, src, machine):
                           "--board`), then flash" % (src, json.dumps(b["chip"]), c.upper(), machine))
 
 
+def _pin(src, k, pin, kind, chip, used, unsafe=()):
+    """Check one GPIO for its use (kind: output, led, input, or display: an output that must not be a
+    strapping pin either); then count it as used. One ConfigError naming the key and the reason."""
+    exist, strap, reserved, in_only = _CHIPS[chip]
+    out = kind in ("output", "led", "display")
+    why = ""
+    if not isinstance(pin, int) or isinstance(pin, bool) or pin not in exist:
+        why = "not a GPIO of the %s" % chip
+    elif pin in reserved:
+        why = "reserved on the %s (flash/PSRAM, USB or the serial console)" % chip
+    elif kind == "output" and pin in strap:
+        why = "a strapping pin of the %s: it is sampled and may glitch at reset" % chip
+    elif out and pin in in_only:
+        why = "input-only on the %s" % chip
+    elif kind == "output" and pin in unsafe:
+        why = "listed in this board's unsafe_pins %s" % json.dumps(unsafe)
+    elif kind in ("input", "display") and pin in strap:
+        why = "a strapping pin of the %s: a circuit on it can change the boot mode" % chip
+    elif pin in used:
+        why = "already used by another pin key"
+    if why:
+        raise ConfigError("%s: '%s' %s is %s; choose another GPIO" % (src, k, json.dumps(pin), why))
+    used.append(pin)
+
+
 def _level(b, src, k):
     if b[k] not in ("high", "low"):
         raise bad(src, k, "\"high\" or \"low\"", b[k])
@@ -59,26 +84,7 @@ def check(d, src):
         pin = b.get(k)
         if pin is None and kind != "output":
             continue
-        why = ""
-        if not isinstance(pin, int) or isinstance(pin, bool) or pin not in exist:
-            why = "not a GPIO of the %s" % chip
-        elif pin in reserved:
-            why = "reserved on the %s (flash/PSRAM, USB or the serial console)" % chip
-        elif kind == "output" and pin in strap:
-            why = "a strapping pin of the %s: it is sampled and may glitch at reset" % chip
-        elif kind == "output" and pin in in_only:
-            why = "input-only on the %s" % chip
-        elif kind == "output" and pin in u:
-            why = "listed in this board's unsafe_pins %s" % json.dumps(u)
-        elif kind == "led" and pin in in_only:
-            why = "input-only on the %s" % chip
-        elif kind == "input" and pin in strap:
-            why = "a strapping pin of the %s: a circuit on it can change the boot mode" % chip
-        elif pin in used:
-            why = "already used by another pin key"
-        if why:
-            raise ConfigError("%s: '%s' %s is %s; choose another GPIO" % (src, k, json.dumps(pin), why))
-        used.append(pin)
+        _pin(src, k, pin, kind, chip, used, u)
     for k in ("active", "led_active", "inhibit_active", "meter_active", "safe_active"):
         _level(b, src, k)
     p = b["inhibit_pull"]
@@ -134,29 +140,13 @@ def _display(d, src, chip, used):
     names = _BUS_PINS[bus]
     if not isinstance(pins, dict):
         raise bad(src, "display.pins", "an object with %s" % ", ".join(names), pins)
-    exist, strap, reserved, in_only = _CHIPS[chip]
     for n in pins:
         if n not in names:
             raise bad(src, "display.pins", "only %s for an %s display" % (", ".join(names), bus), n)
     for n in names:
         pin = pins.get(n)
-        if pin is None and n in _OPTIONAL:
-            continue
-        why = ""
-        if not isinstance(pin, int) or isinstance(pin, bool) or pin not in exist:
-            why = "not a GPIO of the %s" % chip
-        elif pin in reserved:
-            why = "reserved on the %s (flash/PSRAM, USB or the serial console)" % chip
-        elif pin in strap:
-            why = "a strapping pin of the %s: a display line on it can change the boot mode" % chip
-        elif pin in in_only:
-            why = "input-only on the %s" % chip
-        elif pin in used:
-            why = "already used by another pin"
-        if why:
-            raise ConfigError("%s: 'display.pins.%s' %s is %s; choose another GPIO"
-                              % (src, n, json.dumps(pin), why))
-        used.append(pin)
+        if pin is not None or n not in _OPTIONAL:
+            _pin(src, "display.pins." + n, pin, "display", chip, used)
     out = {"driver": drv, "bus": bus, "width": size[0], "height": size[1], "rotation": r,
            "pins": pins}
     if bus == "i2c":
