@@ -106,6 +106,8 @@ class Screen:
             self.oy = 0
             self.src = None
             self.qn = 0
+            self.items = None
+            self.bar = self.qxy = None
             self.glyph = framebuf.FrameBuffer(bytearray(8), 8, 8, framebuf.MONO_HLSB)
             inv = framebuf.FrameBuffer(bytearray(1), 2, 1, framebuf.MONO_HLSB)
             inv.pixel(0, 0, 1)          # PBM 0 (light module) -> lit, 1 (dark) -> unlit
@@ -164,13 +166,13 @@ class Screen:
         try:
             if st == ATTRACT:
                 self.src = self._qr()
+            self._layout(st, a, b, c)   # once; each band only paints (little garbage per band)
             p.begin(_INK[st])
             oy = 0
             while oy < self.h:
                 n = min(self.bh, self.h - oy)
                 self.oy = oy
-                self.fb.fill(0)
-                self._draw(st, a, b, c)
+                self._paint()
                 p.push(self.fb, self.buf, n)
                 oy += n
             p.end()
@@ -179,20 +181,35 @@ class Screen:
             self.error = "draw: %s" % _why(e)
             self.panel = None
         self.src = None
+        self.items = None
 
-    # -- drawing
-    def _draw(self, st, a, b, c):
+    # -- drawing: _layout says where everything goes, _paint draws it into the band at self.oy
+    def _paint(self):
         fb = self.fb
+        oy = self.oy
+        fb.fill(0)
+        if self.qxy is not None:
+            fb.blit(self.src, self.qxy[0], self.qxy[1] - oy, -1, self.inv)
+        for t, x, y, k in self.items:
+            self._text(t, x, y, k)
+        if self.bar is not None:
+            x, y, w, f, t = self.bar
+            fb.rect(x, y - oy, w, t, 1)
+            fb.fill_rect(x, y - oy, f, t, 1)
+
+    def _layout(self, st, a, b, c):
         w, h = self.w, self.h
         s = _scale(w, h)
         src = self.src
+        self.items = []
+        self.bar = self.qxy = None
         if st == ATTRACT and src is not None:
             x, y, side = qr_box(w, h)
             n = self.qn
             if w > h:
-                fb.blit(src, x + (side - n) // 2, (h - n) // 2 - self.oy, -1, self.inv)
+                self.qxy = (x + (side - n) // 2, (h - n) // 2)
             else:
-                fb.blit(src, (w - n) // 2, y + (side - n) // 2 - self.oy, -1, self.inv)
+                self.qxy = ((w - n) // 2, y + (side - n) // 2)
             lines = ("Scan to play", self.price, self.promo)
             if w > h:
                 self._lines(lines, side + 2, 0, w - side - 2, h, s, False)
@@ -221,13 +238,11 @@ class Screen:
         bottom = self._lines(lines, 0, 0, w, h - (6 * s if st == PAY else 0), s, True)
         if st == PAY:
             m = 4 * s
-            y = min(bottom + 2 * s, h - 5 * s) - self.oy
-            fb.rect(m, y, w - 2 * m, 4 * s, 1)
-            fb.fill_rect(m, y, (w - 2 * m) * a // b, 4 * s, 1)
+            self.bar = (m, min(bottom + 2 * s, h - 5 * s), w - 2 * m, (w - 2 * m) * a // b, 4 * s)
 
     def _lines(self, lines, x, y, w, h, s, big):
-        """Centred text in the box; the first line twice as large when `big` and it fits.
-        Returns the y below the last line."""
+        """Centred text in the box (into self.items); the first line twice as large when `big` and it
+        fits. Returns the y below the last line."""
         while True:
             rows = []
             total = 0
@@ -249,7 +264,7 @@ class Screen:
         for part, k in rows:
             if ty + 8 * k > y + h:
                 break
-            self._text(part, x + (w - len(part) * 8 * k) // 2, ty, k)
+            self.items.append((part, x + (w - len(part) * 8 * k) // 2, ty, k))
             ty += 10 * k
         return ty
 

@@ -47,6 +47,8 @@ def _app(d, attach=True, **kw):
     cfg = fwapp.config.check_config(good_config(screen={"qr": "qr.pbm", "price": "from $0.84 a play",
                                                         "promo": "2 for 1 until 8pm"}))
     a = fwapp.App(cfg, b, coin, root, lambda e, d_: events.append((e, d_)))
+    a.wlan.active(True)
+    a.wlan.connect("arcade-wifi", "wifi-pass-123")     # the loop drops the link while WiFi is down
     raw = FakeSock()
     a.client.sock = fwapp.DeadlineSocket(raw, 5)
     raw.on_write = lambda data: data.startswith(b'{"t":') and raw.feed(puback(a.client.pid))
@@ -54,7 +56,7 @@ def _app(d, attach=True, **kw):
 
 
 def frame(screen):
-    """The whole picture the screen shows now, drawn by its own _draw in one full-size framebuffer
+    """The whole picture the screen shows now, drawn by its own _layout/_paint in one full-size framebuffer
     (the screen itself only ever holds one band)."""
     import framebuf
     w, h = screen.w, screen.h
@@ -63,10 +65,11 @@ def frame(screen):
     screen.fb, screen.oy, screen.bh = full, 0, h
     try:
         screen.src = screen._qr() if screen.shown[0] == 1 else None
-        screen._draw(*screen.shown)
+        screen._layout(*screen.shown)
+        screen._paint()
     finally:
         screen.fb, screen.oy, screen.bh = saved
-        screen.src = None
+        screen.src = screen.items = None
     return full
 
 
@@ -150,6 +153,7 @@ def test_inhibit_busy_held_and_offline_screens():
     a._step()
     assert s.shown == (4, 2, 0, 0), "paid, held for the game"
     machine.pins[26].drive(1)
+    c.advance(50)                       # the inhibit line's debounce (firmware/inhibit.py)
     a._step()
     assert [p[1] for p in pulses(machine.pins[25])] == [100, 100]
     assert s.shown[0] == 6
