@@ -23,8 +23,9 @@ BUDGET = 32 * 1024          # heap the firmware may hold at steady state (issue 
 HEAP = 56 * 1024            # an ESP32's starting Python heap, 1.22-1.27 (ports/esp32/mpconfigport.h)
 MAX_GROWTH = 256            # bytes between credit 40 and 100: "no growth", give or take a GC block
 # with a screen (board.json `display`): the kind and the QR side `arcade provision` makes for a pay URL of
-# about 35 characters (version 3, 37 modules with the quiet zone): 1 px a module on the OLED, 4 on the TFT
-DISPLAYS = (("ssd1306", 37, "SSD1306 128x64 OLED (I2C)"), ("st7789-240x240", 148, "ST7789 240x240 TFT (SPI)"))
+# about 35 characters (version 3, 29 modules): 1 px a module and a 4-module quiet zone on the OLED (37 px),
+# 5 px a module and a 2-module quiet zone on the TFT (165 px)
+DISPLAYS = (("ssd1306", 37, "SSD1306 128x64 OLED (I2C)"), ("st7789-240x240", 165, "ST7789 240x240 TFT (SPI)"))
 _BLOCKS = {
     "ssd1306": {"driver": "ssd1306", "bus": "i2c", "width": 128, "height": 64, "pins": {"sda": 21, "scl": 22}},
     "st7789-240x240": {"driver": "st7789", "bus": "spi", "width": 240, "height": 240,
