@@ -4,12 +4,12 @@
 import json
 import sys
 
+import fwmsgs
 import machine
 import panels
-import protocol
 import app as fwapp
 from coin import Coin
-from fwutil import KEY, LEDGER, FakeSock, board, clock, puback, pulses, scratch, write_json
+from fwutil import EPOCH, KEY, LEDGER, FakeSock, board, clock, puback, pulses, scratch, write_json
 from fwutil import config as good_config
 
 OLED = {"driver": "ssd1306", "bus": "i2c", "width": 128, "height": 64, "rotation": 0,
@@ -124,7 +124,7 @@ def test_a_credit_is_drawn_between_pulses_never_during_one():
         orig(st, a_, b_, c_)
         states.append((st, a_, b_, c_))
     s.show = record
-    a._on_msg(a.t_credit, protocol.credit(KEY, "cab1", LEDGER, 1, 3, 6, "cs_disp", 1764165000))
+    a._on_msg(a.t_credit, fwmsgs.credit(KEY, "cab1", LEDGER, 1, 3, 6, "cs_disp", 1764165000, EPOCH))
     assert [p[1] for p in pulses(machine.pins[25])] == [100] * 6
     assert states == [(5, k, 6, 3) for k in range(1, 6)] + [(6, 3, 0, 0)], states
     assert len(seen) == 6 and all(level == 0 for level, _ in seen), "drawn only with the coin line idle"
@@ -149,7 +149,7 @@ def test_inhibit_busy_held_and_offline_screens():
     machine.pins[26].drive(0)
     a._step()
     assert s.shown[0] == 3, "game busy"
-    a._on_msg(a.t_credit, protocol.credit(KEY, "cab1", LEDGER, 2, 2, 2, "cs_held", 1764165000))
+    a._on_msg(a.t_credit, fwmsgs.credit(KEY, "cab1", LEDGER, 2, 2, 2, "cs_held", 1764165000, EPOCH))
     a._step()
     assert s.shown == (4, 2, 0, 0), "paid, held for the game"
     machine.pins[26].drive(1)
@@ -168,7 +168,7 @@ def test_a_missing_display_is_reported_and_payments_go_on():
     a, panel, c, events, raw = _app(OLED, attach=False)
     s = a.screen
     assert s.panel is None and "no display answers at I2C 0x3c" in s.error, s.error
-    a._on_msg(a.t_credit, protocol.credit(KEY, "cab1", LEDGER, 1, 1, 2, "cs_nodisp", 1764165000))
+    a._on_msg(a.t_credit, fwmsgs.credit(KEY, "cab1", LEDGER, 1, 1, 2, "cs_nodisp", 1764165000, EPOCH))
     assert [p[1] for p in pulses(machine.pins[25])] == [100, 100]
     a._flush()
     a._status(True)
@@ -186,7 +186,7 @@ def test_a_display_failing_mid_draw_is_dropped_not_fatal():
     def broken(data):
         raise OSError(116)      # ETIMEDOUT on the bus
     panel.write = broken
-    a._on_msg(a.t_credit, protocol.credit(KEY, "cab1", LEDGER, 1, 1, 2, "cs_brk", 1764165000))
+    a._on_msg(a.t_credit, fwmsgs.credit(KEY, "cab1", LEDGER, 1, 1, 2, "cs_brk", 1764165000, EPOCH))
     assert [p[1] for p in pulses(machine.pins[25])] == [100, 100]
     assert s.panel is None and s.error == "draw: OSError 116"
     assert a.info()["display"] == "draw: OSError 116"
