@@ -486,7 +486,7 @@ def test_simulated_screen_is_written_as_png_and_shows_the_pay_qr(broker, tmp_pat
         assert "screen" in [x["event"] for x in lines], "attract, drawn on connect (before the line says so)"
         read = subprocess.run([zbar, "-q", "--raw", str(shot)], capture_output=True, text=True, timeout=60)
         assert read.stdout.strip() == "https://pay.example.com/pay/cab1"
-        obs.publish(credit(1, 3, "cs_test_screen"))
+        obs.publish(credit(1, 3, "cs_test_screen", epoch=epoch_of(tmp_path / "flash")))
         lines = sim.next("ack")
         order = [x["event"] for x in lines if x["event"] in ("pulse", "screen")]
         assert order == ["pulse", "screen"] * 3, "one new screen after each pulse (progress, then Press START)"
