@@ -1,16 +1,24 @@
 """Arcade relay: Stripe webhooks in, signed QoS 1 MQTT credits out.
 
-create_app() builds the web side (webhook, health); the dispatcher (relay/dispatcher.py) that
-publishes credits runs beside it in the `arcade relay` process, one per database.
+create_app() builds the web side (webhook, health, pay pages); the dispatcher (relay/dispatcher.py)
+that publishes credits runs beside it in the `arcade relay` process, one per database.
 """
+import hashlib
+import hmac
+import ipaddress
 import logging
 import threading
+from urllib.parse import urlsplit
 
 from flask import Flask, jsonify
 
 from relay import config
 
 log = logging.getLogger("arcade.relay")
+
+# Stripe events are a few KB (the largest documented object is far below this). Flask's own default
+# config already holds MAX_CONTENT_LENGTH = None, so setdefault() would never apply: set it.
+MAX_BODY = 256 * 1024
 
 
 def create_app(test_config=None):
@@ -19,14 +27,19 @@ def create_app(test_config=None):
     app = Flask(__name__)
     settings = config.load() if test_config is None else config.check(test_config)
     app.config.from_mapping(settings)
-    app.config.setdefault("MAX_CONTENT_LENGTH", 512 * 1024)  # Stripe events are a few KB
+    app.config["MAX_CONTENT_LENGTH"] = min(int(settings.get("MAX_CONTENT_LENGTH") or MAX_BODY), MAX_BODY)
+    app.config["MAX_FORM_MEMORY_SIZE"] = 64 * 1024
+    # The pay page's CSRF token lives in Flask's signed session cookie; the key is derived from the
+    # webhook secret so every relay process on the database agrees, and it is no secret of its own.
+    app.config["SECRET_KEY"] = hmac.new(settings["STRIPE_WEBHOOK_SECRET"].encode(), b"arcade-pay session cookie",
+                                        hashlib.sha256).hexdigest() if settings["STRIPE_WEBHOOK_SECRET"] else None
+    public = settings.get("ARCADE_PUBLIC_URL")
+    app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax", SESSION_COOKIE_NAME="arcade",
+                      SESSION_COOKIE_SECURE=bool(public and public.startswith("https://")))
+    app.config["TRUSTED_HOSTS"] = trusted_hosts(settings)
     hops = app.config["ARCADE_PROXY_HOPS"]
     if hops:
-        # Behind a TLS-terminating proxy every request comes from the proxy: take the client's
-        # address (rate limits are per phone) from the X-Forwarded-* the trusted hops set. Not
-        # without them, or any client could pick its own address.
-        from werkzeug.middleware.proxy_fix import ProxyFix
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
+        app.wsgi_app = _FromProxies(app.wsgi_app, hops, app.config["ARCADE_PROXY_NETWORKS"])
     # wake: set after a credit is committed, so the dispatcher publishes at once (no polling delay).
     app.extensions["arcade"] = {"wake": threading.Event(), "dispatcher": None}
 
@@ -52,3 +65,35 @@ def create_app(test_config=None):
         app.register_error_handler(error, storage_failed)
 
     return app
+
+
+def trusted_hosts(settings):
+    """The Host names the relay answers to: ARCADE_PUBLIC_URL's, loopback (health checks, the proxy) and
+    ARCADE_TRUSTED_HOSTS. None (any) only when no public address is configured: then nothing is sold
+    and no absolute URL is ever built."""
+    public = settings.get("ARCADE_PUBLIC_URL")
+    if not public:
+        return None
+    hosts = [urlsplit(public).hostname, "localhost", "127.0.0.1"]
+    hosts += [h.strip() for h in str(settings.get("ARCADE_TRUSTED_HOSTS") or "").split(",") if h.strip()]
+    return hosts
+
+
+class _FromProxies:
+    """ProxyFix (X-Forwarded-For and -Proto only; never -Host) applied to requests that come from a
+    trusted proxy address (ARCADE_PROXY_FROM). A client that reaches the relay directly keeps its
+    own address, whatever X-Forwarded-For it sends."""
+
+    def __init__(self, app, hops, networks):
+        from werkzeug.middleware.proxy_fix import ProxyFix
+        self.direct = app
+        self.fixed = ProxyFix(app, x_for=hops, x_proto=hops, x_host=0, x_port=0, x_prefix=0)
+        self.networks = networks
+
+    def __call__(self, environ, start_response):
+        try:
+            addr = ipaddress.ip_address(environ.get("REMOTE_ADDR", ""))
+        except ValueError:
+            addr = None
+        trusted = addr is not None and any(addr in net for net in self.networks)
+        return (self.fixed if trusted else self.direct)(environ, start_response)

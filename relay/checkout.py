@@ -12,13 +12,18 @@ The web layer (relay/pay.py) stays thin; this module holds the rules:
 """
 import hashlib
 import hmac
+import ipaddress
 import time
 
 from relay import promotions
 
 SESSION_ID_PREFIXES = ("cs_test_", "cs_live_")
-DEFAULT_RATE = (5, 600)           # sessions per client per cabinet per window (seconds)
-DEFAULT_CABINET_RATE = (60, 600)  # sessions per cabinet per window, whoever asks
+# Budgets, reserved in the ledger before Stripe is called and counted whatever Stripe answers:
+DEFAULT_RATE = (5, 600)           # attempts per client (IPv4 address or IPv6 /64) per cabinet per window (s)
+DEFAULT_CABINET_RATE = (60, 600)  # attempts per cabinet per window from clients who have already tried
+DEFAULT_CABINET_CEILING = 600     # per cabinet per window, even clients' first attempts (bounds Stripe calls)
+REUSE_FOR = 25 * 60               # an open session is offered again to the same client and bundle this long
+EXPIRES_AFTER = 31 * 60           # Stripe expires the session then (its minimum is 30 minutes)
 
 
 class CheckoutError(Exception):
@@ -78,9 +83,23 @@ def readiness(cabinet, now=None):
     return True, ""
 
 
+def client_network(remote_addr):
+    """What one client is, for rate limits: an IPv4 address, or an IPv6 /64 (one subscriber gets a
+    whole /64 and picks addresses in it freely). IPv4-mapped IPv6 counts as the IPv4 address."""
+    try:
+        addr = ipaddress.ip_address((remote_addr or "").split("%")[0])
+    except ValueError:
+        return "?"
+    if addr.version == 6 and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    if addr.version == 6:
+        return str(ipaddress.ip_network("%s/64" % addr, strict=False))
+    return str(addr)
+
+
 def client_key(secret, remote_addr):
-    """A stable, non-reversible handle for a client address (addresses themselves are not stored)."""
-    return hmac.new(secret.encode(), (remote_addr or "?").encode(), hashlib.sha256).hexdigest()[:32]
+    """A stable, non-reversible handle for a client (addresses themselves are not stored)."""
+    return hmac.new(secret.encode(), client_network(remote_addr).encode(), hashlib.sha256).hexdigest()[:32]
 
 
 def idempotency_key(cabinet_id, offer, nonce):
@@ -100,16 +119,20 @@ def stripe_client(cfg):
     return stripe.StripeClient(key, **kwargs)
 
 
-def check_rate(ledger, cabinet_id, who, now=None, rate=DEFAULT_RATE, cabinet_rate=DEFAULT_CABINET_RATE):
+def reserve(ledger, cabinet_id, offer, who, now=None, rate=DEFAULT_RATE, cabinet_rate=DEFAULT_CABINET_RATE,
+            ceiling=DEFAULT_CABINET_CEILING):
+    """Reserve one attempt in the ledger (atomically) or raise CheckoutError 429. Returns
+    ("reuse", url) when this client already has an open session for this bundle, else ("new", id)."""
     now = time.time() if now is None else now
-    count, window = rate
-    if ledger.count_checkouts(cabinet_id, since=now - window, client_key=who) >= count:
+    got = ledger.reserve_checkout(cabinet_id, who, offer.key, offer.credits, offer.amount, now, rate, cabinet_rate,
+                                  ceiling)
+    if got[0] == "client_limit":
         raise CheckoutError(429, "Too many payment attempts from this phone for this cabinet. "
-                            "Please wait a few minutes and try again.", retry_after=window)
-    count, window = cabinet_rate
-    if ledger.count_checkouts(cabinet_id, since=now - window) >= count:
+                            "Please wait a few minutes and try again.", retry_after=rate[1])
+    if got[0] == "cabinet_limit":
         raise CheckoutError(429, "This cabinet is very busy right now. Please try again in a few minutes.",
                             retry_after=60)
+    return got
 
 
 def line_item_name(arcade_name, cabinet, offer):
@@ -119,10 +142,30 @@ def line_item_name(arcade_name, cabinet, offer):
     return "%s - %s, %s" % (arcade_name, cabinet["name"], plays)
 
 
-def create_session(cfg, ledger, client, cabinet, offer, who, nonce, base_url):
-    """Create the Checkout Session and record what it must pay for. Returns the session URL."""
+def create_session(cfg, ledger, client, cabinet, offer, who, nonce, now=None):
+    """Create the Checkout Session and record what it must pay for. Returns the session URL.
+
+    The return URLs come from ARCADE_PUBLIC_URL only, never from the request's Host or X-Forwarded-Host
+    (anyone could otherwise mint genuine Checkout pages that send the player to their own site)."""
     import stripe
-    check_rate(ledger, cabinet["id"], who)
+    base_url = cfg.get("ARCADE_PUBLIC_URL")
+    if not base_url:
+        raise CheckoutError(503, "Online payment is not set up on this arcade yet (no public address).")
+    now = time.time() if now is None else now
+    kind, got = reserve(ledger, cabinet["id"], offer, who, now)
+    if kind == "reuse":
+        return got
+    sid = url = None
+    try:
+        sid, url = _create(cfg, ledger, client, cabinet, offer, who, nonce, base_url, now)
+    finally:
+        # open: offered again to this client for this bundle; failed: the attempt still counts
+        ledger.finish_checkout_attempt(got, sid, url, reuse_until=now + REUSE_FOR)
+    return url
+
+
+def _create(cfg, ledger, client, cabinet, offer, who, nonce, base_url, now):
+    import stripe
     arcade = cfg.get("ARCADE_NAME") or "Arcade"
     params = {
         "mode": "payment",
@@ -135,6 +178,7 @@ def create_session(cfg, ledger, client, cabinet, offer, who, nonce, base_url):
         "success_url": base_url + "/paid?session_id={CHECKOUT_SESSION_ID}",
         "cancel_url": base_url + "/cancel?cabinet=" + cabinet["id"],
         "payment_intent_data": {"description": line_item_name(arcade, cabinet, offer)},
+        "expires_at": int(now) + EXPIRES_AFTER,
     }
     key = idempotency_key(cabinet["id"], offer, nonce)
     try:
@@ -147,7 +191,7 @@ def create_session(cfg, ledger, client, cabinet, offer, who, nonce, base_url):
         raise CheckoutError(502, "The payment service gave an unexpected answer. Nothing was charged.")
     ledger.record_expected_checkout(sid, cabinet["id"], offer.key, offer.credits, offer.amount,
                                     offer.currency, offer.promo.id if offer.promo else None, who, key)
-    return url
+    return sid, url
 
 
 def expected_credits(ledger, session_id, amount_total, currency, cabinet_id):

@@ -4,7 +4,9 @@ The environment wins over `.env`. A missing webhook secret stops the relay at st
 message saying what to do: the relay never runs with signature verification skipped.
 Secrets are never printed; `mask_url` hides the password in MQTT_URL for logs.
 """
+import ipaddress
 import os
+import stat
 from urllib.parse import unquote, urlsplit
 
 from dotenv import dotenv_values
@@ -27,13 +29,15 @@ DEFAULTS = {
     "ARCADE_TZ": "UTC",               # IANA zone promotions are evaluated in, e.g. Europe/Berlin
     "STRIPE_API_BASE": None,          # only for tests/demo: a fake Stripe API on loopback
     "ARCADE_PROXY_HOPS": 0,           # reverse proxies in front of the relay (nginx, Caddy) to trust for X-Forwarded-*
+    "ARCADE_PROXY_FROM": "127.0.0.0/8,::1",  # addresses those proxies connect from; others' X-Forwarded-* is ignored
+    "ARCADE_TRUSTED_HOSTS": "",       # extra Host names to answer besides ARCADE_PUBLIC_URL's and loopback
     # Reconciliation with Stripe (relay/reconcile.py): durations like 15m, 72h; EVERY 0 = off.
     "ARCADE_RECONCILE_EVERY": "15m",  # the relay's periodic job; off anyway without STRIPE_API_KEY
     "ARCADE_RECONCILE_WINDOW": "72h", # how far back each run lists Checkout Sessions
     # The operator's side (issue 13): console, metrics, alerts (docs/operations.md).
     "ARCADE_CONSOLE": "0",            # 1: the relay's own host also serves /admin (else `arcade console`)
     "ARCADE_SECRET_KEY": None,        # signs console session cookies; else made once into <ARCADE_DB>.console-key (0600)
-    "ARCADE_METRICS_TOKEN": None,     # GET /metrics needs "Authorization: Bearer <token>" when set
+    "ARCADE_METRICS_TOKEN": None,     # GET /metrics and /healthz's details need "Authorization: Bearer <token>"
     "ARCADE_ALERT_WEBHOOK": None,     # Slack/Discord-compatible incoming webhook URL
     "ARCADE_SMTP_HOST": None,         # alerts by email: SMTP server (port, user, password, starttls below)
     "ARCADE_SMTP_PORT": "25",
@@ -60,6 +64,7 @@ def load(environ=None, dotenv_path=".env", require_webhook_secret=True):
     """Return the configuration as a dict: defaults < .env file < environment."""
     values = dict(DEFAULTS)
     if dotenv_path and os.path.exists(dotenv_path):
+        check_dotenv(dotenv_path)
         values.update({k: v for k, v in dotenv_values(dotenv_path).items() if k in DEFAULTS and v is not None})
     env = os.environ if environ is None else environ
     values.update({k: env[k] for k in DEFAULTS if k in env})
@@ -72,10 +77,52 @@ def db_path(environ=None, dotenv_path=".env"):
     if env.get("ARCADE_DB"):
         return env["ARCADE_DB"]
     if dotenv_path and os.path.exists(dotenv_path):
+        check_dotenv(dotenv_path)
         value = dotenv_values(dotenv_path).get("ARCADE_DB")
         if value:
             return value
     return DEFAULTS["ARCADE_DB"]
+
+
+def check_dotenv(path):
+    """Refuse a .env that someone else could have written: it holds the secrets and STRIPE_API_BASE."""
+    st = os.stat(path)
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError("%s is writable by %s (mode %03o): anyone who can write it can point the relay at another "
+                          "Stripe or broker. Run `chmod 600 %s` (and keep it owned by the relay's user)."
+                          % (path, "others" if st.st_mode & stat.S_IWOTH else "its group", st.st_mode & 0o777, path))
+
+
+def key_mode(api_key):
+    """"live" or "test" from a Stripe secret or restricted key (sk_live_/rk_test_...), else None."""
+    for mode in ("live", "test"):
+        if api_key and str(api_key).startswith(("sk_%s_" % mode, "rk_%s_" % mode)):
+            return mode
+    return None
+
+
+def is_loopback(host):
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def proxy_networks(text):
+    """ARCADE_PROXY_FROM "127.0.0.0/8,::1,10.0.0.5" -> [ip_network]; raises ConfigError."""
+    nets = []
+    for part in str(text or "").split(","):
+        if part.strip():
+            try:
+                nets.append(ipaddress.ip_network(part.strip(), strict=False))
+            except ValueError:
+                raise ConfigError("ARCADE_PROXY_FROM: %r is not an address or network (e.g. 127.0.0.1 or "
+                                  "10.0.0.0/24)" % part.strip())
+    return nets
 
 
 def check(values, require_webhook_secret=True):
@@ -110,6 +157,7 @@ def check(values, require_webhook_secret=True):
     _check_pay_settings(out)
     out["ARCADE_CONSOLE"] = _flag(out, "ARCADE_CONSOLE")
     out["ARCADE_SMTP_STARTTLS"] = _flag(out, "ARCADE_SMTP_STARTTLS")
+    out["ARCADE_PROXY_NETWORKS"] = proxy_networks(out["ARCADE_PROXY_FROM"])
     for key in SECRET_KEYS:
         if out[key] is not None and not str(out[key]).strip():
             out[key] = None
@@ -140,6 +188,11 @@ def _check_pay_settings(out):
             raise ConfigError("%s=%r is not an http(s):// address, e.g. https://pay.my-arcade.com" % (key, out[key]))
         if out[key]:
             out[key] = str(out[key]).rstrip("/")
+    base = out["STRIPE_API_BASE"]
+    if base and not is_loopback(urlsplit(base).hostname):
+        # The API key goes wherever this points, and reconciliation fulfils what that host lists.
+        raise ConfigError("STRIPE_API_BASE=%r is not on loopback: it exists only for a fake Stripe in tests and the "
+                          "demo (e.g. http://127.0.0.1:12111); unset it to talk to Stripe" % base)
 
 
 def parse_mqtt_url(url):

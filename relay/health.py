@@ -1,13 +1,41 @@
-"""GET /healthz: is the database readable and the broker reachable? 200 when both are, else 503."""
-import socket
+"""GET /healthz: 200 {"status": "ok"} when the database is readable and the broker reachable, else 503
+{"status": "not ok"}. Details (database, broker, dispatcher, pending credits) only with
+`Authorization: Bearer <ARCADE_METRICS_TOKEN>`: the public learns nothing about the inside.
 
-from flask import Blueprint, current_app, jsonify
+When the dispatcher runs in another process, the broker is probed at most once per PROBE_EVERY
+seconds whatever the request rate (a request never opens a broker connection of its own)."""
+import hmac
+import socket
+import threading
+import time
+
+from flask import Blueprint, current_app, jsonify, request
 
 from relay.config import parse_mqtt_url
 from relay.db import get_ledger
 from relay.ledger import StorageError
 
 bp = Blueprint("health", __name__)
+PROBE_EVERY = 10.0
+
+
+class _BrokerProbe:
+    """The last TCP probe of the broker, refreshed by at most one request at a time."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.at = None
+        self.ok = False
+
+    def reachable(self, url, now=None):
+        now = time.monotonic() if now is None else now
+        if (self.at is None or now - self.at >= PROBE_EVERY) and self.lock.acquire(blocking=False):
+            try:
+                self.ok = _broker_reachable(url)
+                self.at = time.monotonic()
+            finally:
+                self.lock.release()
+        return self.ok
 
 
 def _broker_reachable(url, timeout=1.0):
@@ -19,22 +47,36 @@ def _broker_reachable(url, timeout=1.0):
         return False
 
 
+def authorized(app):
+    """True when the request carries the metrics token (constant-time compare); never without one set."""
+    token = app.config.get("ARCADE_METRICS_TOKEN")
+    given = request.headers.get("Authorization", "")
+    if not token or not given.startswith("Bearer "):
+        return False
+    return hmac.compare_digest(given[len("Bearer "):].strip().encode(), str(token).encode())
+
+
 @bp.get("/healthz")
 def healthz():
-    out = {"db": "down", "broker": "down", "ledger": None}
+    app = current_app
+    out = {"db": "down", "broker": "down"}
     try:
         ledger = get_ledger()
         ledger.ping()
         out.update(db="ok", ledger=ledger.ledger_id[:8], pending=ledger.count_pending())
     except StorageError as e:
-        out["db_error"] = str(e)
-    dispatcher = current_app.extensions["arcade"].get("dispatcher")
+        app.logger.warning("healthz: database: %s", e)
+    dispatcher = app.extensions["arcade"].get("dispatcher")
     if dispatcher is not None:
         out["dispatcher"] = "running"
         out["broker"] = "ok" if dispatcher.connected else "down"
     else:
-        # The dispatcher runs in another relay process (or none yet): check the broker answers.
         out["dispatcher"] = "elsewhere"
-        out["broker"] = "ok" if _broker_reachable(current_app.config["MQTT_URL"]) else "down"
+        probe = app.extensions["arcade"].setdefault("broker_probe", _BrokerProbe())
+        out["broker"] = "ok" if probe.reachable(app.config["MQTT_URL"]) else "down"
     ok = out["db"] == "ok" and out["broker"] == "ok"
-    return jsonify(out), 200 if ok else 503
+    out["status"] = "ok" if ok else "not ok"
+    body = out if authorized(app) else {"status": out["status"]}
+    resp = jsonify(body)
+    resp.headers["Cache-Control"] = "no-store"
+    return resp, 200 if ok else 503

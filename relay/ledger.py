@@ -137,6 +137,15 @@ MIGRATIONS = [
         "subject TEXT NOT NULL DEFAULT '', message TEXT NOT NULL, opened_at REAL NOT NULL, closed_at REAL)",
         "CREATE INDEX alert_incidents_open ON alert_incidents (key) WHERE closed_at IS NULL",
     ]),
+    # issue 10: pay-page attempts reserved before Stripe is called (rate limits that cannot race,
+    # failures counted, an open session offered again to the same client for the same bundle).
+    ("issue10_checkout_attempts", [
+        "CREATE TABLE checkout_attempts (id INTEGER PRIMARY KEY, cabinet_id TEXT NOT NULL, client_key TEXT NOT NULL, "
+        "option_key TEXT NOT NULL, credits INTEGER NOT NULL, amount INTEGER NOT NULL, state TEXT NOT NULL, "
+        "session_id TEXT, url TEXT, reuse_until REAL, created_at REAL NOT NULL)",
+        "CREATE INDEX checkout_attempts_rate ON checkout_attempts (cabinet_id, created_at)",
+        "CREATE INDEX checkout_attempts_client ON checkout_attempts (cabinet_id, client_key, created_at)",
+    ]),
 ]
 
 
@@ -199,6 +208,32 @@ def ledger_exists(db):
     return backends.is_postgres(db) or os.path.exists(str(db))
 
 
+def _create_private(path):
+    """Create a missing database file 0600 (it holds the cabinets' secrets): SQLite gives its -wal
+    and -shm files the database file's mode."""
+    if path == ":memory:" or path.startswith("file:") or os.path.exists(path):
+        return
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    except OSError:
+        pass    # a bad path: sqlite3.connect says why, as before
+
+
+def exposed_files(path):
+    """[(file, mode)] of the database and its side files that its group or others can read or write."""
+    out = []
+    for name in (path, path + "-wal", path + "-shm", path + "-journal"):
+        try:
+            mode = os.stat(name).st_mode & 0o777
+        except OSError:
+            continue
+        if mode & 0o077:
+            out.append((name, mode))
+    return out
+
+
 def open_ledger(path, busy_timeout_ms=5000):
     """Open (creating and migrating if needed) the ledger at `path`: a SQLite file or a postgresql:// URL."""
     return Ledger(path, busy_timeout_ms)
@@ -207,6 +242,8 @@ def open_ledger(path, busy_timeout_ms=5000):
 class Ledger:
     def __init__(self, path, busy_timeout_ms=5000):
         self.path = str(path)
+        if not backends.is_postgres(self.path):
+            _create_private(self.path)
         # Autocommit mode: transactions are explicit (BEGIN + the write lock ... COMMIT) in _write().
         self._db, self.dialect = backends.open_backend(self.path, busy_timeout_ms)
         self.created_now = False
@@ -729,6 +766,47 @@ class Ledger:
         return self._rows("SELECT COUNT(*) AS n FROM checkouts WHERE cabinet_id = ? AND client_key = ? "
                           "AND created_at >= ?", (cabinet_id, client_key, since))[0]["n"]
 
+    def reserve_checkout(self, cabinet_id, client_key, option_key, credits, amount, now, rate, cabinet_rate,
+                         ceiling):
+        """Reserve one pay-page attempt, atomically (under the write lock, before Stripe is called).
+
+        Returns ("reuse", url) when this client has an open session for the same bundle that no
+        payment has used; ("new", attempt_id); ("client_limit", None) when the client spent its
+        `rate` = (count, window); ("cabinet_limit", None) when the cabinet spent its `cabinet_rate`
+        and this client has already tried in the window (a first attempt still passes, up to
+        `ceiling`), so one client cannot lock the others out."""
+        with self._write() as cur:
+            cur.execute("SELECT url FROM checkout_attempts a WHERE cabinet_id = ? AND client_key = ? AND "
+                        "option_key = ? AND credits = ? AND amount = ? AND state = 'open' AND reuse_until > ? AND "
+                        "NOT EXISTS (SELECT 1 FROM payments p WHERE p.session_id = a.session_id) "
+                        "ORDER BY id DESC LIMIT 1", (cabinet_id, client_key, option_key, credits, amount, now))
+            row = cur.fetchone()
+            if row is not None:
+                return "reuse", row[0]
+            count, window = rate
+            cur.execute("SELECT COUNT(*) FROM checkout_attempts WHERE cabinet_id = ? AND client_key = ? AND "
+                        "created_at >= ?", (cabinet_id, client_key, now - window))
+            mine = cur.fetchone()[0]
+            if mine >= count:
+                return "client_limit", None
+            count, window = cabinet_rate
+            cur.execute("SELECT COUNT(*) FROM checkout_attempts WHERE cabinet_id = ? AND created_at >= ?",
+                        (cabinet_id, now - window))
+            total = cur.fetchone()[0]
+            if total >= ceiling or (total >= count and mine > 0):
+                return "cabinet_limit", None
+            cur.execute("INSERT INTO checkout_attempts (cabinet_id, client_key, option_key, credits, amount, state, "
+                        "created_at) VALUES (?, ?, ?, ?, ?, 'reserved', ?) RETURNING id",
+                        (cabinet_id, client_key, option_key, credits, amount, now))
+            return "new", cur.fetchone()[0]
+
+    def finish_checkout_attempt(self, attempt_id, session_id, url, reuse_until=None):
+        """The attempt's outcome: open (a session to offer again) or failed (still counted)."""
+        with self._write() as cur:
+            cur.execute("UPDATE checkout_attempts SET state = ?, session_id = ?, url = ?, reuse_until = ? "
+                        "WHERE id = ?", ("open" if url else "failed", session_id, url,
+                                         reuse_until if url else None, attempt_id))
+
     def add_promotion(self, cabinet_id, kind, value, days, start_min, end_min, label=""):
         """Store a rule (validated by relay/promotions.py first); returns its id."""
         if cabinet_id is not None and self.get_cabinet(cabinet_id) is None:
@@ -845,6 +923,15 @@ class Ledger:
                         raise LedgerError("coins per credit %d: the bundle of %d credits would need %d coin pulses; "
                                           "at most 255 fit in one credit message"
                                           % (coins_per_credit, credits, credits * coins_per_credit))
+                # sessions the pay page created and not yet paid are owed their recorded credits
+                cur.execute("SELECT MAX(k.credits) FROM checkouts k WHERE k.cabinet_id = ? AND k.created_at >= ? "
+                            "AND NOT EXISTS (SELECT 1 FROM payments p WHERE p.session_id = k.session_id)",
+                            (id, now - 25 * 3600))
+                owed = cur.fetchone()[0] or 0
+                if owed * coins_per_credit > 255:
+                    raise LedgerError("coins per credit %d: a Checkout Session still open for %d credits would need "
+                                      "%d coin pulses; at most 255 fit in one credit message (wait until it is paid "
+                                      "or expires, at most 24 h)" % (coins_per_credit, owed, owed * coins_per_credit))
                 coins = coins_per_credit
                 cur.execute("UPDATE cabinets SET coins_per_credit = ? WHERE id = ?", (coins, id))
             cur.execute("SELECT ver FROM cabinet_config WHERE cabinet_id = ?", (id,))

@@ -7,6 +7,8 @@ import logging
 import secrets
 
 from flask import Blueprint, abort, current_app, jsonify, make_response, redirect, render_template, request
+from flask_wtf.csrf import generate_csrf, validate_csrf
+from wtforms.validators import ValidationError
 
 from relay import checkout, promotions
 from relay.db import get_ledger
@@ -31,7 +33,23 @@ REASONS = {
 def bound_request():
     if len(request.query_string) > MAX_QUERY:
         abort(414)
-    request.max_content_length = MAX_FORM
+    request.max_content_length = MAX_FORM   # refused from Content-Length, before anything is read
+    request.max_form_memory_size = MAX_FORM
+
+
+def _csrf_key(cabinet_id):
+    # Flask-WTF keeps one raw token per key in the session cookie: a token is good only for the pay
+    # page of the cabinet that issued it (and only with that browser's cookie, for an hour).
+    return "csrf_pay_" + cabinet_id
+
+
+def _csrf_ok(cabinet_id, token):
+    try:
+        validate_csrf(token, token_key=_csrf_key(cabinet_id))
+        return True
+    except ValidationError as e:   # missing, expired, signed for another page or another browser
+        log.info("pay form for %s refused: %s", cabinet_id, e)
+        return False
 
 
 @bp.after_request
@@ -86,8 +104,9 @@ def _render_pay(ledger, cabinet, status=200, notice=None):
         link for link in ledger.list_payment_links(cabinet["id"]) if link["url"]]
     body = render_template(
         "pay.html", arcade=cfg["ARCADE_NAME"], cabinet=cabinet, offers=offers, promos=promos,
-        ready=ready, reason=REASONS.get(reason), nonce=secrets.token_urlsafe(16), notice=notice,
-        can_sell=ready and (bool(cfg.get("STRIPE_API_KEY")) or bool(links)), links=links,
+        ready=ready, reason=REASONS.get(reason), nonce=secrets.token_urlsafe(16), notice=notice, links=links,
+        csrf_token=generate_csrf(token_key=_csrf_key(cabinet["id"])),
+        can_sell=ready and (bool(cfg.get("STRIPE_API_KEY") and cfg.get("ARCADE_PUBLIC_URL")) or bool(links)),
         money=checkout.money, single=offers[0] if offers else None)
     return make_response(body, status)
 
@@ -114,15 +133,17 @@ def pay(cabinet_id):
     offer = offers.get(key)
     if offer is None or not (8 <= len(nonce) <= 64):
         return _render_pay(ledger, cabinet, 400, notice="Please choose one of the options below.")
+    if not _csrf_ok(cabinet["id"], form.get("csrf_token", "")):
+        return _render_pay(ledger, cabinet, 400, notice="This page was open too long or came from elsewhere. "
+                                                       "Please choose again - nothing has been charged.")
     if form.get("amount") != str(offer.amount) or form.get("credits") != str(offer.credits):
         # The page was shown under other prices (a promotion started or ended): charge nothing unseen.
         return _render_pay(ledger, cabinet, 409, notice="Prices have just changed. Please check them and choose "
                                                        "again - nothing has been charged.")
     cfg = current_app.config
     who = checkout.client_key(cfg["STRIPE_WEBHOOK_SECRET"], request.remote_addr)
-    base = cfg.get("ARCADE_PUBLIC_URL") or request.host_url.rstrip("/")
     try:
-        url = checkout.create_session(cfg, ledger, checkout.stripe_client(cfg), cabinet, offer, who, nonce, base)
+        url = checkout.create_session(cfg, ledger, checkout.stripe_client(cfg), cabinet, offer, who, nonce)
     except checkout.CheckoutError as e:
         log.warning("checkout for cabinet %s not started: %s", cabinet["id"], e)
         resp = _message(e.status, "We couldn't start the payment", str(e), retry=cabinet["id"])

@@ -138,8 +138,14 @@ def test_double_submit_gives_the_same_session_and_one_record(client, fake, ledge
     assert len(fake.sessions) == 1 and count(ledger, "checkouts") == 1
     keys = {r.idempotency_key for r in fake.api_requests("POST")}
     assert len(keys) == 1
-    c = buy(client, "cab1", "1")        # a fresh page (new nonce) is a new purchase
-    assert c.headers["Location"] != a.headers["Location"] and len(fake.sessions) == 2
+    c = buy(client, "cab1", "1")        # a fresh page for the same bundle: the open session again
+    assert c.headers["Location"] == a.headers["Location"] and len(fake.sessions) == 1
+    d = buy(client, "cab1", "3")        # another bundle is another purchase
+    assert d.headers["Location"] != a.headers["Location"] and len(fake.sessions) == 2
+    fake.pay(next(iter(fake.sessions)))
+    webhook(client, fake.events[-1])
+    e = buy(client, "cab1", "1")        # once paid, the same bundle is a new purchase
+    assert e.headers["Location"] != a.headers["Location"] and len(fake.sessions) == 3
 
 
 @pytest.mark.parametrize("change, status", [
@@ -196,9 +202,18 @@ def test_webhook_flags_a_payment_that_differs_from_what_was_recorded(client, fak
     assert (p["state"], p["reason"], p["credits"]) == ("invalid", "amount_mismatch", 0)
 
 
+def buy_and_pay(client, fake, cab, key, environ=None):
+    """Buy, and pay what was bought: the next purchase is a new session (an open one is reused)."""
+    r = buy(client, cab, key, environ)
+    if r.status_code == 303:
+        fake.pay(r.headers["Location"].rsplit("/", 1)[1])
+        assert webhook(client, fake.events[-1]).status_code == 200
+    return r
+
+
 def test_rate_limit_per_client_and_cabinet(client, fake, ledger):
     for _ in range(5):
-        assert buy(client, "cab2", "1").status_code == 303
+        assert buy_and_pay(client, fake, "cab2", "1").status_code == 303
     r = buy(client, "cab2", "1")
     assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
     assert "Too many payment attempts" in r.get_data(as_text=True)
@@ -219,8 +234,12 @@ def test_rate_limit_behind_a_reverse_proxy_keys_on_the_forwarded_client(tmp_path
 
     def buy_from(phone):
         page = client.get("/pay/cab2", headers={"X-Forwarded-For": phone})
-        return client.post("/pay/cab2", data=form_for(page, "1"), headers={"X-Forwarded-For": phone},
-                           environ_base={"REMOTE_ADDR": "127.0.0.1"})
+        r = client.post("/pay/cab2", data=form_for(page, "1"), headers={"X-Forwarded-For": phone},
+                        environ_base={"REMOTE_ADDR": "127.0.0.1"})
+        if r.status_code == 303:
+            fake.pay(r.headers["Location"].rsplit("/", 1)[1])
+            assert webhook(client, fake.events[-1]).status_code == 200
+        return r
     for _ in range(5):
         assert buy_from("203.0.113.7").status_code == 303
     assert buy_from("203.0.113.7").status_code == 429
