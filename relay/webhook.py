@@ -12,6 +12,7 @@ import stripe
 from flask import Blueprint, current_app, jsonify, request
 
 from relay import checkout, pricing
+from relay.config import key_mode
 from relay.db import get_ledger
 from relay.ledger import valid_cabinet_id
 
@@ -20,6 +21,8 @@ bp = Blueprint("webhook", __name__)
 
 FULFIL = ("checkout.session.completed", "checkout.session.async_payment_succeeded")
 NO_CREDIT = {"checkout.session.async_payment_failed": "failed", "checkout.session.expired": "expired"}
+MAX_PULSES = 255        # what one credit message carries and the firmware accepts
+MAX_AMOUNT = 10 ** 12   # minor units; anything larger is no real Checkout amount (and overflows SQLite at 2^63)
 
 
 def _refuse(status, why):
@@ -46,9 +49,9 @@ def assess(ledger, event_type, session):
         ref = ledger.payment_link_cabinet(session["payment_link"])
     out = {"cabinet_id": ref[:64] if ref else None, "amount": session.get("amount_total"),
            "currency": session.get("currency"), "credits": 0, "pulses": 0, "reason": ""}
-    if not isinstance(out["amount"], int) or isinstance(out["amount"], bool):
+    if not isinstance(out["amount"], int) or isinstance(out["amount"], bool) or not 0 <= out["amount"] <= MAX_AMOUNT:
         out["amount"] = None
-    if not isinstance(out["currency"], str):
+    if not isinstance(out["currency"], str) or len(out["currency"]) > 8:
         out["currency"] = None
     if event_type in NO_CREDIT:
         return dict(out, outcome=NO_CREDIT[event_type])
@@ -69,19 +72,38 @@ def assess(ledger, event_type, session):
     credits, reason = expected or pricing.credits_for(cabinet, out["amount"], out["currency"])
     if reason:
         return dict(out, outcome="invalid", reason=reason)
-    return dict(out, outcome="credit", credits=credits, pulses=credits * cabinet["coins_per_credit"])
+    if out["amount"] is None or out["currency"] is None:
+        return dict(out, outcome="invalid", reason="no_amount")
+    pulses = credits * cabinet["coins_per_credit"]
+    if not 0 < pulses <= MAX_PULSES:
+        # e.g. a bonus recorded at checkout and a later coins-per-credit change: the firmware would
+        # refuse the message; the operator sees it in `arcade payments` and refunds or credits by hand.
+        return dict(out, outcome="invalid", reason="too_many_pulses")
+    return dict(out, outcome="credit", credits=credits, pulses=pulses)
 
 
-def fulfil(ledger, event_id, event_type, session):
+def fulfil(ledger, event_id, event_type, session, refuse=None):
     """Validate a Checkout Session and record it, in one transaction: the one fulfilment path, used
     by the webhook and by reconciliation (relay/reconcile.py). Returns (result, verdict): result
-    from Ledger.record_checkout ("queued", "invalid", "duplicate_session", ...)."""
+    from Ledger.record_checkout ("queued", "invalid", "duplicate_session", ...). `refuse`: a reason
+    found before (e.g. livemode_mismatch) that makes the payment invalid whatever it says."""
     verdict = assess(ledger, event_type, session)
+    if refuse and verdict["outcome"] in ("credit", "pending"):
+        verdict = dict(verdict, outcome="invalid", credits=0, pulses=0, reason=refuse)
     result = ledger.record_checkout(event_id, event_type, session["id"], verdict["outcome"],
                                     cabinet_id=verdict["cabinet_id"], amount=verdict["amount"],
                                     currency=verdict["currency"], credits=verdict["credits"],
                                     pulses=verdict["pulses"], reason=verdict["reason"])
     return result, verdict
+
+
+def _mode_mismatch(event):
+    """"livemode_mismatch" when the event's livemode differs from STRIPE_API_KEY's mode: a test-mode
+    signing secret on a live relay must not credit test cards. No key, no check (stated in docs)."""
+    mode = key_mode(current_app.config.get("STRIPE_API_KEY"))
+    if mode is None:
+        return None
+    return None if event.get("livemode") is (mode == "live") else "livemode_mismatch"
 
 
 @bp.post("/stripe/webhook")
@@ -94,9 +116,12 @@ def stripe_webhook():
         stripe.Webhook.construct_event(payload, header, current_app.config["STRIPE_WEBHOOK_SECRET"])
     except stripe.SignatureVerificationError as e:
         return _refuse(400, "signature: %s" % (getattr(e, "user_message", None) or "does not verify"))
-    except ValueError:
+    except (ValueError, RecursionError):
         return _refuse(400, "body is not a JSON Stripe event")
-    event = json.loads(payload)
+    try:
+        event = json.loads(payload)
+    except (ValueError, RecursionError):   # verified bytes that Python's json refuses (e.g. nesting)
+        return _refuse(400, "body is not a JSON Stripe event")
     event_type = event.get("type") if isinstance(event, dict) else None
     # Other verified events go to the handler create_app registered for their type (issue 13:
     # refunds and disputes, relay/refunds.py); this module knows none of them.
@@ -112,8 +137,10 @@ def stripe_webhook():
             and "\n" not in session_id and len(session_id) <= 255):
         return _refuse(400, "%s without an event id or a checkout session id" % event_type)
 
+    if len(event_id) > 255 or "\n" in event_id:
+        return _refuse(400, "%s with an unusable event id" % event_type)
     ledger = get_ledger()  # a storage failure from here on answers 503 (see create_app)
-    result, verdict = fulfil(ledger, event_id, event_type, session)
+    result, verdict = fulfil(ledger, event_id, event_type, session, refuse=_mode_mismatch(event))
     if result == "queued":
         current_app.extensions["arcade"]["wake"].set()
     log.info("webhook %s %s session %s cabinet %s: %s%s", event_id, event_type, session_id,

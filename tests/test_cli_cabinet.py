@@ -22,9 +22,13 @@ def run(capsys, *argv):
     return code, out, err
 
 
-def test_add_prints_the_secret_once_and_stores_the_prices(db, capsys):
+def test_add_prints_the_secret_only_when_asked_and_stores_the_prices(db, capsys):
+    code, out, err = run(capsys, "cabinet", "add", "quiet-1", "--price", "1.00")
+    with open_ledger(db) as ledger:
+        quiet = ledger.get_cabinet("quiet-1")["secret"]
+    assert code == 0 and quiet not in out + err and "arcade provision quiet-1" in out
     code, out, err = run(capsys, "cabinet", "add", "galaga-1", "--price", "1.00", "--bundle", "3:2.50",
-                         "--bundle", "5:4", "--coins-per-credit", "2", "--name", "Galaga")
+                         "--bundle", "5:4", "--coins-per-credit", "2", "--name", "Galaga", "--show-secret")
     assert code == 0, err
     secret = [line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("secret: ")]
     with open_ledger(db) as ledger:

@@ -30,9 +30,10 @@ def test_refuses_to_start_without_the_webhook_secret(tmp_path):
     assert b"STRIPE_WEBHOOK_SECRET is not set" in r.stderr and b"Traceback" not in r.stderr
 
 
-def health(url):
+def health(relay):
+    req = urllib.request.Request(relay.url + "/healthz", headers={"Authorization": "Bearer " + relay.metrics_token})
     try:
-        with urllib.request.urlopen(url + "/healthz", timeout=5) as r:
+        with urllib.request.urlopen(req, timeout=5) as r:
             return r.status, json.load(r)
     except urllib.error.HTTPError as e:
         with e:
@@ -65,8 +66,8 @@ def test_serves_prints_where_and_stops_cleanly_on_sigterm(relays):
                           "start-up line")[0]
     assert "http://127.0.0.1:%d" % relay.port in line
     assert "mqtt://relay:***@127.0.0.1" in line and "hunter2pw" not in line
-    stack.wait_until(lambda: health(relay.url)[1]["broker"] == "ok", 20, what="broker ok")
-    status, body = health(relay.url)
+    stack.wait_until(lambda: health(relay)[1]["broker"] == "ok", 20, what="broker ok")
+    status, body = health(relay)
     assert status == 200 and body["db"] == "ok" and body["dispatcher"] == "running"
     relay.proc.send_signal(signal.SIGTERM)
     assert relay.proc.wait(15) == 0
@@ -78,12 +79,12 @@ def test_serves_prints_where_and_stops_cleanly_on_sigterm(relays):
 @pytest.mark.parametrize("relays", ["sqlite", "postgresql"], indirect=True)
 def test_second_relay_on_one_database_serves_webhooks_without_a_second_dispatcher(relays):
     first = relays["start"]("first")
-    stack.wait_until(lambda: health(first.url)[1]["broker"] == "ok", 20, what="first on the broker")
+    stack.wait_until(lambda: health(first)[1]["broker"] == "ok", 20, what="first on the broker")
     second = relays["start"]("second")
     line = second.wait_for(lambda ls: [x["text"] for x in ls if "listening on" in x.get("text", "")], 20,
                            "start-up line")[0]
     assert "dispatcher in another relay process" in line
-    assert health(second.url)[1]["dispatcher"] == "elsewhere"
+    assert health(second)[1]["dispatcher"] == "elsewhere"
     # A payment taken by the second is published by the first's dispatcher (its fallback re-scan).
     session, _, statuses = trigger.send(second.webhook_url, SECRET, "cab1", 100)
     assert statuses[0][0] == 200
@@ -107,7 +108,7 @@ def test_an_unreachable_postgresql_stops_the_relay_with_a_clear_message(tmp_path
 
 def test_killed_after_commit_delivers_on_restart(relays):
     relay = relays["start"]("one")
-    stack.wait_until(lambda: health(relay.url)[1]["broker"] == "ok", 20, what="broker ok")
+    stack.wait_until(lambda: health(relay)[1]["broker"] == "ok", 20, what="broker ok")
     relay.kill()                                   # SIGKILL: no clean shutdown, lock dropped by the kernel
     with open_ledger(relays["db"]) as ledger:      # a payment committed that no dispatcher published
         ledger.record_checkout("evt_k", "checkout.session.completed", "cs_test_k", "credit", cabinet_id="cab1",

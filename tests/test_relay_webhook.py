@@ -261,11 +261,17 @@ def test_refuses_to_start_without_webhook_secret(tmp_path, value):
     assert not (tmp_path / "a.db").exists()
 
 
-def test_healthz_reports_database_and_broker(client, broker, app):
-    r = client.get("/healthz")
+def test_healthz_reports_database_and_broker_to_the_token_only(client, broker, app):
+    app.config["ARCADE_METRICS_TOKEN"] = "t0ken-for-metrics"
+    auth = {"Authorization": "Bearer t0ken-for-metrics"}
+    r = client.get("/healthz", headers=auth)
     assert r.status_code == 503 and r.json["db"] == "ok" and r.json["broker"] == "down"
     app.config["MQTT_URL"] = broker.url
-    r = client.get("/healthz")
+    app.extensions["arcade"].pop("broker_probe")   # the probe is cached (PROBE_EVERY): start afresh
+    r = client.get("/healthz", headers=auth)
     assert r.status_code == 200
     assert r.json["broker"] == "ok" and r.json["ledger"] == app.config["ARCADE_LEDGER_ID"][:8]
     assert r.json["pending"] == 0
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "t0ken-for-metrics"}):
+        r = client.get("/healthz", headers=headers)
+        assert r.status_code == 200 and r.json == {"status": "ok"}

@@ -61,8 +61,10 @@ class Sim:
         env.pop("ARCADE_DB", None)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tools.cli", "simulate", "cab1", "--state", str(state),
-             "--secret", SECRET, "--keepalive", "5", *extra],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=self.log, text=True)
+             "--secret-file", "-", "--keepalive", "5", *extra],
+            cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True)
+        self.proc.stdin.write(SECRET + "\n")   # the secret never appears in argv (ps)
+        self.proc.stdin.close()
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 
@@ -198,9 +200,14 @@ def test_unknown_board_and_missing_secret_are_clear_errors(tmp_path):
     run = lambda *a: subprocess.run([sys.executable, "-m", "tools.cli", "simulate", *a], cwd=ROOT, env=env,
                                     capture_output=True, text=True, timeout=WAIT)
     r = run("cab1", "--state", str(tmp_path / "s"))
-    assert r.returncode == 2 and "--secret" in r.stderr and "ARCADE_DB" in r.stderr and r.stdout == ""
-    r = run("cab1", "--state", str(tmp_path / "s"), "--secret", SECRET, "--board", "nope")
+    assert r.returncode == 2 and "--secret-file" in r.stderr and "ARCADE_DB" in r.stderr and r.stdout == ""
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET + "\n")
+    r = run("cab1", "--state", str(tmp_path / "s"), "--secret-file", str(secret_file), "--board", "nope")
     assert r.returncode == 2 and "esp32-devkitc" in r.stderr
+    secret_file.write_text("not-hex-" + SECRET[8:])
+    r = run("cab1", "--state", str(tmp_path / "s"), "--secret-file", str(secret_file))
+    assert r.returncode == 2 and "64 hex digits" in r.stderr and SECRET[8:] not in r.stderr
     r = run("cab/1", "--state", str(tmp_path / "s"), "--secret", SECRET)
     assert r.returncode == 2 and "'cabinet'" in r.stderr and SECRET not in r.stderr + r.stdout
 

@@ -258,8 +258,9 @@ def test_simulated_cabinet_refuses_an_unverified_broker(pki, tls_broker, tmp_pat
 ], ids=["mqtts-without-ca", "ca-without-mqtts", "not-a-cert", "missing-file"])
 def test_simulate_tls_arguments(pki, tmp_path, url, ca, message):
     files = {"ca": pki["ca"], "key": pki["key"], "missing": tmp_path / "nope.pem"}
+    (tmp_path / "secret").write_text(SECRET)
     argv = [sys.executable, "-m", "tools.cli", "simulate", "cab1", "--state", str(tmp_path / "flash"),
-            "--secret", SECRET]
+            "--secret-file", str(tmp_path / "secret")]
     if ca:
         argv += ["--ca", str(files[ca])]
     r = subprocess.run(argv, cwd=ROOT, env={"PATH": "/usr/bin:/bin", "MQTT_URL": url},

@@ -69,8 +69,11 @@ def cmd_add(args):
         print("created the database %s (ledger %s)" % (redact(args.db), ledger_id[:8]))
     print("cabinet %s (%s) added: %s; %d coin(s) per credit" % (cab["id"], cab["name"], _prices(cab),
                                                                  cab["coins_per_credit"]))
-    print("its secret is shown only this once; it goes into the cabinet's config.json:")
-    print("secret: %s" % secret)
+    if args.show_secret:
+        print("its secret (for a board you set up by hand; `arcade provision` reads it from the database):")
+        print("secret: %s" % secret)
+    else:
+        print("its secret is in the database, for `arcade provision %s` (--show-secret prints it)" % cab["id"])
     return 0
 
 
@@ -302,7 +305,9 @@ def main(argv=None):
     p.add_argument("--db", default=None, help="ledger database (default: ARCADE_DB or ./arcade.db)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    add = sub.add_parser("add", help="register a cabinet and print its secret once")
+    add = sub.add_parser("add", help="register a cabinet (its secret stays in the database)")
+    add.add_argument("--show-secret", action="store_true",
+                     help="print the new secret (it is a credential: terminals and logs keep it)")
     add.add_argument("id", metavar="ID", help="cabinet id: 1-32 letters, digits, - or _")
     add.add_argument("--price", required=True, help="price of one credit, e.g. 1.00")
     add.add_argument("--currency", default="usd", help="ISO currency (default %(default)s)")

@@ -6,16 +6,17 @@ it cleanly: the web server stops taking requests, the dispatcher disconnects fro
 """
 import argparse
 import logging
+import os
 import signal
 import sys
 
 import waitress
 
-from relay import alerts, create_app, logs, reconcile
+from relay import MAX_BODY, alerts, create_app, logs, reconcile
 from relay.config import ConfigError, db_path, mask_url
 from relay.dispatcher import start_for_app
 from relay.backends import is_postgres, redact
-from relay.ledger import StorageError
+from relay.ledger import StorageError, exposed_files
 
 
 def _stop(signum, frame):
@@ -40,6 +41,7 @@ def main(argv=None):
     except ValueError as e:
         print("arcade relay: %s" % e, file=sys.stderr)
         return 2
+    os.umask(0o077)   # the database, its -wal/-shm and anything else this process writes: owner only
     try:
         app = create_app()
     except ConfigError as e:
@@ -56,9 +58,19 @@ def main(argv=None):
     except ConfigError as e:
         print("arcade relay: %s" % e, file=sys.stderr)
         return 2
+    for name, mode in exposed_files(app.config["ARCADE_DB"]):
+        print("arcade relay: WARNING: %s is readable by others (mode %03o) and holds the cabinets' secrets: "
+              "run `chmod 600 %s`" % (name, mode, name), file=sys.stderr)
+    if not app.config.get("ARCADE_PUBLIC_URL"):
+        print("arcade relay: ARCADE_PUBLIC_URL is not set: the pay pages sell nothing (Stripe's return addresses "
+              "are never taken from a request's Host header). Set it to the address phones reach the relay at, "
+              "e.g. https://pay.example.com", file=sys.stderr)
     try:
+        # waitress refuses a larger body from its Content-Length (or as chunks arrive) with 413,
+        # before the application sees it or it is buffered whole.
         server = waitress.create_server(app, host=args.host, port=args.port, threads=args.threads,
-                                        ident="arcade-relay")
+                                        ident="arcade-relay", max_request_body_size=MAX_BODY,
+                                        max_request_header_size=64 * 1024)
     except OSError as e:
         print("arcade relay: cannot listen on %s:%d: %s (is another relay running? try --port)"
               % (args.host, args.port, e), file=sys.stderr)

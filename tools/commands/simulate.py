@@ -57,7 +57,7 @@ def secret_from_db(cab_id, db, what="secret"):
     try:
         from relay.ledger import open_ledger
     except ImportError as e:
-        raise LookupError("cannot read the relay database (%s); pass --secret instead" % e)
+        raise LookupError("cannot read the relay database (%s); pass --secret-file instead" % e)
     ledger = open_ledger(db)
     try:
         cab = ledger.get_cabinet(cab_id)
@@ -69,7 +69,7 @@ def secret_from_db(cab_id, db, what="secret"):
             close()
     if cab is None:
         raise LookupError("cabinet %r is not in the relay database %s: add it with "
-                          "`arcade cabinet add %s --price ...` or pass --secret" % (cab_id, db, cab_id))
+                          "`arcade cabinet add %s --price ...` or pass --secret-file" % (cab_id, db, cab_id))
     return cab["secret"]
 
 
@@ -77,6 +77,20 @@ def with_login(url, user, password):
     """`url` with its user and password replaced."""
     scheme, _, rest = url.partition("://")
     return "%s://%s:%s@%s" % (scheme, user, password, rest.rpartition("@")[2])
+
+
+def read_secret(name):
+    """The secret from a file or stdin ('-'): 64 hex digits on the first line; raises ValueError/OSError."""
+    if name == "-":
+        text = sys.stdin.readline(256)
+    else:
+        with open(name) as f:
+            text = f.readline(256)
+    secret = text.strip()
+    if len(secret) != 64 or any(c not in "0123456789abcdefABCDEF" for c in secret):
+        raise ValueError("the secret in %s is not 64 hex digits (as stored by `arcade cabinet add`)"
+                         % ("stdin" if name == "-" else name))
+    return secret.lower()
 
 
 def parse_args(argv):
@@ -88,8 +102,10 @@ def parse_args(argv):
     p.add_argument("cabinet", metavar="ID", help="cabinet id (as registered in the relay)")
     p.add_argument("--state", required=True, metavar="DIR",
                    help="the simulated flash: config.json, board.json and state.json live here")
-    p.add_argument("--secret", metavar="HEX",
-                   help="the cabinet's secret (default: read from the relay database in ARCADE_DB)")
+    p.add_argument("--secret-file", metavar="FILE",
+                   help="read the cabinet's secret from FILE, or from stdin with '-' "
+                        "(default: from the relay database in ARCADE_DB)")
+    p.add_argument("--secret", metavar="HEX", help=argparse.SUPPRESS)   # old spelling: visible in ps, warned
     p.add_argument("--broker", metavar="URL",
                    help="connect with exactly this mqtt[s]://user:pass@host:port (default: the host in "
                         "MQTT_URL with the cabinet's own login from ARCADE_DB, as provisioned on a board)")
@@ -148,10 +164,18 @@ def main(argv=None):
         if own:
             url = with_login(url, args.cabinet, own)
     secret = args.secret
+    if secret:
+        print("arcade simulate: warning: --secret puts the secret in the process list (ps): use --secret-file FILE "
+              "or --secret-file - (stdin)", file=sys.stderr)
+    elif args.secret_file:
+        try:
+            secret = read_secret(args.secret_file)
+        except (OSError, ValueError) as e:
+            return fail(str(e))
     if not secret:
         db = os.environ.get("ARCADE_DB")
         if not db:
-            return fail("no secret: pass --secret HEX or set ARCADE_DB to the relay database")
+            return fail("no secret: pass --secret-file FILE (or - for stdin) or set ARCADE_DB to the relay database")
         try:
             secret = secret_from_db(args.cabinet, db)
         except LookupError as e:

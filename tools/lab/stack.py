@@ -6,6 +6,7 @@ also print JSON lines (pulses, acks) that are collected here and can be waited o
 """
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -104,8 +105,11 @@ class Relay(Proc):
 
     def __init__(self, workdir, db, mqtt_url, webhook_secret, port=None, extra_env=None):
         self.port = port or free_port()
+        # a token for /healthz's details (the public sees only ok / not ok) and a public address on loopback
+        self.metrics_token = (extra_env or {}).get("ARCADE_METRICS_TOKEN") or secrets.token_hex(16)
         env = _env({"ARCADE_DB": db, "MQTT_URL": mqtt_url, "STRIPE_WEBHOOK_SECRET": webhook_secret,
-                    **(extra_env or {})})
+                    "ARCADE_PUBLIC_URL": "http://127.0.0.1:%d" % self.port, **(extra_env or {}),
+                    "ARCADE_METRICS_TOKEN": self.metrics_token})
         argv = [sys.executable, "-m", "tools.cli", "relay", "--host", "127.0.0.1", "--port", str(self.port)]
         super().__init__(argv, env, Path(workdir) / "relay.log", "relay")
 
@@ -125,7 +129,9 @@ class Relay(Proc):
 
     def health(self):
         try:
-            with urllib.request.urlopen(self.url + "/healthz", timeout=5) as r:
+            req = urllib.request.Request(self.url + "/healthz",
+                                         headers={"Authorization": "Bearer " + self.metrics_token})
+            with urllib.request.urlopen(req, timeout=5) as r:
                 return json.load(r)
         except urllib.error.HTTPError as e:
             return json.load(e)
@@ -161,7 +167,12 @@ class Cabinet(Proc):
         self.state_dir = Path(state_dir or Path(workdir) / ("flash-" + cabinet_id))
         argv = [sys.executable, "-m", "tools.cli", "simulate", cabinet_id, "--state", str(self.state_dir)]
         if secret is not None:      # None: `simulate` reads it (and the cabinet's login) from ARCADE_DB
-            argv += ["--secret", secret]
+            # through a 0600 file, never argv (ps shows argv to every user)
+            secret_file = Path(workdir) / ("secret-" + cabinet_id)
+            fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secret + "\n")
+            argv += ["--secret-file", str(secret_file)]
         if keepalive:
             argv += ["--keepalive", str(keepalive)]
         argv += list(extra_args)
