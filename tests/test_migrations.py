@@ -186,3 +186,17 @@ def test_issue13_upgrade_counts_old_in_flight_credits_as_published(v1_db):
         assert led.open_incident("k", "offline", "cab1", "cab1 offline") is True
         assert led.open_incident("k", "offline", "cab1", "cab1 offline") is False
         assert led.close_incident("k")["subject"] == "cab1"
+
+
+def test_issue10_checkout_attempts_on_an_upgraded_v1_database(v1_db):
+    """The pay page's attempts table arrives by migration; reservations work on the old database."""
+    assert "checkout_attempts" not in columns(v1_db, "checkout_attempts") and not columns(v1_db, "checkout_attempts")
+    with open_ledger(v1_db) as led:
+        assert "issue10_checkout_attempts" in led.migrations()
+        got = [led.reserve_checkout("cab1", "client-a", "1", 1, 100, 1000.0 + i, (2, 600), (60, 600), 600)
+               for i in range(3)]
+        assert [g[0] for g in got] == ["new", "new", "client_limit"]
+        led.finish_checkout_attempt(got[0][1], "cs_test_reuse", "https://checkout.example/x", reuse_until=2000.0)
+        assert led.reserve_checkout("cab1", "client-a", "1", 1, 100, 1500.0, (2, 600), (60, 600), 600) == \
+            ("reuse", "https://checkout.example/x")
+    assert {"cabinet_id", "client_key", "state", "session_id", "reuse_until"} <= set(columns(v1_db, "checkout_attempts"))
