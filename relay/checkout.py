@@ -5,8 +5,9 @@ The web layer (relay/pay.py) stays thin; this module holds the rules:
 * `options(cabinet)` is the cabinet's price list: one play at the price per credit, then its bundles.
 * `offers(...)` applies the promotion in force (relay/promotions.py) in the arcade's time zone.
 * `readiness(cabinet)` says whether the cabinet may be sold to: enabled, online, not inhibited.
-* `create_session(...)` creates the Checkout Session through stripe-python with an idempotency key,
-  then records the amount and credits it expects; the webhook credits what was recorded here and
+* `create_session(...)` reserves the attempt in the ledger (`reserve`: per-client and per-cabinet
+  budgets, or the client's open session for the same bundle again), creates the Checkout Session
+  through stripe-python with an idempotency key, then records the amount and credits it expects; the webhook credits what was recorded here and
   flags a payment whose amount or currency differs (`expected_credits`).
 * `payment_view(...)` is the state the /paid page shows for one session.
 """
