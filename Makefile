@@ -71,7 +71,7 @@ flash: $(STAMP) umqtt
 # The fuzzing campaign (docs/security.md, "Web side"): 10,000 examples per target; `make test` runs 150.
 .PHONY: fuzz
 fuzz: $(STAMP) umqtt node_modules/.package-lock.json
-	ARCADE_FUZZ_EXAMPLES=$(or $(EXAMPLES),10000) ARCADE_FUZZ_MPY_CASES=$(or $(MPY_CASES),2000) ARCADE_FUZZ_REPORT=build/fuzz-report.txt $(BIN)/python -m pytest -q -s -p no:cacheprovider --timeout 0 tests/test_fuzz.py
+	ARCADE_FUZZ_EXAMPLES=$(or $(EXAMPLES),10000) ARCADE_FUZZ_MPY_CASES=$(or $(MPY_CASES),10000) ARCADE_FUZZ_REPORT=build/fuzz-report.txt $(BIN)/python -m pytest -q -s -p no:cacheprovider --timeout 0 tests/test_fuzz.py
 
 # Numbers, not tests: relay vs naive design (docs/benchmarks.md); soak under random faults (docs/reliability.md)
 .PHONY: bench soak
