@@ -80,17 +80,17 @@ def with_login(url, user, password):
 
 
 def read_secret(name):
-    """The secret from a file or stdin ('-'): 64 hex digits on the first line; raises ValueError/OSError."""
+    """The secret from a file or stdin ('-'): its first line, stripped; raises ValueError/OSError."""
     if name == "-":
-        text = sys.stdin.readline(256)
+        text = sys.stdin.readline(1024)
     else:
         with open(name) as f:
-            text = f.readline(256)
+            text = f.readline(1024)
     secret = text.strip()
-    if len(secret) != 64 or any(c not in "0123456789abcdefABCDEF" for c in secret):
-        raise ValueError("the secret in %s is not 64 hex digits (as stored by `arcade cabinet add`)"
-                         % ("stdin" if name == "-" else name))
-    return secret.lower()
+    if not 16 <= len(secret) <= 512 or any(c.isspace() or not c.isprintable() for c in secret):
+        raise ValueError("the secret in %s is not one line of 16 to 512 printable characters (the relay's are "
+                         "64 hex digits, as stored by `arcade cabinet add`)" % ("stdin" if name == "-" else name))
+    return secret
 
 
 def parse_args(argv):
