@@ -79,6 +79,9 @@ def with_login(url, user, password):
     return "%s://%s:%s@%s" % (scheme, user, password, rest.rpartition("@")[2])
 
 
+_STDIN_SECRET = "_ARCADE_SIMULATE_STDIN_SECRET"
+
+
 def read_secret(name):
     """The secret from a file or stdin ('-'): its first line, stripped; raises ValueError/OSError."""
     if name == "-":
@@ -167,11 +170,17 @@ def main(argv=None):
     if secret:
         print("arcade simulate: warning: --secret puts the secret in the process list (ps): use --secret-file FILE "
               "or --secret-file - (stdin)", file=sys.stderr)
+    elif args.secret_file == "-" and os.environ.get(_STDIN_SECRET):
+        secret = os.environ[_STDIN_SECRET]     # this process is the board after a simulated reset
     elif args.secret_file:
         try:
             secret = read_secret(args.secret_file)
         except (OSError, ValueError) as e:
             return fail(str(e))
+        if args.secret_file == "-":
+            # a simulated reset re-executes this process; stdin is spent by then. The environment is
+            # readable only by this user (/proc/PID/environ is 0400), unlike argv
+            os.environ[_STDIN_SECRET] = secret
     if not secret:
         db = os.environ.get("ARCADE_DB")
         if not db:
