@@ -10,7 +10,8 @@ import logging
 import threading
 from urllib.parse import urlsplit
 
-from flask import Flask, jsonify
+from flask import Flask, has_request_context, jsonify, request
+from flask.sessions import SecureCookieSessionInterface
 
 from relay import config
 
@@ -55,7 +56,10 @@ def create_app(test_config=None):
         # The operator's console on this same host (off by default: `arcade console` serves it
         # from its own process on a private port, so the public host need not expose /admin).
         from relay import console
+        pay_cookie = {k: app.config[k] for k in _COOKIE_KEYS}
         console.init_app(app)
+        # one app, two cookies: the console's (Path=/admin, Strict) and the pay pages' CSRF one
+        app.session_interface = _AreaSessions(pay_cookie)
 
     def storage_failed(e):
         log.error("storage failure: %s", e)
@@ -65,6 +69,33 @@ def create_app(test_config=None):
         app.register_error_handler(error, storage_failed)
 
     return app
+
+
+_COOKIE_KEYS = ("SESSION_COOKIE_NAME", "SESSION_COOKIE_PATH", "SESSION_COOKIE_SECURE", "SESSION_COOKIE_SAMESITE")
+
+
+class _AreaSessions(SecureCookieSessionInterface):
+    """The console's session cookie settings under /admin, the pay pages' everywhere else."""
+
+    def __init__(self, pay_cookie):
+        self.pay = pay_cookie
+
+    def _pick(self, app, key):
+        if has_request_context() and not request.path.startswith("/admin"):
+            return self.pay[key]
+        return app.config[key]
+
+    def get_cookie_name(self, app):
+        return self._pick(app, "SESSION_COOKIE_NAME")
+
+    def get_cookie_path(self, app):
+        return self._pick(app, "SESSION_COOKIE_PATH") or app.config["APPLICATION_ROOT"]
+
+    def get_cookie_secure(self, app):
+        return self._pick(app, "SESSION_COOKIE_SECURE")
+
+    def get_cookie_samesite(self, app):
+        return self._pick(app, "SESSION_COOKIE_SAMESITE")
 
 
 def trusted_hosts(settings):

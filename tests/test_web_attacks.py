@@ -440,3 +440,17 @@ def test_healthz_hides_database_errors_from_the_public(tmp_path, fake):
     app.config["ARCADE_DB"] = str(tmp_path / "no-such-dir" / "x.db")
     r = app.test_client().get("/healthz")
     assert r.status_code == 503 and r.get_json() == {"status": "not ok"}
+
+
+def test_the_pay_form_still_works_with_the_console_on_the_same_host(tmp_path, fake):
+    # ARCADE_CONSOLE=1 gives the app the console's session cookie (Path=/admin, Strict): the pay
+    # pages keep their own, or their CSRF token could never come back
+    app = make_app(tmp_path, fake, ARCADE_CONSOLE="1")
+    client = app.test_client()
+    page = client.get("/pay/cab1", base_url="https://localhost")
+    (cookie,) = page.headers.getlist("Set-Cookie")
+    assert cookie.startswith("arcade=") and "Path=/;" in cookie and "SameSite=Lax" in cookie
+    r = client.post("/pay/cab1", data=form_for(page), base_url="https://localhost")
+    assert r.status_code == 303 and len(fake.sessions) == 1
+    login = client.get("/admin/login", base_url="https://localhost")
+    assert all(c.startswith("arcade_console=") and "Path=/admin" in c for c in login.headers.getlist("Set-Cookie"))
