@@ -249,7 +249,10 @@ def firmware():
     c = clock()
     coin = Coin(25, True, 100, 150, c.ticks_ms, c.sleep_ms)
     cab = Cabinet("cab1", SECRET, Journal(scratch()), coin, None)
-    return {"cab": cab, "pin": machine.pins[25], "protocol": protocol, "fuzzmsg": fuzzmsg}
+    import fwmsgs
+    from fwutil import EPOCH
+    return {"cab": cab, "pin": machine.pins[25], "protocol": protocol, "fuzzmsg": fuzzmsg, "fwmsgs": fwmsgs,
+            "epoch": EPOCH}
 
 
 LEDGER = "0123456789abcdef0123456789abcdef"
@@ -291,7 +294,8 @@ def test_hostile_mqtt_payloads_never_pulse_unless_good(firmware, case):
     if isinstance(case, tuple):
         fields, signed = case
         key = FW_KEY.encode() if signed else b"f" * 64
-        order = ("cab", "ledger", "seq", "credits", "pulses", "session", "ts")
+        fields = dict(fields, epoch=firmware["epoch"])
+        order = ("cab", "ledger", "seq", "credits", "pulses", "session", "ts", "epoch")
         try:   # signed like the relay signs (docs/protocol.md), whatever the types drawn
             sig = protocol.sign(key, protocol.canonical("credit", [v if isinstance(v, str) else str(v)
                                                                    for v in (fields[k] for k in order)]))
@@ -318,7 +322,7 @@ def test_hostile_mqtt_payloads_never_pulse_unless_good(firmware, case):
     if may:     # a hostile-but-valid seq (say 2^63) moved the cabinet on: good credits follow it
         SEQ[0] = max(SEQ[0], fields["seq"])
     if ack is not None:
-        assert protocol.check_ack(ack, FW_KEY.encode())
+        assert firmware["fwmsgs"].check_ack(ack, FW_KEY.encode())
     count("mqtt", "%s:%s" % (kind, result))
 
 

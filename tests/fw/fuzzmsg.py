@@ -9,8 +9,9 @@
 # any change to a signed field must give no pulse.
 import json
 
+import fwmsgs
 import protocol
-from fwutil import KEY, LEDGER
+from fwutil import EPOCH, KEY, LEDGER
 
 FORGED_KEY = b"f" * 64
 _CHARS = "ab\x00\n\"\\{}[]:,\u00e9\u2028\ud7ff\U0001f600 "
@@ -84,7 +85,7 @@ class Campaign:
         pulses = pulses if pulses is not None else 1 + r.below(4)
         session = "cs_test_fz%d" % seq
         self.sent.append((seq, pulses, session))
-        return protocol.credit(KEY, self.cab, LEDGER, seq, 1, pulses, session, 1764165000), pulses
+        return fwmsgs.credit(KEY, self.cab, LEDGER, seq, 1, pulses, session, 1764165000, EPOCH), pulses
 
     def case(self):
         """(kind, payload bytes, pulses it may cause)."""
@@ -110,13 +111,13 @@ class Campaign:
             payload = bytes(b)
         elif k == 4:            # signed with another key (a forger who knows the format)
             kind, pulses = "forged", 0
-            payload = protocol.credit(FORGED_KEY, self.cab, LEDGER, self.seq + 5, 1, 3, "cs_test_forged",
-                                      1764165000)
+            payload = fwmsgs.credit(FORGED_KEY, self.cab, LEDGER, self.seq + 5, 1, 3, "cs_test_forged",
+                                      1764165000, EPOCH)
         elif k == 5:            # a replay of a credit already applied (or a new one never sent)
             if self.sent:
                 kind, pulses = "replay", 0
                 seq, p, session = self.r.pick(self.sent)
-                payload = protocol.credit(KEY, self.cab, LEDGER, seq, 1, p, session, 1764165000)
+                payload = fwmsgs.credit(KEY, self.cab, LEDGER, seq, 1, p, session, 1764165000, EPOCH)
             else:
                 kind, pulses = "bytes", 0
                 payload = b"{}"
@@ -140,7 +141,7 @@ class Campaign:
                 payload = good[:-1] + b',"pulses":255,"seq":' + str(self.seq + 100).encode() + b"}"
         else:                   # another cabinet's name in a correctly signed message
             kind, pulses = "wrong_cab", 0
-            payload = protocol.credit(KEY, "cab2", LEDGER, self.seq + 7, 1, 2, "cs_test_other", 1764165000)
+            payload = fwmsgs.credit(KEY, "cab2", LEDGER, self.seq + 7, 1, 2, "cs_test_other", 1764165000, EPOCH)
         self.kinds[kind] = self.kinds.get(kind, 0) + 1
         return kind, payload, pulses
 
@@ -148,7 +149,7 @@ class Campaign:
         # an authentic credit this campaign never sends as is: only tampered copies of it are thrown
         seq = self.seq + 1000
         self.base = (seq, 2, "cs_test_mut%d" % seq)
-        return protocol.credit(KEY, self.cab, LEDGER, seq, 1, 2, self.base[2], 1764165000), 2
+        return fwmsgs.credit(KEY, self.cab, LEDGER, seq, 1, 2, self.base[2], 1764165000, EPOCH), 2
 
     def judge(self, kind, may, result, got):
         """None when (result, pulses seen) is acceptable for the last case, else why not."""
@@ -176,11 +177,11 @@ class Campaign:
             credits = r.pick([0, -1])
         else:
             session = ""
-            canon = protocol.canonical("credit", (self.cab, LEDGER, seq, credits, pulses, session, 1764165000))
+            canon = protocol.canonical("credit", (self.cab, LEDGER, seq, credits, pulses, session, 1764165000, EPOCH))
             return ('{"t":"credit","cab":"%s","ledger":"%s","seq":%d,"credits":%d,"pulses":%d,"session":"",'
-                    '"ts":1764165000,"sig":"%s"}' % (self.cab, LEDGER, seq, credits, pulses,
-                                                     protocol.sign(KEY, canon))).encode()
-        return protocol.credit(KEY, self.cab, LEDGER, seq, credits, pulses, "cs_test_bad%d" % seq, 1764165000)
+                    '"ts":1764165000,"epoch":"%s","sig":"%s"}' % (self.cab, LEDGER, seq, credits, pulses, EPOCH,
+                                                                  protocol.sign(KEY, canon))).encode()
+        return fwmsgs.credit(KEY, self.cab, LEDGER, seq, credits, pulses, "cs_test_bad%d" % seq, 1764165000, EPOCH)
 
 
 def run(n, seed, cabinet, pin):
@@ -199,7 +200,7 @@ def run(n, seed, cabinet, pin):
         why = camp.judge(kind, may, result, got)
         if why:
             raise AssertionError("case %d (%s) %r: %s" % (i, kind, payload, why))
-        if ack is not None and not protocol.check_ack(ack, KEY):
+        if ack is not None and not fwmsgs.check_ack(ack, KEY):
             raise AssertionError("case %d (%s): unsigned ack" % (i, kind))
         allowed += got
     return camp.kinds, _count(pin), allowed
