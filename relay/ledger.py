@@ -199,6 +199,38 @@ def ledger_exists(db):
     return backends.is_postgres(db) or os.path.exists(str(db))
 
 
+def inspect_database(path):
+    """What a database file is, read only (it is neither created nor migrated): a dict with ledger_id,
+    created_at, schema_version and `missing` (the MIGRATIONS it has not had). Raises LedgerError if
+    the file is missing or is not a ledger, StorageError if it cannot be read."""
+    import sqlite3
+    if backends.is_postgres(path):
+        raise LedgerError("%s is a PostgreSQL database: inspect_database reads SQLite files" % backends.redact(path))
+    if not os.path.isfile(str(path)):
+        raise LedgerError("no database at %s" % (path,))
+    db = sqlite3.connect("file:%s?mode=ro" % _uri_path(path), uri=True, timeout=5.0)
+    try:
+        try:
+            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        except sqlite3.DatabaseError as e:
+            if "no such table" in str(e) or "not a database" in str(e):
+                raise LedgerError("%s is not an arcade ledger database (%s)" % (path, e))
+            raise
+    finally:
+        db.close()
+    if "ledger_id" not in meta:
+        raise LedgerError("%s is not an arcade ledger database (no ledger id)" % (path,))
+    done = {k[len("migration:"):] for k in meta if k.startswith("migration:")}
+    return {"ledger_id": meta["ledger_id"], "created_at": float(meta.get("created_at") or 0),
+            "schema_version": int(meta.get("schema_version") or 0),
+            "missing": [name for name, _ in MIGRATIONS if name not in done]}
+
+
+def _uri_path(path):
+    from urllib.parse import quote
+    return quote(os.path.abspath(str(path)))
+
+
 def open_ledger(path, busy_timeout_ms=5000):
     """Open (creating and migrating if needed) the ledger at `path`: a SQLite file or a postgresql:// URL."""
     return Ledger(path, busy_timeout_ms)
@@ -314,6 +346,18 @@ class Ledger:
         """The names of the migrations this database has had."""
         return sorted(r["key"][len("migration:"):] for r in self._rows("SELECT key FROM meta WHERE key LIKE "
                                                                        "'migration:%'"))
+
+    def backup(self, dest_path, pages=256, progress=None):
+        """A consistent copy of the whole database at `dest_path` (SQLite's online backup API: other
+        connections keep reading and writing meanwhile; a copy restarted by their writes is still a
+        snapshot of one moment). `progress(remaining, total)` is called between steps."""
+        dest = sqlite3.connect(str(dest_path), isolation_level=None)
+        try:
+            self._db.backup(dest, pages=pages,
+                            progress=(lambda status, remaining, total: progress(remaining, total)) if progress else None)
+            dest.execute("PRAGMA journal_mode = DELETE")  # one self-contained file, no -wal beside it
+        finally:
+            dest.close()
 
     def ping(self):
         """Raise if the database cannot be read."""
