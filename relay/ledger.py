@@ -201,7 +201,8 @@ def ledger_exists(db):
 
 def inspect_database(path):
     """What a database file is, read only (it is neither created nor migrated): a dict with ledger_id,
-    created_at, schema_version and `missing` (the MIGRATIONS it has not had). Raises LedgerError if
+    created_at, schema_version, cabinets (ids), migrations (applied) and `missing` (the MIGRATIONS it
+    has not had). Raises LedgerError if
     the file is missing or is not a ledger, StorageError if it cannot be read."""
     import sqlite3
     if backends.is_postgres(path):
@@ -212,6 +213,7 @@ def inspect_database(path):
     try:
         try:
             meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+            cabinets = [r[0] for r in db.execute("SELECT id FROM cabinets ORDER BY id").fetchall()]
         except sqlite3.DatabaseError as e:
             if "no such table" in str(e) or "not a database" in str(e):
                 raise LedgerError("%s is not an arcade ledger database (%s)" % (path, e))
@@ -220,10 +222,33 @@ def inspect_database(path):
         db.close()
     if "ledger_id" not in meta:
         raise LedgerError("%s is not an arcade ledger database (no ledger id)" % (path,))
-    done = {k[len("migration:"):] for k in meta if k.startswith("migration:")}
+    done = sorted(k[len("migration:"):] for k in meta if k.startswith("migration:"))
     return {"ledger_id": meta["ledger_id"], "created_at": float(meta.get("created_at") or 0),
-            "schema_version": int(meta.get("schema_version") or 0),
+            "schema_version": int(meta.get("schema_version") or 0), "cabinets": cabinets, "migrations": done,
             "missing": [name for name, _ in MIGRATIONS if name not in done]}
+
+
+def backup_database(src_path, dest_path, pages=256, progress=None, journal_mode="DELETE"):
+    """A consistent copy of the database at `src_path` into `dest_path` (which may exist, empty or an
+    older database: it is replaced), by SQLite's online backup API: a relay keeps reading and writing
+    meanwhile and the copy is one moment's snapshot, WAL content included. Neither side is migrated.
+    The copy is left in `journal_mode` (DELETE: one self-contained file; WAL: a database the relay
+    uses, as restore makes). `progress(remaining, total)`
+    is called between steps of `pages` pages."""
+    src = sqlite3.connect("file:%s?mode=ro" % _uri_path(src_path), uri=True, timeout=30.0)
+    try:
+        dest = sqlite3.connect(str(dest_path), isolation_level=None, timeout=30.0)
+        try:
+            src.backup(dest, pages=pages,
+                       progress=(lambda status, remaining, total: progress(remaining, total)) if progress else None)
+            dest.execute("PRAGMA journal_mode = %s" % ("WAL" if journal_mode == "WAL" else "DELETE"))
+            bad = dest.execute("PRAGMA integrity_check").fetchall()
+            if bad != [("ok",)]:
+                raise StorageError("the copy of %s fails SQLite's integrity check: %s" % (src_path, bad[:3]))
+        finally:
+            dest.close()
+    finally:
+        src.close()
 
 
 def _uri_path(path):
@@ -346,18 +371,6 @@ class Ledger:
         """The names of the migrations this database has had."""
         return sorted(r["key"][len("migration:"):] for r in self._rows("SELECT key FROM meta WHERE key LIKE "
                                                                        "'migration:%'"))
-
-    def backup(self, dest_path, pages=256, progress=None):
-        """A consistent copy of the whole database at `dest_path` (SQLite's online backup API: other
-        connections keep reading and writing meanwhile; a copy restarted by their writes is still a
-        snapshot of one moment). `progress(remaining, total)` is called between steps."""
-        dest = sqlite3.connect(str(dest_path), isolation_level=None)
-        try:
-            self._db.backup(dest, pages=pages,
-                            progress=(lambda status, remaining, total: progress(remaining, total)) if progress else None)
-            dest.execute("PRAGMA journal_mode = DELETE")  # one self-contained file, no -wal beside it
-        finally:
-            dest.close()
 
     def ping(self):
         """Raise if the database cannot be read."""
