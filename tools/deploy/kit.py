@@ -195,6 +195,12 @@ RestrictRealtime=yes
 RestrictSUIDSGID=yes
 LockPersonality=yes
 SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallFilter=~@privileged @resources
+SystemCallErrorNumber=EPERM
+ProtectProc=invisible
+PrivateUsers=yes
+PrivateMounts=yes
 CapabilityBoundingSet=
 AmbientCapabilities=
 
