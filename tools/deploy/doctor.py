@@ -224,16 +224,21 @@ class Doctor:
                         "login that can send credits to every cabinet" % (cab, target["username"]),
                         "give each cabinet its own broker login and ACL (per-cabinet broker users), then "
                         "provision and flash again")
-        got = mqtt_try(target, subscribe="%s/+/ack" % prefix, timeout=self.timeout)
-        if got["error"] or not got["connected"]:
-            return fail(name, "cabinet %s cannot log into the broker: %s" % (cab, got["error"] or got["refused"]),
-                        "its broker login is missing from the broker's password file: regenerate the broker "
-                        "configuration and reload mosquitto")
-        if got["granted"]:
-            return fail(name, "cabinet %s's login may subscribe to %s/+/ack, the relay's topic: a cabinet can read "
-                        "every cabinet's acks" % (cab, prefix),
+        got = isolation_probe(relay_target, target, prefix, timeout=self.timeout)
+        if got["error"]:
+            return fail(name, "cabinet %s: %s" % (cab, got["error"]),
+                        "its broker login is missing from the broker's password file (or the broker stopped): "
+                        "regenerate the broker configuration and reload mosquitto")
+        leaks = []
+        if got["cab_wrote"]:
+            leaks.append("publish credits on another cabinet's topic")
+        if got["cab_read"]:
+            leaks.append("read other cabinets' credits (%s/+/credit)" % prefix)
+        if leaks:
+            return fail(name, "cabinet %s's login may %s: the relay's topics are open to every cabinet"
+                        % (cab, " and ".join(leaks)),
                         "the broker needs an acl_file limiting each cabinet to its own topics; reload mosquitto")
-        return ok(name, "cabinet %s's login is denied %s/+/ack" % (cab, prefix))
+        return ok(name, "cabinet %s's login can neither publish nor read another cabinet's credits" % cab)
 
     # -- cabinets, dispatcher ---------------------------------------------------------------
 
@@ -300,9 +305,10 @@ class Doctor:
         self.stripe_date = headers.get("Date") or headers.get("date")
         mode = kit.api_key_mode(key)
         url = (self.cfg.get("ARCADE_PUBLIC_URL") or "").rstrip("/") + "/stripe/webhook"
-        mine = [ep for ep in listed.data if ep.get("url") == url]
+        endpoints = [ep.to_dict() for ep in listed.data]
+        mine = [ep for ep in endpoints if ep.get("url") == url]
         if not mine:
-            return fail(name, "no %s-mode webhook endpoint for %s (%d other endpoint(s))" % (mode, url, len(listed.data)),
+            return fail(name, "no %s-mode webhook endpoint for %s (%d other endpoint(s))" % (mode, url, len(endpoints)),
                         "dashboard (%s mode) > Developers > Webhooks > Add endpoint: %s with the events %s; its "
                         "signing secret goes into STRIPE_WEBHOOK_SECRET" % (mode, url, ", ".join(EVENTS)))
         ep = mine[0]
@@ -342,8 +348,8 @@ class Doctor:
                 return skip(name, "Stripe's Date header is unreadable: not checked")
             skew = time.time() - theirs
             if abs(skew) > CLOCK_SKEW_MAX:
-                return fail(name, "this machine's clock is %+.0f s from Stripe's: webhook signatures are refused past "
-                            "300 s" % skew, "timedatectl set-ntp true (or install chrony), then check again")
+                return fail(name, "this machine's clock is %.0f s %s Stripe's: webhook signatures are refused "
+                            "past 300 s" % (abs(skew), "ahead of" if skew > 0 else "behind"), "timedatectl set-ntp true (or install chrony), then check again")
             return ok(name, "within %.0f s of Stripe's clock" % max(1.0, abs(skew)))
         return skip(name, "no timedatectl answer and no Stripe answer to compare with: not checked")
 
@@ -440,6 +446,107 @@ def mqtt_try(target, subscribe=None, timeout=5.0):
         client.disconnect()
         client.loop_stop()
     return out
+
+
+class _Probe:
+    """A throwaway paho client that records what it receives and signals acks, in socket order."""
+
+    def __init__(self, target, timeout):
+        import paho.mqtt.client as mqtt
+        self.timeout = timeout
+        self.got = []
+        self.acks = set()
+        self.refused = None
+        self._cond = threading.Condition()
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="arcade-doctor-" + secrets.token_hex(4),
+                             clean_session=True)
+        if target["username"] is not None:
+            self.c.username_pw_set(target["username"], target["password"])
+        if target["tls"]:
+            self.c.tls_set()
+        self.c.on_connect = self._on_connect
+        self.c.on_message = lambda c, u, msg: self._note(("msg", msg.payload))
+        self.c.on_subscribe = lambda c, u, mid, rcs, props: self._note(("ack", mid))
+        self.c.on_publish = lambda c, u, mid, rc, props: self._note(("ack", mid))
+        self.c.connect(target["host"], target["port"], keepalive=max(10, int(timeout * 2)))
+        self.c.loop_start()
+        if not self._wait(lambda: ("connected", None) in self.got or self.refused):
+            raise OSError("no CONNACK from %s:%d within %.0f s" % (target["host"], target["port"], timeout))
+        if self.refused:
+            raise PermissionError("login refused: %s" % self.refused)
+
+    def _on_connect(self, c, u, flags, rc, props):
+        if rc.is_failure:
+            self.refused = str(rc)
+            self._note(None)
+        else:
+            self._note(("connected", None))
+
+    def _note(self, item):
+        with self._cond:
+            if item is not None:
+                self.got.append(item)
+            self._cond.notify_all()
+
+    def _wait(self, predicate):
+        with self._cond:
+            return self._cond.wait_for(predicate, self.timeout)
+
+    def acked(self, info_or_mid):
+        mid = info_or_mid[1] if isinstance(info_or_mid, tuple) else info_or_mid.mid
+        if not self._wait(lambda: ("ack", mid) in self.got):
+            raise OSError("the broker did not acknowledge within %.0f s" % self.timeout)
+
+    def received(self, payload):
+        return ("msg", payload) in self.got
+
+    def close(self):
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def isolation_probe(relay_target, cab_target, prefix, timeout=5.0):
+    """Can a cabinet's login publish on, or read, the credit topic of another cabinet? Uses a topic no
+    cabinet and no relay listens to (<prefix>/doctor-probe-<random>/credit). Event ordered, no sleep:
+    the broker handles each client's packets in order, so the relay-side subscriber sees the cabinet's
+    probe (if let through) before the relay's own marker, and the cabinet sees the marker (if let
+    through) before the SUBACK of a later subscribe. Returns {cab_wrote, cab_read, error}."""
+    topic = "%s/doctor-probe-%s/credit" % (prefix, secrets.token_hex(4))
+    out = {"cab_wrote": None, "cab_read": None, "error": None}
+    relay = cab = None
+    try:
+        try:
+            relay = _Probe(relay_target, timeout)
+        except (OSError, PermissionError) as e:
+            out["error"] = "the relay's login: %s" % e
+            return out
+        try:
+            cab = _Probe(cab_target, timeout)
+        except PermissionError as e:
+            out["error"] = "the cabinet cannot log into the broker (%s)" % e
+            return out
+        except OSError as e:
+            out["error"] = "the cabinet's login: %s" % e
+            return out
+        relay.acked(relay.c.subscribe(topic, qos=1))
+        cab.acked(cab.c.subscribe("%s/+/credit" % prefix, qos=1))
+        cab_payload, marker = b"doctor probe from a cabinet", b"doctor marker from the relay"
+        cab.acked(cab.c.publish(topic, cab_payload, qos=1))
+        relay.acked(relay.c.publish(topic, marker, qos=1))
+        if not relay._wait(lambda: relay.received(marker)):
+            out["error"] = "the relay's login did not receive its own probe on %s" % topic
+            return out
+        out["cab_wrote"] = relay.received(cab_payload)
+        cab.acked(cab.c.subscribe("%s/doctor-probe-%s/config" % (prefix, secrets.token_hex(4)), qos=1))
+        out["cab_read"] = cab.received(marker)
+        return out
+    except OSError as e:
+        out["error"] = str(e)
+        return out
+    finally:
+        for probe in (cab, relay):
+            if probe is not None:
+                probe.close()
 
 
 def report(checks):
