@@ -93,11 +93,25 @@ def test_init_prints_no_secret(tmp_path):
         assert secret not in out + err
 
 
-def test_secrets_are_owned_by_their_readers_when_run_as_root(made):
+def test_secrets_are_owned_by_their_readers(made):
+    # --user and --broker-user are this test's user: as root init chowns to them, otherwise leaves them ours
+    assert (made / "arcade.env").stat().st_uid == os.getuid()
+    assert (made / "mosquitto.passwd").stat().st_uid == os.getuid()
+
+
+def test_as_root_a_missing_system_user_is_refused_before_anything_is_written(tmp_path):
     if os.geteuid() != 0:
-        pytest.skip("only root can give files to other users; as %s init leaves them yours" % ME)
-    assert (made / "arcade.env").stat().st_uid == os.getuid()          # --user ME
-    assert (made / "mosquitto.passwd").stat().st_uid == os.getuid()    # --broker-user ME
+        rc, out, err = run_init(tmp_path)          # not root: no chown, so no user is needed
+        assert rc == 0, err
+        return
+    out, err = io.StringIO(), io.StringIO()
+    import contextlib
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = init_cmd.main(["--public-url", "https://pay.example.com", "--dir", str(tmp_path / "etc"), "--data-dir",
+                            str(tmp_path / "data"), "--user", "no-such-user-i15"],
+                           stdin=io.StringIO(WHSEC + "\n\n"))
+    assert rc == 2 and "system user 'no-such-user-i15' does not exist" in err.getvalue()
+    assert not (tmp_path / "etc").exists()
 
 
 # -- systemd ---------------------------------------------------------------------------------------------
