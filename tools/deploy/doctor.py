@@ -5,7 +5,6 @@ with a throwaway client id (never the relay's, which would disconnect it), Strip
 No check prints a secret: secrets are described by their shape and length only.
 """
 import email.utils
-import fcntl
 import glob
 import json
 import os
@@ -563,19 +562,3 @@ def report(checks):
         lines.append("all checks passed" + (" (some skipped: see above)" if any(c.status == "skip" for c in checks)
                                             else ""))
     return lines, failures
-
-
-def flock_free(path):
-    """True if nobody holds the lock file (we could take and release it)."""
-    try:
-        f = open(path, "a+")
-    except OSError:
-        return True
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        fcntl.flock(f, fcntl.LOCK_UN)
-        return True
-    except BlockingIOError:
-        return False
-    finally:
-        f.close()
