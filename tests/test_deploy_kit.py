@@ -221,7 +221,8 @@ def get(url, method="GET"):
         with urllib.request.urlopen(req, timeout=10) as r:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
+        with e:
+            return e.code, e.read().decode()
 
 
 def test_a_real_caddy_on_the_generated_file_proxies_only_the_public_paths(tmp_path):
@@ -257,22 +258,30 @@ def test_a_real_caddy_on_the_generated_file_proxies_only_the_public_paths(tmp_pa
 
 # -- nginx -----------------------------------------------------------------------------------------------
 
-def test_nginx_alternative_passes_nginx_t(tmp_path):
-    nginx = tool("nginx", "nginx")
+def nginx_files(tmp_path, backend_port=8000, http_port=80, https_port=443):
+    tool("nginx", "nginx")
     openssl = tool("openssl", "openssl")
-    s = kit.Settings("https://pay.example.com", dir=tmp_path / "etc", data_dir=tmp_path / "data", user=ME)
+    s = kit.Settings("https://pay.example.com", dir=tmp_path / "etc", data_dir=tmp_path / "data", user=ME,
+                     relay_port=backend_port)
     subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
                     "/CN=pay.example.com", "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem")],
                    check=True, capture_output=True, timeout=120)
     site = tmp_path / "arcade.conf"
-    site.write_text(kit.nginx_conf(s, tmp_path / "cert.pem", tmp_path / "key.pem"))
+    site.write_text(kit.nginx_conf(s, tmp_path / "cert.pem", tmp_path / "key.pem", http_port, https_port))
     main = tmp_path / "nginx.conf"
     temp = tmp_path / "temp"
     temp.mkdir()
-    main.write_text("pid %s/nginx.pid;\nerror_log %s/error.log;\nevents {}\nhttp {\n access_log off;\n"
+    # nginx's own main file around the generated site, every path in this test's directory
+    main.write_text("%spid %s/nginx.pid;\nerror_log %s/error.log;\nevents {}\nhttp {\n access_log off;\n"
                     " client_body_temp_path %s/body;\n proxy_temp_path %s/proxy;\n fastcgi_temp_path %s/fcgi;\n"
                     " uwsgi_temp_path %s/uwsgi;\n scgi_temp_path %s/scgi;\n include %s;\n}\n"
-                    % ((tmp_path,) * 2 + (temp,) * 5 + (site,)))
+                    % ((("user %s;\n" % ME) if os.geteuid() == 0 else "",) + (tmp_path,) * 2 + (temp,) * 5 + (site,)))
+    return site, main
+
+
+def test_nginx_alternative_passes_nginx_t(tmp_path):
+    nginx = tool("nginx", "nginx")
+    site, main = nginx_files(tmp_path)
     done = subprocess.run([nginx, "-t", "-p", str(tmp_path), "-c", str(main)], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stderr
@@ -281,6 +290,55 @@ def test_nginx_alternative_passes_nginx_t(tmp_path):
     site.write_text(site.read_text().replace("proxy_pass", "proxy_passs", 1))
     assert subprocess.run([nginx, "-t", "-p", str(tmp_path), "-c", str(main)], capture_output=True,
                           timeout=60).returncode != 0
+
+
+def test_a_real_nginx_on_the_generated_file_proxies_only_the_public_paths(tmp_path):
+    import ssl
+    nginx = tool("nginx", "nginx")
+    backend = ThreadingHTTPServer(("127.0.0.1", 0), _Backend)
+    threading.Thread(target=backend.serve_forever, daemon=True).start()
+    http_port, https_port = free_port(), free_port()
+    site, main = nginx_files(tmp_path, backend.server_address[1], http_port, https_port)
+    proc = subprocess.Popen([nginx, "-p", str(tmp_path), "-c", str(main), "-g", "daemon off;"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        assert wait_port("127.0.0.1", https_port, 30, proc), proc.stderr.read().decode() if proc.poll() is not None else ""
+        context = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+        context.check_hostname = False          # the certificate names pay.example.com; we dial 127.0.0.1
+
+        def fetch(path, method="GET"):
+            req = urllib.request.Request("https://127.0.0.1:%d%s" % (https_port, path), method=method,
+                                         data=b"{}" if method == "POST" else None, headers={"Host": "pay.example.com"})
+            try:
+                with urllib.request.urlopen(req, timeout=10, context=context) as r:
+                    return r.status, r.read().decode()
+            except urllib.error.HTTPError as e:
+                e.close()
+                return e.code, ""
+
+        for path in ("/pay/galaga-1", "/paid?session_id=cs_1", "/paid/status?session_id=cs_1", "/cancel",
+                     "/static/pay.css", "/admin/", "/admin"):
+            assert fetch(path) == (200, "backend saw GET %s" % path), path
+        assert fetch("/stripe/webhook", "POST") == (200, "backend saw POST /stripe/webhook")
+        for path in ("/healthz", "/", "/pay", "/paidx", "/stripe/webhookx", "/static", "/.env"):
+            assert fetch(path)[0] == 404, path
+        # plain HTTP is redirected to HTTPS
+        req = urllib.request.Request("http://127.0.0.1:%d/pay/galaga-1" % http_port, headers={"Host": "pay.example.com"})
+        opener = urllib.request.build_opener(_NoRedirect)
+        with pytest.raises(urllib.error.HTTPError) as got:
+            opener.open(req, timeout=10)
+        got.value.close()
+        assert got.value.code == 301 and got.value.headers["Location"] == "https://pay.example.com/pay/galaga-1"
+    finally:
+        end_process(proc)
+        proc.stderr.close()
+        backend.shutdown()
+        backend.server_close()
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
 
 
 # -- mosquitto -------------------------------------------------------------------------------------------

@@ -256,13 +256,16 @@ def caddyfile(s):
 """ % {"host": s.host, "site": s.public_url, "paths": " ".join(_public_matchers()), "port": s.relay_port}
 
 
-def nginx_conf(s, certificate=None, certificate_key=None):
+def nginx_conf(s, certificate=None, certificate_key=None, http_port=80, https_port=443):
     """A server block for /etc/nginx/sites-available (the alternative to Caddy). Certificates: certbot's
     paths by default (`certbot certonly --webroot -w /var/www/html -d HOST`)."""
     cert = certificate or "/etc/letsencrypt/live/%s/fullchain.pem" % s.host
     key = certificate_key or "/etc/letsencrypt/live/%s/privkey.pem" % s.host
     exact = "\n".join("\tlocation = %s { proxy_pass http://arcade_relay; }" % p for p in PUBLIC_EXACT)
     prefix = "\n".join("\tlocation ^~ %s { proxy_pass http://arcade_relay; }" % p for p in PUBLIC_PREFIX)
+    # nginx answers /pay with a redirect to /pay/ when only the prefix location exists: 404, like Caddy
+    prefix += "".join("\n\tlocation = %s { return 404; }" % p.rstrip("/") for p in PUBLIC_PREFIX
+                      if p.rstrip("/") not in PUBLIC_EXACT)
     return """\
 # arcade-pay behind nginx (written by `arcade init`; docs/deploy.md), instead of the Caddyfile.
 # Install: ln -s %(path)s /etc/nginx/sites-enabled/arcade.conf ; the certificate from certbot.
@@ -271,16 +274,16 @@ upstream arcade_relay {
 }
 
 server {
-	listen 80;
-	listen [::]:80;
+	listen %(http)d;
+	listen [::]:%(http)d;
 	server_name %(host)s;
 	location ^~ /.well-known/acme-challenge/ { root /var/www/html; }
 	location / { return 301 https://$host$request_uri; }
 }
 
 server {
-	listen 443 ssl;
-	listen [::]:443 ssl;
+	listen %(https)d ssl;
+	listen [::]:%(https)d ssl;
 	server_name %(host)s;
 	ssl_certificate %(cert)s;
 	ssl_certificate_key %(key)s;
@@ -296,7 +299,7 @@ server {
 	location / { return 404; }
 }
 """ % {"path": s.dir / NGINX_NAME, "port": s.relay_port, "host": s.host, "cert": cert, "key": key,
-       "exact": exact, "prefix": prefix}
+       "exact": exact, "prefix": prefix, "http": http_port, "https": https_port}
 
 
 def generate(s, sec):
