@@ -1,6 +1,6 @@
 """`arcade init` (issue 15): what it writes is checked by the programs that will read it — systemd-analyze
 (verify, and its offline security review), caddy (validate, adapt, and a real caddy proxying to a real
-HTTP server), nginx -t, and a real mosquitto started on the generated broker configuration — plus the
+HTTP server), nginx (-t, and a real nginx over HTTPS), and a real mosquitto started on the generated broker configuration — plus the
 modes and owners, and the bad inputs it must refuse without changing anything.
 
 A missing tool fails with what to install (`make setup` installs them all with apt)."""

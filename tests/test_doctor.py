@@ -258,6 +258,16 @@ def test_each_broken_check_says_what_and_how_to_fix(world, tmp_path, case, chang
     assert_no_secret(text, world)
 
 
+def test_a_database_this_user_cannot_write(world, monkeypatch):
+    # root writes anything, so the permission is what os.access answers for a user who could not
+    import tools.deploy.doctor as doctor_mod
+    monkeypatch.setattr(doctor_mod.os, "access", lambda path, mode: not (mode & os.W_OK and path == world["db"]))
+    checks = {c.name: c for c in Doctor(settings(world), env_path=world["env"], offline=True,
+                                        use_timedatectl=False).run()}
+    assert checks["database"].status == "FAIL" and "is not writable by" in checks["database"].detail
+    assert checks["database"].fix.startswith("chown -R arcade: ")
+
+
 def test_stripe_unreachable_is_a_skip_with_a_note_not_a_failure(world):
     s = dict(settings(world), STRIPE_API_BASE="http://127.0.0.1:%d" % free_port())
     checks = {c.name: c for c in Doctor(s, env_path=world["env"], provisioned=world["prov"], use_timedatectl=False).run()}
