@@ -392,6 +392,64 @@ def test_a_real_mosquitto_runs_on_the_generated_broker_configuration(tmp_path):
         proc.stderr.close()
 
 
+def test_debians_privilege_drop_can_read_the_password_file():
+    """Debian's mosquitto starts as root and reads password_file after becoming `mosquitto`: the kit's
+    mosquitto.passwd must belong to that user (a root-owned 0600 file stops the broker). As root this
+    runs the broker exactly so; otherwise it stays who it is (and init leaves the file ours)."""
+    import pwd
+    import tempfile
+    as_root = os.geteuid() == 0
+    broker_user = "mosquitto" if as_root else ME
+    if as_root:
+        try:
+            pwd.getpwnam(broker_user)
+        except KeyError:
+            pytest.fail("no `mosquitto` user: apt-get install mosquitto (make setup)")
+    base = Path(tempfile.mkdtemp(prefix="arcade-kit-"))   # not under pytest's 0700 tree: the broker user must get in
+    try:
+        os.chmod(base, 0o755)
+        port = free_port()
+        rc, out, err = run_init(base, "--mqtt-port", str(port), "--broker-user", broker_user)
+        assert rc == 0, err
+        data = base / "mdata"
+        data.mkdir()
+        if as_root:
+            pw = pwd.getpwnam(broker_user)
+            os.chown(data, pw.pw_uid, pw.pw_gid)
+        main = base / "mosquitto.conf"
+        main.write_text("persistence true\npersistence_location %s/\nlog_dest stderr\nuser %s\ninclude_dir %s\n"
+                        % (data, broker_user, base / "conf.d"))
+        (base / "conf.d").mkdir()
+        (base / "conf.d" / "arcade.conf").symlink_to(base / "etc" / "mosquitto.conf")
+
+        def start():
+            proc = subprocess.Popen([mosquitto_path(), "-c", str(main)], stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE)
+            up = wait_port("127.0.0.1", port, 20, proc)
+            return proc, up
+
+        proc, up = start()
+        try:
+            assert up, proc.stderr.read().decode() if proc.poll() is not None else "no listener"
+            url = config.parse_mqtt_url(config.load(environ={}, dotenv_path=str(base / "etc" / "arcade.env"))["MQTT_URL"])
+            assert mqtt_login(port, url["username"], url["password"]) is True
+        finally:
+            end_process(proc)
+            proc.stderr.close()
+        if as_root:
+            # the counter-proof: the same file owned by root stops Debian's broker at start
+            os.chown(base / "etc" / "mosquitto.passwd", 0, 0)
+            proc, up = start()
+            try:
+                assert not up
+                assert "Unable to open pwfile" in proc.stderr.read().decode()
+            finally:
+                end_process(proc)
+                proc.stderr.close()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 # -- bad input -------------------------------------------------------------------------------------------
 
 def test_an_existing_kit_is_refused_without_force_and_nothing_changes(made, tmp_path):
