@@ -30,6 +30,7 @@ import json
 import os
 import re
 import secrets
+import sqlite3
 import time
 from contextlib import contextmanager
 
@@ -204,7 +205,6 @@ def inspect_database(path):
     created_at, schema_version, cabinets (ids), migrations (applied) and `missing` (the MIGRATIONS it
     has not had). Raises LedgerError if
     the file is missing or is not a ledger, StorageError if it cannot be read."""
-    import sqlite3
     if backends.is_postgres(path):
         raise LedgerError("%s is a PostgreSQL database: inspect_database reads SQLite files" % backends.redact(path))
     if not os.path.isfile(str(path)):

@@ -31,7 +31,7 @@ def main(argv=None):
 
     try:
         path, info = backup(db, args.dest, progress)
-    except (BackupError, OSError, StorageError) as e:
+    except (BackupError, OSError) + StorageError as e:
         print("arcade backup: %s" % e, file=sys.stderr)
         return 2
     if info["kind"] == "sqlite":

@@ -42,7 +42,7 @@ def main(argv=None):
         return _status(db)
     try:
         copy = backup_before_upgrade(db, args.backup_dir)
-    except (BackupError, LedgerError, StorageError, OSError) as e:
+    except (BackupError, LedgerError, OSError) + StorageError as e:
         print("arcade db: cannot copy %s before upgrading it: %s" % (redact(db), e), file=sys.stderr)
         return 2
     if copy:
@@ -68,7 +68,7 @@ def main(argv=None):
 def _status(db):
     try:
         info = inspect_database(db)
-    except (LedgerError, StorageError) as e:
+    except (LedgerError,) + StorageError as e:
         print("arcade db status: %s" % e, file=sys.stderr)
         return 2
     print("%s: ledger %s, schema version %d, %d migration(s) applied, %s" % (

@@ -26,7 +26,7 @@ def main(argv=None):
     db = args.db or db_path()
     try:
         out = restore(args.src, db, force=args.force)
-    except (BackupError, OSError, StorageError) as e:
+    except (BackupError, OSError) + StorageError as e:
         print("arcade restore: %s" % e, file=sys.stderr)
         return 2
     print("arcade restore: %s is now %s" % (db, args.src))
