@@ -268,6 +268,14 @@ def test_a_database_this_user_cannot_write(world, monkeypatch):
     assert checks["database"].fix.startswith("chown -R arcade: ")
 
 
+def test_a_postgresql_database_is_skipped_with_a_note_and_no_password(world):
+    s = dict(settings(world), ARCADE_DB="postgresql://arcade:pg-s3cret@127.0.0.1:5432/arcade")
+    checks = {c.name: c for c in Doctor(s, env_path=world["env"], offline=True, use_timedatectl=False).run()}
+    assert checks["database"].status == "skip" and "PostgreSQL" in checks["database"].detail
+    assert checks["dispatcher"].status == "skip" and "advisory lock" in checks["dispatcher"].detail
+    assert "pg-s3cret" not in "\n".join(report(list(checks.values()))[0])
+
+
 def test_stripe_unreachable_is_a_skip_with_a_note_not_a_failure(world):
     s = dict(settings(world), STRIPE_API_BASE="http://127.0.0.1:%d" % free_port())
     checks = {c.name: c for c in Doctor(s, env_path=world["env"], provisioned=world["prov"], use_timedatectl=False).run()}

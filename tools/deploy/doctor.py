@@ -18,6 +18,7 @@ import time
 from collections import namedtuple
 from urllib.parse import urlsplit
 
+from relay import backends
 from relay.config import ConfigError, mask_url, parse_mqtt_url
 from relay.ledger import LedgerError, StorageError, inspect_database
 from tools.deploy import kit
@@ -134,6 +135,9 @@ class Doctor:
         self._db_info = None
         if not path:
             return [fail(name, "ARCADE_DB is not set", "set ARCADE_DB=/var/lib/arcade/arcade.db")]
+        if backends.is_postgres(path):
+            return [skip(name, "PostgreSQL (%s): file mode and schema checks are for SQLite; `arcade db upgrade` "
+                         "reports its schema" % backends.redact(path))]
         try:
             info = inspect_database(path)
         except LedgerError as e:
@@ -261,6 +265,8 @@ class Doctor:
 
     def dispatcher(self):
         name = "dispatcher"
+        if backends.is_postgres(self.cfg.get("ARCADE_DB") or ""):
+            return skip(name, "PostgreSQL: the dispatcher's lock is an advisory lock in the database, not checked here")
         path = (self.cfg.get("ARCADE_DB") or "") + ".dispatcher.lock"
         holders = lock_holders(path)
         if holders is None:
