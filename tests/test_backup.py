@@ -214,3 +214,44 @@ def test_db_upgrade_from_the_previous_schema_takes_a_backup_first(v1_db, tmp_pat
     assert rc == 0 and "nothing to do" in out
     rc, out = run(db_cmd.main, ["status", "--db", str(v1_db)])
     assert rc == 0 and "none missing" in out
+
+
+# -- PostgreSQL: pg_dump and pg_restore ---------------------------------------------------------------------------
+
+def test_postgresql_backup_and_restore_with_the_password_out_of_argv(postgres, tmp_path, monkeypatch):
+    import psycopg
+
+    from relay import backends
+    url = postgres.create_database("issue15_backup")
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    for tool in ("pg_dump", "pg_restore"):     # record the argv each tool is given, then run the real one
+        real = __import__("shutil").which(tool)
+        assert real, "%s is not installed: apt-get install postgresql-client (make setup)" % tool
+        (shims / tool).write_text('#!/bin/sh\necho "$@" >> %s\nexec %s "$@"\n' % (tmp_path / "argv.log", real))
+        (shims / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", "%s:%s" % (shims, os.environ["PATH"]))
+    try:
+        with open_ledger(url) as led:
+            led.add_cabinet("cab1", price_cents=100)
+            assert led.record_checkout("evt_1", "checkout.session.completed", "cs_test_pg1", "credit", cabinet_id="cab1",
+                                       amount=100, currency="usd", credits=1, pulses=1) == "queued"
+            ledger_id = led.ledger_id
+        rc, out = run(backup_cmd.main, [str(tmp_path / "arcade.pgdump"), "--db", url])
+        assert rc == 0 and "pg_dump" in out, out
+        assert stat.S_IMODE((tmp_path / "arcade.pgdump").stat().st_mode) == 0o600
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("DELETE FROM payments")
+        rc, out = run(restore_cmd.main, [str(tmp_path / "arcade.pgdump"), "--db", url])
+        assert rc == 2 and "--force" in out
+        rc, out = run(restore_cmd.main, [str(tmp_path / "arcade.pgdump"), "--db", url, "--force"])
+        assert rc == 0, out
+        assert postgres.password not in out
+        backends.close_pools(url)
+        with open_ledger(url) as led:
+            assert led.get_payment("cs_test_pg1")["state"] == "queued" and led.ledger_id == ledger_id
+        argv = (tmp_path / "argv.log").read_text()
+        assert argv.count("\n") == 2 and postgres.password not in argv
+    finally:
+        backends.close_pools(url)
+        postgres.drop_database("issue15_backup")

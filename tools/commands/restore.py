@@ -11,6 +11,7 @@ An older backup's schema is upgraded. Payments made after the backup come back w
 import argparse
 import sys
 
+from relay.backends import redact
 from relay.config import db_path
 from relay.ledger import StorageError
 from tools.deploy.backup import BackupError, restore
@@ -29,7 +30,7 @@ def main(argv=None):
     except (BackupError, OSError) + StorageError as e:
         print("arcade restore: %s" % e, file=sys.stderr)
         return 2
-    print("arcade restore: %s is now %s" % (db, args.src))
+    print("arcade restore: %s is now %s" % (redact(db), args.src))
     if out["ledger"]:
         print("  ledger %s, %d cabinet(s), %d payment(s)%s" % (out["ledger"][:8], out["cabinets"], out["payments"],
               "; schema upgraded: " + ", ".join(out["migrated"]) if out["migrated"] else ""))
