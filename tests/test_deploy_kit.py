@@ -77,6 +77,7 @@ def test_files_modes_and_the_relay_accepts_the_environment_file(made, tmp_path):
     assert cfg["STRIPE_WEBHOOK_SECRET"] == WHSEC and cfg["STRIPE_API_KEY"] == API_KEY
     assert cfg["ARCADE_PUBLIC_URL"] == "https://pay.example.com" and cfg["ARCADE_PROXY_HOPS"] == 1
     assert cfg["ARCADE_NAME"] == "Pixel Palace" and cfg["ARCADE_DB"] == str(data / "arcade.db")
+    assert cfg["ARCADE_CONSOLE"] is True        # /admin is served by the relay, behind the proxy
     assert config.parse_mqtt_url(cfg["MQTT_URL"])["username"] == "arcade-relay"
     # no secret anywhere but the two 0600 files
     password = config.parse_mqtt_url(cfg["MQTT_URL"])["password"]
@@ -246,7 +247,7 @@ def test_a_real_caddy_on_the_generated_file_proxies_only_the_public_paths(tmp_pa
                          "/static/pay.css", "/admin/", "/admin"):
                 assert get(base + path) == (200, "backend saw GET %s" % path), path
             assert get(base + "/stripe/webhook", "POST") == (200, "backend saw POST /stripe/webhook")
-            for path in ("/healthz", "/", "/pay", "/paidx", "/stripe/webhookx", "/static", "/.env"):
+            for path in ("/healthz", "/metrics", "/", "/pay", "/paidx", "/stripe/webhookx", "/static", "/.env"):
                 assert get(base + path)[0] == 404, path
         finally:
             end_process(proc)
@@ -320,7 +321,7 @@ def test_a_real_nginx_on_the_generated_file_proxies_only_the_public_paths(tmp_pa
                      "/static/pay.css", "/admin/", "/admin"):
             assert fetch(path) == (200, "backend saw GET %s" % path), path
         assert fetch("/stripe/webhook", "POST") == (200, "backend saw POST /stripe/webhook")
-        for path in ("/healthz", "/", "/pay", "/paidx", "/stripe/webhookx", "/static", "/.env"):
+        for path in ("/healthz", "/metrics", "/", "/pay", "/paidx", "/stripe/webhookx", "/static", "/.env"):
             assert fetch(path)[0] == 404, path
         # plain HTTP is redirected to HTTPS
         req = urllib.request.Request("http://127.0.0.1:%d/pay/galaga-1" % http_port, headers={"Host": "pay.example.com"})

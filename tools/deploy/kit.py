@@ -150,6 +150,8 @@ def env_file(s, sec):
         "STRIPE_API_KEY=%s" % (sec.api_key or ""),
         "ARCADE_PUBLIC_URL=%s" % s.public_url,
         "ARCADE_PROXY_HOPS=1",
+        "# the operator's console at /admin on the relay itself, behind the same HTTPS (accounts: arcade admin add)",
+        "ARCADE_CONSOLE=1",
         'ARCADE_NAME="%s"' % s.name,
         "ARCADE_TZ=%s" % s.tz,
     ]
