@@ -6,6 +6,7 @@ never a secret in the output."""
 import contextlib
 import getpass
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -51,9 +52,20 @@ def world(tmp_path_factory):
     etc, data = tmp / "etc", tmp / "data"
     env = config.load(environ={}, dotenv_path=str(etc / "arcade.env"))
     relay_login = config.parse_mqtt_url(env["MQTT_URL"])
-    # Per-cabinet logins and the ACL: written here by hand until issue 9's generator does it in `arcade init`.
+    fake = FakeStripe(api_key=API_KEY).start()
+    fake.add_webhook_endpoint(URL + "/stripe/webhook", events=EVENTS)
+    with open(etc / "arcade.env", "a") as f:
+        f.write("STRIPE_API_BASE=%s\n" % fake.url)       # tests only: the fake Stripe on loopback
+    db = str(data / "arcade.db")
+    with open_ledger(db) as led:
+        led.add_cabinet("galaga-1", price_cents=100)
+        galaga_pw = led.broker_password("galaga-1")
+    os.chmod(db, 0o600)
+    # The broker's logins and ACL, written here by hand (the kit's broker part is still the single-user
+    # placeholder): the relay's from the env file, galaga-1's own from the ledger (arcade provision writes
+    # it into config.json), and nosy-1, a login with too many rights for the isolation rows.
     (etc / "mosquitto.passwd").write_text(broker_kit.hash_passwords({
-        "arcade-relay": relay_login["password"], "galaga-1": CAB_PASSWORD, "nosy-1": CAB_PASSWORD}))
+        "arcade-relay": relay_login["password"], "galaga-1": galaga_pw, "nosy-1": CAB_PASSWORD}))
     (etc / "mosquitto.acl").write_text("user arcade-relay\ntopic readwrite arcade/#\n\n"
                                        "user nosy-1\ntopic readwrite arcade/#\n\n"
                                        "pattern read arcade/%u/credit\npattern read arcade/%u/config\n"
@@ -67,14 +79,6 @@ def world(tmp_path_factory):
                                              "include_dir %s\n" % (tmp / "mdata", tmp / "mosquitto.log", ME, confd))
     broker = subprocess.Popen([mosquitto_path(), "-c", str(tmp / "mosquitto-main.conf")],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    fake = FakeStripe(api_key=API_KEY).start()
-    fake.add_webhook_endpoint(URL + "/stripe/webhook", events=EVENTS)
-    with open(etc / "arcade.env", "a") as f:
-        f.write("STRIPE_API_BASE=%s\n" % fake.url)       # tests only: the fake Stripe on loopback
-    db = str(data / "arcade.db")
-    with open_ledger(db) as led:
-        led.add_cabinet("galaga-1", price_cents=100)
-    os.chmod(db, 0o600)
     prov = tmp / "provisioned"
     provision("galaga-1", "esp32-devkitc", "ArcadeWiFi", "wifi-pw", "mqtt://galaga-1:%s@192.0.2.10:%d"
               % (CAB_PASSWORD, port), db, out=prov)
@@ -137,15 +141,18 @@ def copy_db(w):
 
 
 def provisioned_with(w, cabinets):
-    """A provisioning folder with these (cabinet, broker user) pairs, written by `arcade provision`."""
+    """A provisioning folder with these (cabinet, broker user, password): galaga-1's config.json as
+    `arcade provision` wrote it, with the cabinet id and the broker login the row needs."""
     out = w["tmp"] / ("prov-%d" % time.monotonic_ns())
     out.mkdir()
+    template = json.loads((Path(w["prov"]) / "galaga-1" / "config.json").read_text())
     for cab, user, password in cabinets:
         with open_ledger(w["db"]) as led:
             if led.get_cabinet(cab) is None:
                 led.add_cabinet(cab, price_cents=100)
-        provision(cab, "esp32-devkitc", "ArcadeWiFi", "wifi-pw", "mqtt://%s:%s@192.0.2.10:%d" % (user, password, w["port"]),
-                  w["db"], out=out)
+        (out / cab).mkdir()
+        cfg = dict(template, cabinet=cab, broker="mqtt://%s:%s@192.0.2.10:%d" % (user, password, w["port"]))
+        (out / cab / "config.json").write_text(json.dumps(cfg))
     return str(out)
 
 
@@ -266,6 +273,16 @@ def test_a_database_this_user_cannot_write(world, monkeypatch):
                                         use_timedatectl=False).run()}
     assert checks["database"].status == "FAIL" and "is not writable by" in checks["database"].detail
     assert checks["database"].fix.startswith("chown -R arcade: ")
+
+
+def test_no_login_probe_where_the_user_name_is_the_client_id(world, tmp_path):
+    # issue 9's broker configuration: a probe as the relay would take over the relay's own session
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text("listener 1883\nuse_username_as_clientid true\n")
+    checks = {c.name: c for c in Doctor(settings(world), env_path=world["env"], provisioned=world["prov"], offline=True,
+                                        use_timedatectl=False, broker_confs=[str(conf)]).run()}
+    assert checks["broker login"].status == "skip" and "would take over" in checks["broker login"].detail
+    assert checks["cabinet isolation"].status == "skip"
 
 
 def test_a_postgresql_database_is_skipped_with_a_note_and_no_password(world):
