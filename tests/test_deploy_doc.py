@@ -98,5 +98,6 @@ def test_the_backup_timer_and_service_pass_systemd_analyze_verify(tmp_path):
 def test_the_table_lists_what_init_writes(tmp_path):
     s = kit.Settings("https://pay.example.com", dir=tmp_path / "etc", data_dir=tmp_path / "data", user="arcade")
     sec = kit.Secrets("whsec_" + "a" * 32, "", "pw")
+    (tmp_path / "data").mkdir()          # the broker's logins come from the ledger made there
     table = set(re.findall(r"^\| `([^`]+)` \|", DOC.read_text(), re.M))
     assert table == set(kit.generate(s, sec))

@@ -64,9 +64,10 @@ def snapshot(folder):
 
 def test_files_modes_and_the_relay_accepts_the_environment_file(made, tmp_path):
     modes = {name: stat.S_IMODE((made / name).stat().st_mode) for name in
-             ("arcade.env", "mosquitto.passwd", "mosquitto.conf", "arcade-relay.service",
+             ("arcade.env", "mosquitto.passwd", "mosquitto.acl", "mosquitto.conf", "arcade-relay.service",
               "mosquitto.service.d/arcade.conf", "Caddyfile", "nginx-arcade.conf")}
-    assert modes == {"arcade.env": 0o600, "mosquitto.passwd": 0o600, "mosquitto.conf": 0o644,
+    assert stat.S_IMODE((tmp_path / "data" / "arcade.db").stat().st_mode) == 0o600   # the ledger init made
+    assert modes == {"arcade.env": 0o600, "mosquitto.passwd": 0o600, "mosquitto.acl": 0o640, "mosquitto.conf": 0o644,
                      "arcade-relay.service": 0o644, "mosquitto.service.d/arcade.conf": 0o644, "Caddyfile": 0o644,
                      "nginx-arcade.conf": 0o644}
     data = tmp_path / "data"
@@ -78,7 +79,7 @@ def test_files_modes_and_the_relay_accepts_the_environment_file(made, tmp_path):
     assert cfg["ARCADE_PUBLIC_URL"] == "https://pay.example.com" and cfg["ARCADE_PROXY_HOPS"] == 1
     assert cfg["ARCADE_NAME"] == "Pixel Palace" and cfg["ARCADE_DB"] == str(data / "arcade.db")
     assert cfg["ARCADE_CONSOLE"] is True        # /admin is served by the relay, behind the proxy
-    assert config.parse_mqtt_url(cfg["MQTT_URL"])["username"] == "arcade-relay"
+    assert config.parse_mqtt_url(cfg["MQTT_URL"])["username"] == "arcade.relay"      # the ledger's relay login (issue 9)
     # no secret anywhere but the two 0600 files
     password = config.parse_mqtt_url(cfg["MQTT_URL"])["password"]
     for name, (content, mode) in snapshot(made).items():
@@ -391,6 +392,27 @@ def test_a_real_mosquitto_runs_on_the_generated_broker_configuration(tmp_path):
     finally:
         end_process(proc)
         proc.stderr.close()
+    # a cabinet added later: init --force regenerates the logins and the ACL from the ledger (issue 9's
+    # generator); the cabinet's own login gets in and can neither publish nor read another's credits
+    from relay.ledger import open_ledger
+    from tools.deploy.doctor import isolation_probe
+    with open_ledger(tmp_path / "data" / "arcade.db") as led:
+        led.add_cabinet("galaga-1", price_cents=100)
+        cab_pw = led.broker_password("galaga-1")
+    rc, out, err = run_init(tmp_path, "--mqtt-port", str(port), "--force")
+    assert rc == 0, err
+    assert "user galaga-1" in (made / "mosquitto.acl").read_text()
+    proc = subprocess.Popen([mosquitto_path(), "-c", str(main)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        assert wait_port("127.0.0.1", port, 20, proc), proc.stderr.read().decode() if proc.poll() is not None else ""
+        assert mqtt_login(port, "galaga-1", cab_pw) is True
+        cab = {"host": "127.0.0.1", "port": port, "username": "galaga-1", "password": cab_pw, "tls": False}
+        relay = dict(cab, username=url["username"], password=url["password"])
+        got = isolation_probe(relay, cab, "arcade", timeout=10)
+        assert got == {"cab_wrote": False, "cab_read": False, "error": None}
+    finally:
+        end_process(proc)
+        proc.stderr.close()
 
 
 def test_debians_privilege_drop_can_read_the_password_file():
@@ -466,7 +488,11 @@ def test_force_rewrites_configuration_but_never_a_secret(made, tmp_path):
     assert rc == 0, err
     after = snapshot(made)
     assert after["arcade.env"] == before["arcade.env"]            # secrets kept, stdin not read for them
-    assert after["mosquitto.passwd"] == before["mosquitto.passwd"]
+    # the broker's logins follow the ledger: rewritten (new salts), the relay's password the same
+    from relay.mosquitto import check_password
+    relay_pw = config.parse_mqtt_url(config.load(environ={}, dotenv_path=str(made / "arcade.env"))["MQTT_URL"])["password"]
+    line = after["mosquitto.passwd"][0].decode().splitlines()[0]
+    assert line.startswith("arcade.relay:") and check_password(relay_pw, line.split(":", 1)[1])
     assert "arcade.example.org" in after["Caddyfile"][0].decode()
     assert "kept" in out
 

@@ -61,19 +61,19 @@ def world(tmp_path_factory):
         led.add_cabinet("galaga-1", price_cents=100)
         galaga_pw = led.broker_password("galaga-1")
     os.chmod(db, 0o600)
-    # The broker's logins and ACL, written here by hand (the kit's broker part is still the single-user
-    # placeholder): the relay's from the env file, galaga-1's own from the ledger (arcade provision writes
-    # it into config.json), and nosy-1, a login with too many rights for the isolation rows.
+    # The broker's logins and ACL, written here by hand (independent of the kit's generator, which
+    # test_deploy_kit checks): the relay's from the env file, galaga-1's own from the ledger (arcade
+    # provision writes it into config.json), and nosy-1, a login with too many rights for the isolation rows.
     (etc / "mosquitto.passwd").write_text(broker_kit.hash_passwords({
-        "arcade-relay": relay_login["password"], "galaga-1": galaga_pw, "nosy-1": CAB_PASSWORD}))
-    (etc / "mosquitto.acl").write_text("user arcade-relay\ntopic readwrite arcade/#\n\n"
+        relay_login["username"]: relay_login["password"], "galaga-1": galaga_pw, "nosy-1": CAB_PASSWORD}))
+    (etc / "mosquitto.acl").write_text("user %s\ntopic readwrite arcade/#\n\n" % relay_login["username"] +
                                        "user nosy-1\ntopic readwrite arcade/#\n\n"
                                        "pattern read arcade/%u/credit\npattern read arcade/%u/config\n"
                                        "pattern read arcade/%u/test\npattern write arcade/%u/ack\n"
                                        "pattern readwrite arcade/%u/status\n")
     confd = tmp / "conf.d"
     confd.mkdir()
-    (confd / "arcade.conf").write_text((etc / "mosquitto.conf").read_text() + "acl_file %s\n" % (etc / "mosquitto.acl"))
+    (confd / "arcade.conf").write_text((etc / "mosquitto.conf").read_text())      # names mosquitto.acl
     (tmp / "mdata").mkdir()
     (tmp / "mosquitto-main.conf").write_text("persistence true\npersistence_location %s/\nlog_dest file %s\nuser %s\n"
                                              "include_dir %s\n" % (tmp / "mdata", tmp / "mosquitto.log", ME, confd))
@@ -180,15 +180,15 @@ BROKEN = [
      "no database at"),
     ("database-mode", lambda w, s: (s, {}, _chmod(w["db"], 0o644)), "database", "is mode 0644: others can read"),
     ("schema-behind", lambda w, s: (s, {}, _extra_migration()), "schema", "lacks 1 migration(s): test_doctor_future"),
-    ("broker-wrong-password", lambda w, s: (dict(s, MQTT_URL="mqtt://arcade-relay:wrong@127.0.0.1:%d" % w["port"]),
+    ("broker-wrong-password", lambda w, s: (dict(s, MQTT_URL="mqtt://arcade.relay:wrong@127.0.0.1:%d" % w["port"]),
                                             {}, None), "broker login", "refused the relay's login"),
-    ("broker-down", lambda w, s: (dict(s, MQTT_URL="mqtt://arcade-relay:x@127.0.0.1:%d" % free_port()), {}, None),
+    ("broker-down", lambda w, s: (dict(s, MQTT_URL="mqtt://arcade.relay:x@127.0.0.1:%d" % free_port()), {}, None),
      "broker login", "cannot connect to 127.0.0.1"),
     ("broker-anonymous", None, "broker login", "lets a client in without a password"),
     ("cabinet-uses-relay-login", lambda w, s: (s, {"provisioned": provisioned_with(
-        w, [("galaga-1", "arcade-relay", "whatever")])}, None), "cabinet isolation", "logs into the broker as the relay"),
+        w, [("galaga-1", "arcade.relay", "whatever")])}, None), "cabinet isolation", "logs into the broker as the relay"),
     ("cabinet-reads-everything", lambda w, s: (s, {"provisioned": provisioned_with(
-        w, [("nosy-1", "nosy-1", CAB_PASSWORD)])}, None), "cabinet isolation", "may publish credits on another cabinet's topic and read other cabinets' credits"),
+        w, [("nosy-1", "nosy-1", CAB_PASSWORD)])}, None), "cabinet isolation", "may publish on another cabinet's topics and read other cabinets' topics"),
     ("cabinet-unknown-login", lambda w, s: (s, {"provisioned": provisioned_with(
         w, [("galaga-1", "galaga-9", CAB_PASSWORD)])}, None), "cabinet isolation", "cannot log into the broker"),
     ("provisioned-not-registered", None, "cabinets", "but not in the database: ghost-1"),
@@ -238,7 +238,7 @@ def test_each_broken_check_says_what_and_how_to_fix(world, tmp_path, case, chang
     kwargs, undo, anon = {}, None, None
     if case == "broker-anonymous":
         anon = Mosquitto(tmp_path / "anon").start()        # the lab broker: allow_anonymous true
-        s = dict(s, MQTT_URL="mqtt://arcade-relay:x@127.0.0.1:%d" % anon.port)
+        s = dict(s, MQTT_URL="mqtt://arcade.relay:x@127.0.0.1:%d" % anon.port)
     elif case == "provisioned-not-registered":
         prov = Path(provisioned_with(world, [("galaga-1", "galaga-1", CAB_PASSWORD)]))
         shutil.copytree(prov / "galaga-1", prov / "ghost-1")

@@ -4,7 +4,8 @@
               [--user arcade] [--name TEXT] [--tz ZONE] [--force] < secrets
 
 Writes into --dir: arcade.env (0600, the relay's user: the Stripe secrets and the broker password),
-mosquitto.conf + mosquitto.passwd (0600, the broker's user), arcade-relay.service (hardened systemd
+mosquitto.conf + mosquitto.passwd (0600, the broker's user) + mosquitto.acl (the relay's login and each
+enabled cabinet's own, from the ledger, which is created when missing), arcade-relay.service (hardened systemd
 unit), mosquitto.service.d/arcade.conf (a drop-in for Debian's mosquitto), Caddyfile (automatic
 HTTPS, only the relay's public paths) and nginx-arcade.conf (the alternative). Creates --data-dir 0700
 with .env pointing at arcade.env.
@@ -64,10 +65,14 @@ def main(argv=None, stdin=None):
             keep = ()
         else:
             sec = old
-            keep = (kit.ENV_NAME, "mosquitto.passwd")
-        files = kit.generate(s, sec)
-        done = kit.write_kit(s, files, force=args.force, keep=[k for k in keep if (s.dir / k).exists()])
+            keep = (kit.ENV_NAME,)       # the broker's files follow the ledger: always rewritten
+        if kit.existing(s.dir, {n: None for n in kit.KIT_NAMES}) and not args.force:
+            raise kit.KitError("%s already has a kit: run with --force to rewrite the configuration (secrets "
+                               "already there are kept, never replaced)" % s.dir)
         kit.prepare_data_dir(s)
+        files = kit.generate(s, sec)     # the broker's logins come from the ledger (created if missing)
+        kit.own_ledger(s)
+        done = kit.write_kit(s, files, force=args.force, keep=[k for k in keep if (s.dir / k).exists()])
     except (kit.KitError, BrokerKitError) as e:
         print("arcade init: %s" % e, file=sys.stderr)
         return 2

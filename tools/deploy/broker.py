@@ -1,9 +1,11 @@
-"""The broker part of the kit: mosquitto's conf.d file and its password file.
+"""The broker part of the kit: mosquitto's conf.d file, its password file and its ACL, made from the
+relay's ledger with issue 9's generator (relay/mosquitto.py): the relay's login and one per enabled
+cabinet (`arcade provision` writes that cabinet's into its config.json), each cabinet limited to its
+own topics. After adding, disabling or re-keying a cabinet, `arcade init --force` (same options)
+rewrites them and `systemctl reload mosquitto` makes the broker re-read them.
 
-PLACEHOLDER until issue 9 lands (per-cabinet broker users and ACLs, `arcade broker config`): this
-writes today's single-user configuration — one login, `arcade-relay`, for the relay (cabinets are
-provisioned with the same broker URL), no acl_file. When issue 9's generator is on main, `broker_files`
-calls it instead and the kit gains its acl_file; nothing else in `arcade init` changes.
+Not set here: use_username_as_clientid (issue 9's own configuration sets it); `arcade doctor` logs in
+with throwaway client ids, which that option would turn into the relay's or a cabinet's own.
 """
 import os
 import shutil
@@ -14,6 +16,7 @@ from tools.deploy import File
 
 CONF_NAME = "mosquitto.conf"
 PASSWD_NAME = "mosquitto.passwd"
+ACL_NAME = "mosquitto.acl"
 RELAY_USER = "arcade-relay"
 
 
@@ -61,6 +64,8 @@ def conf(s, passwd_path, acl_path=None):
     if acl_path:
         lines.append("acl_file %s" % acl_path)
     lines += [
+        "# one MQTT message is at most this big (a cabinet holds 2 KB of one incoming message)",
+        "max_packet_size 2048",
         "# credits are tiny: without this, Nagle's algorithm adds ~40 ms a hop",
         "set_tcp_nodelay true",
         "max_queued_messages 10000",
@@ -71,9 +76,24 @@ def conf(s, passwd_path, acl_path=None):
 
 
 def broker_files(s, sec):
-    """PLACEHOLDER (issue 9): today's single-user broker configuration, {name: File}."""
-    passwd = s.dir / PASSWD_NAME
+    """The broker's configuration from the relay's ledger (issue 9's per-cabinet logins): the conf.d
+    file, the password file (the relay's login and each enabled cabinet's, hashed by relay.mosquitto)
+    and the ACL (each cabinet its own topics). Creates the ledger if it is not there yet. Returns
+    ({name: File}, (relay user, relay password))."""
+    from relay import mosquitto as broker_acl
+    from relay.ledger import open_ledger
+    old_umask = os.umask(0o077)          # a ledger created here is 0600 from its first byte
+    try:
+        with open_ledger(str(s.db_path)) as led:
+            logins = led.broker_logins()
+    finally:
+        os.umask(old_umask)
+    relay_user, relay_pw = logins["relay"]
+    cabinets = [cab for cab, _ in logins["cabinets"]]
+    passwd, acl = s.dir / PASSWD_NAME, s.dir / ACL_NAME
     return {
-        CONF_NAME: File(conf(s, passwd), 0o644, "root", False),
-        PASSWD_NAME: File(hash_passwords({RELAY_USER: sec.mqtt_password}), 0o600, "broker", True),
-    }
+        CONF_NAME: File(conf(s, passwd, acl), 0o644, "root", False),
+        PASSWD_NAME: File(broker_acl.password_file([(relay_user, relay_pw)] + list(logins["cabinets"])), 0o600,
+                          "broker", True),
+        ACL_NAME: File(broker_acl.acl_file(cabinets, "arcade", relay_user), 0o640, "broker", False),
+    }, (relay_user, relay_pw)

@@ -256,14 +256,14 @@ class Doctor:
                         "regenerate the broker configuration and reload mosquitto")
         leaks = []
         if got["cab_wrote"]:
-            leaks.append("publish credits on another cabinet's topic")
+            leaks.append("publish on another cabinet's topics")
         if got["cab_read"]:
-            leaks.append("read other cabinets' credits (%s/+/credit)" % prefix)
+            leaks.append("read other cabinets' topics (%s/+/config)" % prefix)
         if leaks:
             return fail(name, "cabinet %s's login may %s: the relay's topics are open to every cabinet"
                         % (cab, " and ".join(leaks)),
                         "the broker needs an acl_file limiting each cabinet to its own topics; reload mosquitto")
-        return ok(name, "cabinet %s's login can neither publish nor read another cabinet's credits" % cab)
+        return ok(name, "cabinet %s's login can neither publish on nor read another cabinet's topics" % cab)
 
     # -- cabinets, dispatcher ---------------------------------------------------------------
 
@@ -533,12 +533,13 @@ class _Probe:
 
 
 def isolation_probe(relay_target, cab_target, prefix, timeout=5.0):
-    """Can a cabinet's login publish on, or read, the credit topic of another cabinet? Uses a topic no
-    cabinet and no relay listens to (<prefix>/doctor-probe-<random>/credit). Event ordered, no sleep:
+    """Can a cabinet's login publish on, or read, another cabinet's topics? Uses the config topic of a
+    cabinet that does not exist (<prefix>/doctor-probe-<random>/config): the relay's login may write and
+    read config topics (so it can send a marker and see the probe), no cabinet listens to it. Event ordered, no sleep:
     the broker handles each client's packets in order, so the relay-side subscriber sees the cabinet's
     probe (if let through) before the relay's own marker, and the cabinet sees the marker (if let
     through) before the SUBACK of a later subscribe. Returns {cab_wrote, cab_read, error}."""
-    topic = "%s/doctor-probe-%s/credit" % (prefix, secrets.token_hex(4))
+    topic = "%s/doctor-probe-%s/config" % (prefix, secrets.token_hex(4))
     out = {"cab_wrote": None, "cab_read": None, "error": None}
     relay = cab = None
     try:
@@ -556,7 +557,7 @@ def isolation_probe(relay_target, cab_target, prefix, timeout=5.0):
             out["error"] = "the cabinet's login: %s" % e
             return out
         relay.acked(relay.c.subscribe(topic, qos=1))
-        cab.acked(cab.c.subscribe("%s/+/credit" % prefix, qos=1))
+        cab.acked(cab.c.subscribe("%s/+/config" % prefix, qos=1))
         cab_payload, marker = b"doctor probe from a cabinet", b"doctor marker from the relay"
         cab.acked(cab.c.publish(topic, cab_payload, qos=1))
         relay.acked(relay.c.publish(topic, marker, qos=1))
@@ -564,7 +565,7 @@ def isolation_probe(relay_target, cab_target, prefix, timeout=5.0):
             out["error"] = "the relay's login did not receive its own probe on %s" % topic
             return out
         out["cab_wrote"] = relay.received(cab_payload)
-        cab.acked(cab.c.subscribe("%s/doctor-probe-%s/config" % (prefix, secrets.token_hex(4)), qos=1))
+        cab.acked(cab.c.subscribe("%s/doctor-probe-%s/test" % (prefix, secrets.token_hex(4)), qos=1))
         out["cab_read"] = cab.received(marker)
         return out
     except OSError as e:

@@ -24,6 +24,8 @@ UNIT_NAME = "arcade-relay.service"
 BROKER_DROPIN = "mosquitto.service.d/arcade.conf"
 CADDYFILE = "Caddyfile"
 NGINX_NAME = "nginx-arcade.conf"
+KIT_NAMES = (ENV_NAME, UNIT_NAME, BROKER_DROPIN, CADDYFILE, NGINX_NAME, "mosquitto.conf", "mosquitto.passwd",
+             "mosquitto.acl")
 
 # The relay's public paths (README, docs/deploy.md): the webhook, the player's pages and their
 # static files, and the operator's console. /healthz and anything else stay on loopback.
@@ -139,8 +141,9 @@ def check_secrets(webhook_secret, api_key):
 
 # -- the files -----------------------------------------------------------------------------------
 
-def env_file(s, sec):
-    mqtt_url = "mqtt://arcade-relay:%s@%s:%d" % (quote(sec.mqtt_password, safe=""), s.mqtt_host, s.mqtt_port)
+def env_file(s, sec, relay_login):
+    mqtt_url = "mqtt://%s:%s@%s:%d" % (quote(relay_login[0], safe=""), quote(relay_login[1], safe=""), s.mqtt_host,
+                                       s.mqtt_port)
     lines = [
         "# arcade-pay relay settings, written by `arcade init` (README, docs/deploy.md). Holds secrets: keep it",
         "# mode 0600. Read by systemd (EnvironmentFile=) and by `arcade` commands run in %s." % s.data_dir,
@@ -306,14 +309,15 @@ server {
 
 def generate(s, sec):
     """{relative name: File} for the whole kit."""
+    broker, relay_login = broker_conf.broker_files(s, sec)
     files = {
-        ENV_NAME: File(env_file(s, sec), 0o600, "user", True),
+        ENV_NAME: File(env_file(s, sec, relay_login), 0o600, "user", True),
         UNIT_NAME: File(relay_unit(s), 0o644, "root", False),
         BROKER_DROPIN: File(broker_dropin(s), 0o644, "root", False),
         CADDYFILE: File(caddyfile(s), 0o644, "root", False),
         NGINX_NAME: File(nginx_conf(s), 0o644, "root", False),
     }
-    files.update(broker_conf.broker_files(s, sec))
+    files.update(broker)
     return files
 
 
@@ -399,9 +403,10 @@ def write_kit(s, files, force=False, keep=()):
 def prepare_data_dir(s):
     """Create the data directory 0700, owned by the relay's user when we are root, with `.env` there
     pointing at the environment file (the `arcade` commands read ./.env)."""
+    ids = _ids("user", s)
+    _ids("broker", s)                    # both users exist before anything is made
     s.data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(s.data_dir, 0o700)
-    ids = _ids("user", s)
     if ids is not None:
         os.chown(s.data_dir, *ids)
     link = s.data_dir / ".env"
@@ -412,6 +417,17 @@ def prepare_data_dir(s):
         raise KitError("%s exists and is not a link to %s: move it away (it may hold settings you want to "
                        "keep) and run again" % (link, target))
     os.symlink(target, link)
+
+
+def own_ledger(s):
+    """The ledger `generate` may have created: 0600 and the relay's user's (when we are root)."""
+    ids = _ids("user", s)
+    for suffix in ("", "-wal", "-shm"):
+        path = str(s.db_path) + suffix
+        if os.path.exists(path):
+            os.chmod(path, 0o600)
+            if ids is not None:
+                os.chown(path, *ids)
 
 
 def stamp():
