@@ -4,9 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo demo-web mosquitto postgresql umqtt browser clean font
+.PHONY: setup test demo demo-web mosquitto postgresql umqtt browser deploytools clean font
 
-setup: $(STAMP) umqtt mosquitto postgresql browser node_modules/.package-lock.json font
+setup: $(STAMP) umqtt mosquitto postgresql browser deploytools node_modules/.package-lock.json font
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -36,6 +36,13 @@ browser:
 	@{ command -v zbarimg && command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || \
 	  { echo "installing zbar-tools, chromium, chromium-driver with apt..."; $$(command -v sudo) apt-get update -q && \
 	    $$(command -v sudo) apt-get install -y -q zbar-tools chromium chromium-driver; }
+
+# The deployment kit's tests validate what `arcade init` writes with the real programs (docs/deploy.md).
+deploytools:
+	@{ command -v caddy && { command -v nginx || test -x /usr/sbin/nginx; } && command -v systemd-analyze && \
+	   command -v openssl; } >/dev/null 2>&1 || \
+	  { echo "installing caddy, nginx, systemd (systemd-analyze), openssl with apt..."; $$(command -v sudo) apt-get update -q && \
+	    $$(command -v sudo) apt-get install -y -q caddy nginx systemd openssl; }
 
 test: setup
 	$(BIN)/python -m pytest -q

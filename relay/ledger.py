@@ -30,6 +30,7 @@ import json
 import os
 import re
 import secrets
+import sqlite3
 import time
 from contextlib import contextmanager
 
@@ -232,6 +233,61 @@ def exposed_files(path):
         if mode & 0o077:
             out.append((name, mode))
     return out
+
+def inspect_database(path):
+    """What a database file is, read only (it is neither created nor migrated): a dict with ledger_id,
+    created_at, schema_version, cabinets (ids), migrations (applied) and `missing` (the MIGRATIONS it
+    has not had). Raises LedgerError if
+    the file is missing or is not a ledger, StorageError if it cannot be read."""
+    if backends.is_postgres(path):
+        raise LedgerError("%s is a PostgreSQL database: inspect_database reads SQLite files" % backends.redact(path))
+    if not os.path.isfile(str(path)):
+        raise LedgerError("no database at %s" % (path,))
+    db = sqlite3.connect("file:%s?mode=ro" % _uri_path(path), uri=True, timeout=5.0)
+    try:
+        try:
+            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+            cabinets = [r[0] for r in db.execute("SELECT id FROM cabinets ORDER BY id").fetchall()]
+        except sqlite3.DatabaseError as e:
+            if "no such table" in str(e) or "not a database" in str(e):
+                raise LedgerError("%s is not an arcade ledger database (%s)" % (path, e))
+            raise
+    finally:
+        db.close()
+    if "ledger_id" not in meta:
+        raise LedgerError("%s is not an arcade ledger database (no ledger id)" % (path,))
+    done = sorted(k[len("migration:"):] for k in meta if k.startswith("migration:"))
+    return {"ledger_id": meta["ledger_id"], "created_at": float(meta.get("created_at") or 0),
+            "schema_version": int(meta.get("schema_version") or 0), "cabinets": cabinets, "migrations": done,
+            "missing": [name for name, _ in MIGRATIONS if name not in done]}
+
+
+def backup_database(src_path, dest_path, pages=256, progress=None, journal_mode="DELETE"):
+    """A consistent copy of the database at `src_path` into `dest_path` (which may exist, empty or an
+    older database: it is replaced), by SQLite's online backup API: a relay keeps reading and writing
+    meanwhile and the copy is one moment's snapshot, WAL content included. Neither side is migrated.
+    The copy is left in `journal_mode` (DELETE: one self-contained file; WAL: a database the relay
+    uses, as restore makes). `progress(remaining, total)`
+    is called between steps of `pages` pages."""
+    src = sqlite3.connect("file:%s?mode=ro" % _uri_path(src_path), uri=True, timeout=30.0)
+    try:
+        dest = sqlite3.connect(str(dest_path), isolation_level=None, timeout=30.0)
+        try:
+            src.backup(dest, pages=pages,
+                       progress=(lambda status, remaining, total: progress(remaining, total)) if progress else None)
+            dest.execute("PRAGMA journal_mode = %s" % ("WAL" if journal_mode == "WAL" else "DELETE"))
+            bad = dest.execute("PRAGMA integrity_check").fetchall()
+            if bad != [("ok",)]:
+                raise StorageError("the copy of %s fails SQLite's integrity check: %s" % (src_path, bad[:3]))
+        finally:
+            dest.close()
+    finally:
+        src.close()
+
+
+def _uri_path(path):
+    from urllib.parse import quote
+    return quote(os.path.abspath(str(path)))
 
 
 def open_ledger(path, busy_timeout_ms=5000):

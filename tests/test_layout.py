@@ -21,7 +21,8 @@ MICROPYTHON = {"binascii", "ubinascii", "gc", "hashlib", "uhashlib", "json", "uj
 ALLOWED = {
     "relay": set(),
     "tools.cli": {"tools.commands"},
-    "tools.commands": {"tools.lab", "tools.hostsim", "tools.mpy", "relay"},
+    "tools.commands": {"tools.lab", "tools.hostsim", "tools.mpy", "tools.deploy", "relay"},
+    "tools.deploy": {"relay"},
     "tools.lab": {"tools.hostsim", "tools.mpy", "relay"},
     "tools.hostsim": {"firmware"},
     "tools.mpy": set(),
@@ -77,7 +78,7 @@ def imports(text, filename="<file>"):
             for a in node.names:
                 yield node.lineno, a.name
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            if node.module in ("tools", "tools.commands", "tools.lab", "tools.mpy", "relay"):
+            if node.module in ("tools", "tools.commands", "tools.lab", "tools.mpy", "tools.deploy", "relay"):
                 for a in node.names:
                     yield node.lineno, node.module + "." + a.name
             else:
@@ -166,6 +167,8 @@ def test_the_cli_dispatches_only_to_commands():
     ("tools/commands/x.py", "from tools import cli\n"),
     ("tools/hostsim/x.py", "from relay import ledger\n"),
     ("tools/mpy/x.py", "from tools.lab import broker\n"),
+    ("tools/deploy/x.py", "from tools.lab import broker\n"),
+    ("relay/x.py", "from tools.deploy import kit\n"),
     ("firmware/x.py", "import relay.protocol\n"),
     ("firmware/x.py", "import logging\n"),
     ("firmware/x.py", "import machine_tools\n"),

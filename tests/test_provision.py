@@ -148,3 +148,14 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(env, capsys, change, show
     with open_ledger(env["db"]) as ledger:
         assert ledger.get_cabinet("galaga-1")["secret"] == secret_before, "a refused provisioning re-keyed"
     assert [p.name for p in env["out"].iterdir()] == ["galaga-1"]     # no staging directory left behind
+
+
+def test_a_database_that_is_not_sqlite_is_a_clear_error(tmp_path, capsys):
+    # StorageError is a tuple of the engines' errors: `except (LedgerError, StorageError)` would itself
+    # raise TypeError (Python does not look inside a nested tuple)
+    bad = tmp_path / "arcade.db"
+    bad.write_bytes(b"this is not a database" * 200)
+    rc = cli.main(["provision", "cab1", "--board", "esp32-devkitc", "--wifi-ssid", "S", "--wifi-password", "p",
+                   "--broker", "mqtt://cab1:x@192.0.2.1:1883", "--db", str(bad), "--out", str(tmp_path / "out")])
+    assert rc == 2
+    assert "arcade provision: database" in capsys.readouterr().err

@@ -25,6 +25,10 @@ COMMANDS = {
     "fake-stripe": ("tools.commands.fake_stripe", "run the fake Stripe API on loopback (demos, trying refunds and disputes)"),
     "demo": ("tools.commands.demo", "start mosquitto, the relay and a simulated cabinet, pay once, show the pulses; --web: try it in a browser"),
     "bench": ("tools.commands.bench", "benchmark the relay against the naive design on loopback (latency, rate, recovery)"),
+    "init": ("tools.commands.init", "write a VPS's deployment kit: settings, broker, systemd units, Caddy/nginx"),
+    "doctor": ("tools.commands.doctor", "check a deployment: each check ok, or what is wrong and how to fix it"),
+    "backup": ("tools.commands.backup", "take a consistent copy of the database while the relay runs"),
+    "restore": ("tools.commands.restore", "put a backup back (refuses a live database without --force)"),
     "soak": ("tools.commands.soak", "many payments under random faults (kills, broker loss, power cuts); the books must balance"),
 }
 

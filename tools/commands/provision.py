@@ -215,7 +215,7 @@ def main(argv=None):
     except ProvisionError as e:
         print("arcade provision: %s" % e, file=sys.stderr)
         return 2
-    except (LedgerError, StorageError) as e:
+    except (LedgerError,) + StorageError as e:
         print("arcade provision: database %s: %s" % (redact(db), e), file=sys.stderr)
         return 2
     shown = os.path.relpath(target) if not os.path.relpath(target).startswith("..") else str(target)

@@ -9,6 +9,7 @@ It answers the few endpoints the project uses the way Stripe does, and records e
     GET  /v1/checkout/sessions              list: limit, starting_after, ending_before,
                                             created[gte|gt|lte|lt], status, payment_link; has_more
     POST /v1/checkout/sessions/<id>/expire  expire an open session (sends checkout.session.expired)
+    GET  /v1/webhook_endpoints              list the endpoints added with add_webhook_endpoint()
 
     POST /v1/refunds                        refund a payment_intent or charge (Idempotency-Key honoured;
                                             a second full refund answers charge_already_refunded);
@@ -133,6 +134,8 @@ class FakeStripe:
         self.sessions = {}            # id -> session dict (Stripe's JSON shape)
         self.payment_links = {}       # plink id -> {"amount", "currency", "metadata", "name"}
         self.events = []              # every event the fake made (sent or not: no webhook_url)
+        self.webhook_endpoints = []   # GET /v1/webhook_endpoints answers these (add_webhook_endpoint)
+        self.clock_offset = 0.0       # seconds added to the Date header (a server whose clock differs)
         self.webhooks = []            # (event, status code or error string) for every webhook sent
         self.attempts = []            # card payments tried on the hosted page: {"session", "last4", "outcome", "t"}
         self._order = []              # session ids in creation order
@@ -203,6 +206,15 @@ class FakeStripe:
         params.update(fields)
         with self._lock:
             return self._create(params, created=created)
+
+    def add_webhook_endpoint(self, url, events=None, livemode=False, status="enabled"):
+        """An endpoint as the dashboard would list it (the signing secret is never listed)."""
+        ep = {"id": "we_" + secrets.token_hex(12), "object": "webhook_endpoint", "url": url,
+              "enabled_events": list(events or ["checkout.session.completed"]), "livemode": livemode,
+              "status": status, "api_version": None, "created": int(time.time())}
+        with self._lock:
+            self.webhook_endpoints.append(ep)
+        return ep
 
     def add_payment_link(self, amount, currency="usd", metadata=None, name="Arcade play", link_id=None):
         link_id = link_id or stripe_events.new_id("plink", 24)
@@ -414,6 +426,9 @@ class FakeStripe:
                 return 200, json.loads(json.dumps(body))
             if method == "GET" and path == "/v1/checkout/sessions":
                 return 200, self._list(query)
+            if method == "GET" and path == "/v1/webhook_endpoints":
+                return 200, {"object": "list", "data": json.loads(json.dumps(self.webhook_endpoints)),
+                             "has_more": False, "url": "/v1/webhook_endpoints"}
             m = _SESSION_PATH.match(path)
             if m and method == "GET":
                 s = self.sessions.get(m.group(1))
@@ -697,6 +712,9 @@ class _Handler(BaseHTTPRequestHandler):
         if length > MAX_BODY:
             raise StripeError(413, "invalid_request_error", "Request body too large.")
         return self.rfile.read(length) if length else b""
+
+    def date_time_string(self, timestamp=None):
+        return super().date_time_string((time.time() if timestamp is None else timestamp) + self.fake.clock_offset)
 
     def _send(self, status, body, ctype="application/json", headers=()):
         if isinstance(body, (dict, list)):
