@@ -225,3 +225,18 @@ def test_the_thin_path_check_would_catch_an_import(tmp_path, monkeypatch):
     (fake_root / "relay" / "checkout.py").write_text("def f():\n    from relay.console import views\n")
     monkeypatch.setattr(sys.modules[__name__], "ROOT", fake_root)
     assert "relay.console" in relay_closure(["relay.webhook"])
+
+
+def test_no_except_clause_nests_the_storage_error_tuple():
+    """relay.ledger.StorageError is a tuple of the engines' errors: `except (X, StorageError)` nests it,
+    which Python refuses with a TypeError at the moment the clause is tested (the error it meant to
+    catch is lost). Add it as `(X,) + StorageError` instead."""
+    bad = []
+    for path in sources():
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ExceptHandler) and isinstance(node.type, ast.Tuple):
+                names = [getattr(e, "id", getattr(e, "attr", None)) for e in node.type.elts]
+                if "StorageError" in names:
+                    bad.append("%s:%d" % (path.relative_to(ROOT), node.lineno))
+    assert bad == []

@@ -33,7 +33,7 @@ def main(argv=None):
         return 2
     try:
         app = create_app()
-    except (ConfigError, StorageError) as e:
+    except (ConfigError,) + StorageError as e:
         print("arcade console: %s" % e, file=sys.stderr)
         return 2
     try:
