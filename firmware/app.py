@@ -271,7 +271,8 @@ class App:
              "total": cab.state["total"], "inhibited": cab.inhibited(), "held": cab.held(),
              "cfg": cab.cfg["ver"], "width_ms": self.coin.width_ms, "gap_ms": self.coin.gap_ms,
              "cfg_error": cab.cfg_error, "test": cab.cfg["test"], "test_error": cab.test_error,
-             "crashes": self.crashes, "wifi": self.wifi_err, "dropped": inbound.dropped}
+             "crashes": self.crashes, "wifi": self.wifi_err, "dropped": inbound.dropped,
+             "clock": protocol.clock()}
         if self.screen is not None:
             d["display"] = self.screen.error or "ok"
         return d
@@ -333,6 +334,14 @@ class App:
             # the clock, for the certificate dates: now, before any broker socket is open
             self._feed()
             self.tls.set_clock()
+            self._feed()
+        elif not protocol.clock():
+            # best effort: with no clock the status says clock 0 and credits carry no expiry
+            try:
+                import ntptime
+                ntptime.settime()
+            except Exception:
+                pass
             self._feed()
 
     def _connect(self):

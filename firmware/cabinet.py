@@ -118,6 +118,9 @@ class Cabinet:
             # a credit is held by the inhibit line: no answer to it or to any other credit now;
             # the relay redelivers, and by then the held one is applied (or still held)
             return "held", None
+        if m["exp"] and not 0 < protocol.clock() < m["exp"]:
+            # signed to expire (then refunded): never started at or after exp, nor on an unset clock
+            return "rejected", self._ack(m["ledger"], m["seq"], m["session"], "rejected", "expired")
         if m["ledger"] == s["ledger"] and m["seq"] <= s["last"]:
             return "rejected", self._ack(m["ledger"], m["seq"], m["session"], "rejected", "stale_seq")
         s["cur"] = {"ledger": m["ledger"], "seq": m["seq"], "credits": m["credits"],

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import time
 from micropython import const
 
 try:
@@ -14,9 +15,18 @@ FW = "0.2.0"
 _BLOCK = const(64)
 MAX_PULSES = const(255)
 
-CREDIT_FIELDS = ("cab", "ledger", "seq", "credits", "pulses", "session", "ts", "epoch")
+CREDIT_FIELDS = ("cab", "ledger", "seq", "credits", "pulses", "session", "ts", "epoch", "exp")
 _STR = ("cab", "ledger", "session", "epoch", "sig")
-_INT = ("seq", "credits", "pulses", "ts")
+_INT = ("seq", "credits", "pulses", "ts", "exp")
+# Unix seconds = time.time() + this on ports whose epoch is 2000; a clock before 2024 is unset
+_UNIX = 946684800 if time.gmtime(0)[0] == 2000 else 0
+_SET = const(1704067200)
+
+
+def clock():
+    """Unix seconds by the board's (NTP-set) clock, 0 while it is unset (docs/protocol.md, Expiry)."""
+    t = int(time.time()) + _UNIX
+    return t if t >= _SET else 0
 _HEX = "0123456789abcdef"
 
 
@@ -181,7 +191,8 @@ def check_test(payload, cab, key):
 
 
 STATUS_KEYS = ("uptime", "heap", "rssi", "total", "inhibited", "held", "cfg", "width_ms",
-               "gap_ms", "cfg_error", "test", "test_error", "crashes", "wifi", "dropped", "display")
+               "gap_ms", "cfg_error", "test", "test_error", "crashes", "wifi", "dropped", "display",
+               "clock")
 
 
 def status(key, cab, online, seal, ledger="", last=0, info=None):

@@ -8,12 +8,13 @@ import hmac
 import json
 import time
 
-CREDIT_FIELDS = ("cab", "ledger", "seq", "credits", "pulses", "session", "ts", "epoch")
+CREDIT_FIELDS = ("cab", "ledger", "seq", "credits", "pulses", "session", "ts", "epoch", "exp")
 ACK_FIELDS = ("cab", "ledger", "seq", "session", "result", "reason", "pulses", "last", "epoch")
-_INT_FIELDS = frozenset(("seq", "credits", "pulses", "ts", "last"))
+_INT_FIELDS = frozenset(("seq", "credits", "pulses", "ts", "last", "exp"))
 
 ACK_RESULTS = ("applied", "duplicate", "rejected")
-REJECT_REASONS = ("bad_signature", "malformed", "wrong_cabinet", "bad_pulses", "stale_seq", "wrong_epoch")
+REJECT_REASONS = ("bad_signature", "malformed", "wrong_cabinet", "bad_pulses", "stale_seq", "wrong_epoch",
+                  "expired")
 # Reasons a cabinet gives before (or without) verifying the credit's signature: its ack then names no
 # credit (ledger "", seq 0, session ""), and one that names the credit in flight is never final.
 UNVERIFIED_REASONS = ("bad_signature", "malformed")
@@ -86,12 +87,14 @@ def _encode(kind, fields, values, secret, canonical_fn):
     return json.dumps(msg, separators=(",", ":")).encode("utf-8")
 
 
-def build_credit(cab, ledger, seq, credits, pulses, session, secret, ts=None, epoch=""):
+def build_credit(cab, ledger, seq, credits, pulses, session, secret, ts=None, epoch="", exp=0):
     """The credit message as the bytes to publish (compact JSON, signed) for the cabinet's `epoch`
-    (its journal's; "" when the relay doesn't know it yet: the cabinet then answers wrong_epoch)."""
+    (its journal's; "" when the relay doesn't know it yet: the cabinet then answers wrong_epoch).
+    `exp`: Unix seconds from which the cabinet refuses it (`expired`), 0 for no expiry
+    (docs/protocol.md, Expiry)."""
     if ts is None:
         ts = int(time.time())
-    return _encode("credit", CREDIT_FIELDS, (cab, ledger, seq, credits, pulses, session, ts, epoch), secret,
+    return _encode("credit", CREDIT_FIELDS, (cab, ledger, seq, credits, pulses, session, ts, epoch, exp), secret,
                    canonical_credit)
 
 
@@ -169,10 +172,10 @@ def build_test(cab, n, pulses, secret, ts=None):
 # the seal (epoch, boot, n) first; offline statuses (the last will) carry only cab..n.
 STATUS_FIELDS = ("cab", "online", "epoch", "boot", "n", "fw", "ledger", "last", "uptime", "heap", "rssi", "total",
                  "inhibited", "held", "cfg", "width_ms", "gap_ms", "cfg_error", "test", "test_error", "crashes", "wifi",
-                 "dropped")
+                 "dropped", "display", "clock")
 _STATUS_REQUIRED = ("cab", "online", "epoch", "boot", "n")
 _STATUS_BOOL = frozenset(("online", "inhibited"))
-_STATUS_STR = frozenset(("cab", "epoch", "fw", "ledger", "cfg_error", "test_error"))
+_STATUS_STR = frozenset(("cab", "epoch", "fw", "ledger", "cfg_error", "test_error", "display"))
 MAX_STATUS_BYTES = 2048
 
 

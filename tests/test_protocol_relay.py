@@ -22,7 +22,7 @@ def test_credit_vectors(vec):
         assert protocol.canonical_credit(msg) == vec["canonical"].encode()
         assert protocol.sign(SECRET, protocol.canonical_credit(msg)) == msg["sig"]
         built = protocol.build_credit(msg["cab"], msg["ledger"], msg["seq"], msg["credits"], msg["pulses"],
-                                      msg["session"], SECRET, ts=msg["ts"], epoch=msg["epoch"])
+                                      msg["session"], SECRET, ts=msg["ts"], epoch=msg["epoch"], exp=msg["exp"])
         # Byte for byte what the vectors hold, compact JSON in the documented field order.
         assert built == json.dumps(msg, separators=(",", ":")).encode()
 

@@ -7,13 +7,13 @@ import json
 from protocol import ACK_FIELDS, canonical, equal, sign
 
 
-def credit(key, cab, ledger, seq, credits, pulses, session, ts, epoch=""):
-    """A signed credit payload."""
-    sig = sign(key, canonical("credit", (cab, ledger, seq, credits, pulses, session, ts, epoch)))
+def credit(key, cab, ledger, seq, credits, pulses, session, ts, epoch="", exp=0):
+    """A signed credit payload (exp: Unix seconds it expires at, 0 none)."""
+    sig = sign(key, canonical("credit", (cab, ledger, seq, credits, pulses, session, ts, epoch, exp)))
     return ('{"t":"credit","cab":%s,"ledger":%s,"seq":%d,"credits":%d,"pulses":%d,'
-            '"session":%s,"ts":%d,"epoch":%s,"sig":"%s"}'
+            '"session":%s,"ts":%d,"epoch":%s,"exp":%d,"sig":"%s"}'
             % (json.dumps(cab), json.dumps(ledger), seq, credits, pulses, json.dumps(session), ts,
-               json.dumps(epoch), sig)).encode()
+               json.dumps(epoch), exp, sig)).encode()
 
 
 def config(key, cab, ver, width_ms, gap_ms, coins_per_credit, ts):

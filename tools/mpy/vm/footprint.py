@@ -138,10 +138,15 @@ def collect():
 
 def _credit(protocol, key, seq, epoch):
     # the relay's job, written here (tools/hostsim/fwmsgs.py would put its code on the measured heap)
+    # with a signed expiry, as the relay sends to a cabinet whose clock is set (the comparison runs)
     session, ts = "cs_test_fp%05d" % seq, 1764165000 + seq
-    sig = protocol.sign(key, protocol.canonical("credit", ("cab1", LEDGER, seq, 1, PULSES, session, ts, epoch)))
+    now = protocol.clock()
+    exp = now + 900 if now else 0
+    sig = protocol.sign(key, protocol.canonical("credit", ("cab1", LEDGER, seq, 1, PULSES, session, ts, epoch,
+                                                           exp)))
     return ('{"t":"credit","cab":"cab1","ledger":"%s","seq":%d,"credits":1,"pulses":%d,"session":"%s",'
-            '"ts":%d,"epoch":"%s","sig":"%s"}' % (LEDGER, seq, PULSES, session, ts, epoch, sig)).encode()
+            '"ts":%d,"epoch":"%s","exp":%d,"sig":"%s"}' % (LEDGER, seq, PULSES, session, ts, epoch, exp,
+                                                            sig)).encode()
 
 
 def steps():
