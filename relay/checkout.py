@@ -262,7 +262,8 @@ def payment_view(ledger, session_id, stuck_after=20.0, now=None):
                     message="Nothing was charged. You can try again from the cabinet's QR code.")
     elif state in ("refunded", "refunding"):   # issue 13: an operator's refund; the credit will never be sent
         view.update(state=state, step=0, tone="neutral", done=True,
-                    title="Refunded" if state == "refunded" else "Being refunded",
+                    title="Refunded \u2014 the cabinet couldn't take your credit" if state == "refunded"
+                    else "Being refunded",
                     message="The cabinet couldn't take your credit, so your payment %s to your card. No credit "
                             "will be added." % ("was refunded" if state == "refunded" else "is being refunded"))
     else:   # rejected, invalid: money taken, no credit

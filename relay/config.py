@@ -49,6 +49,11 @@ DEFAULTS = {
     "ARCADE_OFFLINE_ALERT": "10m",    # a cabinet offline this long (inside opening hours) is an alert
     "ARCADE_OPEN_HOURS": None,        # e.g. 10:00-23:00 in ARCADE_TZ; unset: always open
     "ARCADE_ALERT_EVERY": "30s",      # how often the alert checks run (0: off)
+    # Automatic refunds (relay/expiry.py, relay/autorefund.py; docs/protocol.md, Expiry).
+    "ARCADE_REFUND_AFTER": "15m",     # a credit's signed exp is this long after payment (0: no expiry, no auto refund)
+    "ARCADE_REFUND_MARGIN": "5m",     # refunded this long after exp without an ack (clock skew + a pulse train)
+    "ARCADE_CLOCK_SKEW": "30s",       # a cabinet clock further than this from ours counts as unset
+    "ARCADE_REFUND_EVERY": "30",      # seconds between the automatic-refund checks
 }
 _FLOATS = ("ARCADE_ACK_TIMEOUT", "ARCADE_ACK_TIMEOUT_MAX", "ARCADE_STUCK_AFTER", "ARCADE_RESCAN")
 _INTS = ("ARCADE_MQTT_KEEPALIVE", "ARCADE_DB_BUSY_TIMEOUT")

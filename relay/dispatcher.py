@@ -25,7 +25,7 @@ import time
 
 import paho.mqtt.client as mqtt
 
-from relay import backends, protocol
+from relay import backends, expiry, protocol
 from relay.config import mask_url, parse_mqtt_url
 from relay.ledger import StorageError, open_ledger
 
@@ -64,6 +64,7 @@ class Dispatcher:
         self.rescan = float(settings["ARCADE_RESCAN"])
         self.keepalive = int(settings["ARCADE_MQTT_KEEPALIVE"])
         self.busy_timeout = int(settings["ARCADE_DB_BUSY_TIMEOUT"])
+        self.refund_after, _, self.clock_skew = expiry.settings(settings)   # signed expiry (relay/expiry.py)
         self.wake_event = wake if wake is not None else threading.Event()
         self.connected = False      # the MQTT connection is up (read by /healthz)
         self.ledger_id = None
@@ -212,6 +213,7 @@ class Dispatcher:
         flight, resend what is due. Returns the seconds until the next round is due."""
         self._drain(ledger)
         if self._session_up:
+            self._drop_revoked(ledger)
             self._fill(ledger)
             self._check_retained_configs(ledger)
             self._publish_configs(ledger)
@@ -262,7 +264,8 @@ class Dispatcher:
 
     def _fill(self, ledger):
         """Put the lowest-seq unacknowledged credit of every idle cabinet in flight."""
-        for row in ledger.next_deliveries(exclude=self._flights):
+        for row in ledger.next_deliveries(exclude=self._flights, expiry=lambda row: expiry.expiry_for(
+                ledger, row, self.refund_after, self.clock_skew)):
             epoch = ledger.cabinet_epoch(row["cabinet_id"])
             since = self.clock() - max(0.0, time.time() - row["queued_at"])
             flight = self._flights[row["cabinet_id"]] = _Flight(row, self._credit(row, epoch), since, epoch)
@@ -270,7 +273,19 @@ class Dispatcher:
 
     def _credit(self, row, epoch):
         return protocol.build_credit(row["cabinet_id"], self.ledger_id, row["seq"], row["credits"], row["pulses"],
-                                     row["session_id"], row["secret"], ts=row["issued_ts"], epoch=epoch)
+                                     row["session_id"], row["secret"], ts=row["issued_ts"], epoch=epoch,
+                                     exp=row.get("exp") or 0)
+
+    def _drop_revoked(self, ledger):
+        """A credit in flight past its exp may have been refunded automatically (relay/autorefund.py):
+        stop sending it (the cabinet refuses it anyway) and let the cabinet's next credit go."""
+        now = time.time()
+        for cab, flight in list(self._flights.items()):
+            if (flight.row.get("exp") or 0) and now >= flight.row["exp"] and \
+                    not ledger.still_pending(flight.session, flight.seq):
+                log.info("credit seq %d for %s (session %s) was revoked (refunded): no longer sent", flight.seq, cab,
+                         flight.session)
+                del self._flights[cab]
 
     def _new_epoch(self, ledger, cab, epoch, why, changed):
         """The cabinet's journal has `epoch` (recorded): sign the credit in flight for it and send it now."""
@@ -428,6 +443,12 @@ class Dispatcher:
         # used, and an old ack (from the cabinet's flash or a broker queue) must not settle a new credit.
         if (msg["ledger"] != self.ledger_id or flight is None or msg["seq"] != flight.seq
                 or msg["session"] != flight.session):
+            if msg["ledger"] == self.ledger_id and msg["result"] in ("applied", "duplicate") and \
+                    ledger.late_ack(msg["session"], msg["seq"], msg["result"]):
+                log.error("cabinet %s acked %s for seq %d (session %s) after its automatic refund: the play was "
+                          "given before exp and its ack came late; recorded as refunded after play", cab,
+                          msg["result"], msg["seq"], msg["session"])
+                return
             log.info("ignored ack from %s for seq %s (session %s) of ledger %s: not the credit in flight (%s)", cab,
                      msg["seq"], msg["session"] or '""', msg["ledger"][:8] or '""',
                      "seq %d, session %s" % (flight.seq, flight.session) if flight else "none")
@@ -454,6 +475,17 @@ class Dispatcher:
         if result == "applied" and msg["pulses"] != flight.pulses:
             log.warning("ignored ack from %s: applied seq %d with %d pulses, the credit has %d", cab, flight.seq,
                         msg["pulses"], flight.pulses)
+            return
+        if result == "rejected" and reason == "expired" and expiry.expired_ack_means_unset_clock(flight.row.get("exp")):
+            # exp is still ahead by our clock: the cabinet's clock is unset (rebooted without NTP). Sign it
+            # without exp, recorded first: from now on it is never refunded automatically
+            ledger.drop_expiry(flight.session, flight.seq)
+            log.warning("cabinet %s refused seq %d as expired before its exp: its clock is unset; sent again without "
+                        "expiry (no automatic refund for it)", cab, flight.seq)
+            flight.row = dict(flight.row, exp=0)
+            flight.payload, flight.attempts = self._credit(flight.row, flight.epoch), 0
+            if self._session_up:
+                self._publish(flight)
             return
         if result == "rejected" and reason == "stale_seq":
             changed = ledger.resequence(cab, max(msg["last"], flight.seq))

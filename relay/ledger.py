@@ -174,6 +174,11 @@ MIGRATIONS.append(("issue9_cabinet_epochs", ["CREATE TABLE cabinet_epochs (cabin
                                              "n INTEGER NOT NULL DEFAULT 0, retired TEXT NOT NULL DEFAULT '[]', "
                                              "seen_at REAL NOT NULL)"]))
 RETIRED_EPOCHS = 16
+# issue 13 (automatic refunds): exp, the signed expiry of every copy of a credit ever published (Unix
+# seconds), fixed in the same write that marks it published (next_deliveries); 0: a copy without expiry
+# went out (the cabinet's clock was unset), so it is never refunded automatically. NULL: not published
+# by a relay that knew expiries (an older relay): never refunded automatically either.
+MIGRATIONS.append(("issue13b_credit_expiry", ["ALTER TABLE payments ADD COLUMN exp INTEGER"]))
 
 _CABINET_COLS = ("id, name, secret, enabled, currency, price_cents, bundles, coins_per_credit, next_seq, "
                  "last_seq, online, last_seen, status, created_at")
@@ -671,16 +676,17 @@ class Ledger:
 
     # -- deliveries: the dispatcher side -----------------------------------------------------
 
-    def next_deliveries(self, exclude=()):
+    def next_deliveries(self, exclude=(), expiry=None):
         """For each cabinet with unacknowledged credits (and not in `exclude`), its lowest-seq one,
         with the cabinet's secret: everything needed to build the message.
 
         A credit returned here for the first time is first marked published (published_at), in a
         write transaction that re-checks it is still pending: a refund that claimed it before
         (claim_refund) wins and it is not returned, and a refund after sees it was published. So a
-        refunded credit is never published, and a published one is never refunded as undelivered."""
+        refunded credit is never published, and a published one is never refunded as undelivered.
+        The same write fixes its signed expiry, `expiry(row)` (Unix seconds, 0 for none; relay/expiry.py)."""
         rows = self._rows("SELECT p.session_id, p.cabinet_id, p.seq, p.credits, p.pulses, p.issued_ts, p.state, "
-                          "p.queued_at, p.published_at, c.secret FROM payments p "
+                          "p.queued_at, p.published_at, p.exp, c.secret FROM payments p "
                           "JOIN (SELECT cabinet_id, MIN(seq) AS seq FROM payments WHERE state IN ('queued', 'sent') "
                           "GROUP BY cabinet_id) h ON h.cabinet_id = p.cabinet_id AND h.seq = p.seq "
                           "JOIN cabinets c ON c.id = p.cabinet_id ORDER BY p.cabinet_id")
@@ -691,13 +697,83 @@ class Ledger:
             with self._write() as cur:
                 now = time.time()
                 for row in fresh:
-                    cur.execute("UPDATE payments SET published_at = ? WHERE session_id = ? AND seq = ? "
+                    row["exp"] = int(expiry(row)) if expiry is not None else 0
+                    cur.execute("UPDATE payments SET published_at = ?, exp = ? WHERE session_id = ? AND seq = ? "
                                 "AND published_at IS NULL AND state IN ('queued', 'sent')",
-                                (now, row["session_id"], row["seq"]))
+                                (now, row["exp"], row["session_id"], row["seq"]))
                     if cur.rowcount != 1:
                         lost.add(row["session_id"])
             rows = [row for row in rows if row["session_id"] not in lost]
         return rows
+
+    def drop_expiry(self, session_id, seq):
+        """A copy of this credit without expiry is about to be published (the cabinet's clock is unset):
+        from now on it is never refunded automatically. True if it was still pending."""
+        with self._write() as cur:
+            cur.execute("UPDATE payments SET exp = 0, updated_at = ? WHERE session_id = ? AND seq = ? "
+                        "AND state IN ('queued', 'sent')", (time.time(), session_id, seq))
+            return cur.rowcount == 1
+
+    def still_pending(self, session_id, seq):
+        """Is this credit still to be delivered (queued or sent)? False once revoked or settled."""
+        rows = self._rows("SELECT 1 AS x FROM payments WHERE session_id = ? AND seq = ? AND state IN "
+                          "('queued', 'sent')", (session_id, seq))
+        return bool(rows)
+
+    def auto_refund_due(self, now, refund_after, margin):
+        """Payments an automatic refund may take now (relay/autorefund.py): a credit never published
+        and queued `refund_after` ago; a published one whose every copy expires (exp > 0) and whose
+        exp + `margin` has passed without an ack; one the cabinet refused as expired."""
+        return self._rows("SELECT session_id, cabinet_id, seq, state, exp, queued_at, published_at, reason FROM payments "
+                          "WHERE (state = 'queued' AND published_at IS NULL AND queued_at <= ?) "
+                          "OR (state IN ('queued', 'sent') AND exp > 0 AND exp + ? <= ?) "
+                          "OR (state = 'rejected' AND reason = 'expired') ORDER BY queued_at",
+                          (now - refund_after, margin, now))
+
+    def claim_auto_refund(self, session_id, now, refund_after, margin):
+        """Hold one payment for an automatic refund, re-checking under the database lock that it is
+        still due (auto_refund_due's rule): state `refunding`, so the dispatcher drops it. Returns
+        (refund row, note), or None when it is no longer due (acked, published meanwhile...)."""
+        with self._write() as cur:
+            cur.execute("SELECT state, published_at, exp, queued_at, amount, currency, reason FROM payments "
+                        "WHERE session_id = ?", (session_id,))
+            row = cur.fetchone()
+            if row is None:
+                return None
+            state, published_at, exp, queued_at, amount, currency, reason = row
+            cur.execute("SELECT state FROM refunds WHERE session_id = ?", (session_id,))
+            old = cur.fetchone()
+            if old is not None and old[0] in ("succeeded", "requested", "unknown"):
+                return None
+            if state == "queued" and published_at is None and queued_at <= now - refund_after:
+                note = "never published within %d s: withdrawn" % refund_after
+            elif state in ("queued", "sent") and exp and exp > 0 and exp + margin <= now:
+                note = "expired at %d unacknowledged (refunded %d s after exp)" % (exp, now - exp)
+            elif state == "rejected" and reason == "expired":
+                note = "the cabinet refused it as expired"
+            else:
+                return None
+            cur.execute("UPDATE payments SET state = 'refunding', updated_at = ? WHERE session_id = ? AND state = ?",
+                        (now, session_id, state))
+            cur.execute("INSERT INTO refunds (session_id, state, prior_state, after_play, amount, currency, reason, "
+                        "who, source, created_at, updated_at) VALUES (?, 'requested', ?, 0, ?, ?, ?, 'relay', 'auto', "
+                        "?, ?) ON CONFLICT (session_id) DO UPDATE SET state = 'requested', prior_state = "
+                        "excluded.prior_state, after_play = 0, reason = excluded.reason, who = 'relay', "
+                        "source = 'auto', error = '', updated_at = excluded.updated_at",
+                        (session_id, state, amount, currency, "automatic: " + note, now, now))
+            return self._refund_row(cur, session_id), note
+
+    def late_ack(self, session_id, seq, result):
+        """A cabinet acked `result` (applied/duplicate) for a credit refunded automatically: the play
+        was given before exp and its ack came after the refund. Recorded as refunded after play.
+        True if a refund of this relay matched."""
+        now = time.time()
+        with self._write() as cur:
+            cur.execute("UPDATE refunds SET after_play = 1, error = ?, updated_at = ? WHERE session_id = ? AND "
+                        "source = 'auto' AND after_play = 0",
+                        ("the cabinet acked %s after the automatic refund: played and refunded" % result, now,
+                         session_id))
+            return cur.rowcount == 1
 
     def mark_sent(self, session_id, seq):
         """The broker acknowledged a publish of this credit (PUBACK). Returns True if it was still pending."""

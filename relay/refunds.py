@@ -50,11 +50,12 @@ def _client(cfg):
     return stripe.StripeClient(key, **kwargs)
 
 
-def refund(ledger, cfg, session_id, who, source, reason="", force=False, client=None):
+def refund(ledger, cfg, session_id, who, source, reason="", force=False, client=None, claimed=None):
     """Refund one payment; returns a dict(session_id, refund_id, amount, currency, after_play, note).
-    Raises RefundError (nothing refunded; the message says why)."""
+    Raises RefundError (nothing refunded; the message says why). `claimed`: the (refund row, note) of a
+    hold already taken (an automatic refund's, relay/autorefund.py) instead of claim_refund's."""
     try:
-        claim, note = ledger.claim_refund(session_id, who, source, reason=reason, force=force)
+        claim, note = claimed or ledger.claim_refund(session_id, who, source, reason=reason, force=force)
     except LedgerError as e:
         raise RefundError(str(e))
     ledger.audit(who, "refund.requested", session_id, "%s%s" % (note, "; reason: %s" % reason if reason else ""))

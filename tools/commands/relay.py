@@ -12,7 +12,7 @@ import sys
 
 import waitress
 
-from relay import MAX_BODY, alerts, create_app, logs, reconcile
+from relay import MAX_BODY, alerts, autorefund, create_app, expiry, logs, reconcile
 from relay.config import ConfigError, db_path, mask_url
 from relay.dispatcher import start_for_app
 from relay.backends import is_postgres, redact
@@ -55,6 +55,7 @@ def main(argv=None):
     try:
         reconcile.settings(app.config)   # a bad ARCADE_RECONCILE_* stops the relay before it listens
         alerts.Alerter(app.config)       # so does a bad alert setting (ARCADE_OPEN_HOURS, SMTP...)
+        expiry.settings(app.config)      # and a bad ARCADE_REFUND_AFTER / _MARGIN / ARCADE_CLOCK_SKEW
     except ConfigError as e:
         print("arcade relay: %s" % e, file=sys.stderr)
         return 2
@@ -75,12 +76,13 @@ def main(argv=None):
         print("arcade relay: cannot listen on %s:%d: %s (is another relay running? try --port)"
               % (args.host, args.port, e), file=sys.stderr)
         return 2
-    dispatcher = reconciler = alerter = None
+    dispatcher = reconciler = alerter = refunder = None
     try:
         dispatcher = start_for_app(app)
         # the process that runs the dispatcher also reconciles with Stripe (when STRIPE_API_KEY is set)
         reconciler = reconcile.start_for_app(app) if dispatcher else None
         alerter = alerts.start_for_app(app) if dispatcher else None     # alerts once per incident (issue 13)
+        refunder = autorefund.start_for_app(app) if dispatcher else None  # credits that expired undelivered
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
         print("arcade relay: listening on http://%s:%d (POST /stripe/webhook, GET /healthz); broker %s; "
@@ -91,6 +93,8 @@ def main(argv=None):
         server.run()
     finally:
         server.close()
+        if refunder is not None:
+            refunder.stop()
         if alerter is not None:
             alerter.stop()
         if reconciler is not None:
