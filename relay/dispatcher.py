@@ -265,7 +265,7 @@ class Dispatcher:
     def _fill(self, ledger):
         """Put the lowest-seq unacknowledged credit of every idle cabinet in flight."""
         for row in ledger.next_deliveries(exclude=self._flights, expiry=lambda row: expiry.expiry_for(
-                ledger, row, self.refund_after, self.clock_skew)):
+                ledger, row, self.refund_after)):
             epoch = ledger.cabinet_epoch(row["cabinet_id"])
             since = self.clock() - max(0.0, time.time() - row["queued_at"])
             flight = self._flights[row["cabinet_id"]] = _Flight(row, self._credit(row, epoch), since, epoch)
@@ -417,6 +417,8 @@ class Dispatcher:
             return
         online = msg["online"]
         ledger.record_status(cab, online, protocol.signed_status_fields(msg))
+        if online and not retained:     # its clock, as it says it now: whether its credits may expire
+            ledger.set_cabinet_clock(cab, expiry.clock_ok(msg, time.time(), self.clock_skew))
         if online:
             # a credit signed for another epoch than the cabinet's current one never applies
             self._new_epoch(ledger, cab, msg["epoch"], "its status", verdict == "new")

@@ -50,13 +50,12 @@ def clock_ok(status, seen_at, skew):
     return abs(clock - float(seen_at)) <= skew
 
 
-def expiry_for(ledger, row, refund_after, skew):
+def expiry_for(ledger, row, refund_after):
     """The exp to sign into this credit at its first publish: 0 (none) when automatic refunds are off or
-    the cabinet's clock is not known to be set."""
+    the cabinet's last live status did not say its clock is set (Ledger.set_cabinet_clock)."""
     if not refund_after:
         return 0
-    cabinet = ledger.get_cabinet(row["cabinet_id"])
-    if cabinet is None or not clock_ok(cabinet.get("status"), cabinet.get("last_seen"), skew):
+    if not ledger.cabinet_clock_set(row["cabinet_id"]):
         return 0
     return int(row["queued_at"]) + refund_after
 

@@ -178,7 +178,10 @@ RETIRED_EPOCHS = 16
 # seconds), fixed in the same write that marks it published (next_deliveries); 0: a copy without expiry
 # went out (the cabinet's clock was unset), so it is never refunded automatically. NULL: not published
 # by a relay that knew expiries (an older relay): never refunded automatically either.
-MIGRATIONS.append(("issue13b_credit_expiry", ["ALTER TABLE payments ADD COLUMN exp INTEGER"]))
+# cabinets.clock_set: what the cabinet's last live online status said of its clock (1 set and close to
+# ours, 0 unset or off; NULL never said): credits get an exp only while it is 1.
+MIGRATIONS.append(("issue13b_credit_expiry", ["ALTER TABLE payments ADD COLUMN exp INTEGER",
+                                              "ALTER TABLE cabinets ADD COLUMN clock_set INTEGER"]))
 
 _CABINET_COLS = ("id, name, secret, enabled, currency, price_cents, bundles, coins_per_credit, next_seq, "
                  "last_seq, online, last_seen, status, created_at")
@@ -705,6 +708,15 @@ class Ledger:
                         lost.add(row["session_id"])
             rows = [row for row in rows if row["session_id"] not in lost]
         return rows
+
+    def set_cabinet_clock(self, cabinet_id, ok):
+        """The cabinet's live online status says its clock is set (and close to ours) or not."""
+        with self._write() as cur:
+            cur.execute("UPDATE cabinets SET clock_set = ? WHERE id = ?", (1 if ok else 0, cabinet_id))
+
+    def cabinet_clock_set(self, cabinet_id):
+        rows = self._rows("SELECT clock_set FROM cabinets WHERE id = ?", (cabinet_id,))
+        return bool(rows and rows[0]["clock_set"])
 
     def drop_expiry(self, session_id, seq):
         """A copy of this credit without expiry is about to be published (the cabinet's clock is unset):

@@ -40,6 +40,7 @@ crash.log and resets the board). Switches that make it as unkind as a board (`Bo
   micropython     "1.22": umqtt's `import ussl` returns the built-in ssl first (tools/hostsim/mp122.py)
   chip            the chip the board really has (sys.implementation._machine); default: the profile's
   wifi_off_file   while this file exists the access point is gone (status 201)
+and ARCADE_SIM_CLOCK=unset in the environment: a board whose clock NTP never set (status clock 0).
 """
 import json
 import os
@@ -117,6 +118,11 @@ def run(cab, url, secret, state, profile, board, prefix="arcade", keepalive=30, 
         mp122.install({"ssl": mpssl})
     if sim.ticks_start is not None:
         hosttime.start(sim.ticks_start)
+    wall = time.time                # the host's clock, for the event lines
+    if os.environ.get("ARCADE_SIM_CLOCK") == "unset":
+        # a board whose clock NTP never set: it counts from 2000-01-01 at power-on (the firmware reads 0)
+        start = wall()
+        time.time = lambda: 946684800 + (wall() - start)
     usocket.dns_delay = sim.dns_delay
     sys.implementation._machine = MACHINES[sim.chip or board.get("chip", "esp32")]
     if sim.wifi_off_file:
@@ -146,7 +152,7 @@ def run(cab, url, secret, state, profile, board, prefix="arcade", keepalive=30, 
         d = {"event": event, "cab": cab}
         if fields:
             d.update(fields)
-        d.setdefault("t", time.time())
+        d.setdefault("t", wall())
         out.write(json.dumps(d, separators=(",", ":")) + "\n")
         out.flush()
 
@@ -161,7 +167,7 @@ def run(cab, url, secret, state, profile, board, prefix="arcade", keepalive=30, 
         if pin.id != board["coin_pin"]:
             return
         if v == active:
-            pulse["on"], pulse["t"] = t, time.time()
+            pulse["on"], pulse["t"] = t, wall()
             cur = journal_cur()
             line("pulse_on", {"n": cur.get("done", 0) + 1, "seq": cur.get("seq"), "session": cur.get("session"),
                               "t": pulse["t"]})
