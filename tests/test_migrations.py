@@ -2,6 +2,7 @@
 in every table; the same tables and rows made in PostgreSQL for the PostgreSQL run) opens under today's
 code with every migration applied and nothing lost; each migration runs once, and one that fails
 changes nothing. `arcade db upgrade` does the same from the command line."""
+import time
 import sqlite3
 from pathlib import Path
 
@@ -200,3 +201,22 @@ def test_issue10_checkout_attempts_on_an_upgraded_v1_database(v1_db):
         assert led.reserve_checkout("cab1", "client-a", "1", 1, 100, 1500.0, (2, 600), (60, 600), 600) == \
             ("reuse", "https://checkout.example/x")
     assert {"cabinet_id", "client_key", "state", "session_id", "reuse_until"} <= set(columns(v1_db, "checkout_attempts"))
+
+
+def test_issue13b_upgrade_leaves_old_in_flight_credits_without_expiry_so_never_refunded_automatically(v1_db):
+    """issue13b_credit_expiry: a credit an older relay published carried no exp (any copy of it may
+    still pulse whenever its cabinet returns), so it must never be refunded automatically."""
+    before = dict(rows(v1_db, "SELECT session_id, state FROM payments"))
+    with open_ledger(v1_db) as led:
+        assert "issue13b_credit_expiry" in led.migrations()
+        pending = [sid for sid, state in before.items() if state in ("queued", "sent")]
+        assert pending, "the v1 database has credits in flight to check"
+        far = time.time() + 10 * 365 * 86400
+        due = {r["session_id"] for r in led.auto_refund_due(far, 900, 300)}
+        assert not due & set(pending), "an old in-flight credit would be refunded automatically"
+        for sid in pending:
+            assert led.claim_auto_refund(sid, far, 900, 300) is None
+        cab = led.list_cabinets()[0]["id"]
+        assert led.cabinet_clock_set(cab) is False      # never said: its credits get no exp
+        led.set_cabinet_clock(cab, True)
+        assert led.cabinet_clock_set(cab) is True
