@@ -24,6 +24,8 @@ import threading
 import time
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from relay import backends, expiry, protocol
 from relay.config import mask_url, parse_mqtt_url
@@ -97,7 +99,12 @@ class Dispatcher:
                 self.ledger_id = ledger.ledger_id
             self._client = self._make_client()
             target = parse_mqtt_url(self.mqtt_url)
-            self._client.connect_async(target["host"], target["port"], keepalive=self.keepalive)
+            # MQTT 5 (for message expiry on credits): clean_start False + a session that never expires is
+            # v3.1.1's clean_session False, the persistent session the delivery rules rely on
+            session = Properties(PacketTypes.CONNECT)
+            session.SessionExpiryInterval = 0xFFFFFFFF
+            self._client.connect_async(target["host"], target["port"], keepalive=self.keepalive, clean_start=False,
+                                       properties=session)
             self._client.loop_start()
         except BaseException:
             self._release()
@@ -139,8 +146,7 @@ class Dispatcher:
 
     def _make_client(self):
         target = parse_mqtt_url(self.mqtt_url)
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=False,
-                             protocol=mqtt.MQTTv311)
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
         if target["username"] is not None:
             client.username_pw_set(target["username"], target["password"])
         if target["tls"]:
@@ -305,7 +311,19 @@ class Dispatcher:
                         "apply; an applied credit whose ack was lost with the old flash would apply again", cab, epoch)
 
     def _publish(self, flight):
-        info = self._client.publish(self._topic(flight.cab, "credit"), flight.payload, qos=1)
+        kw = {}
+        exp = flight.row.get("exp") or 0
+        if exp:
+            left = int(exp - time.time())
+            if left < 1:
+                # never published at or after its exp (the cabinet refuses it; its refund is due): no copy
+                # of it is anywhere once the broker drops the queued ones
+                flight.next_retry = self.clock() + self.ack_timeout_max
+                return
+            # the broker drops a copy still queued for the cabinet at exp (MQTT 5 message expiry)
+            kw["properties"] = Properties(PacketTypes.PUBLISH)
+            kw["properties"].MessageExpiryInterval = left
+        info = self._client.publish(self._topic(flight.cab, "credit"), flight.payload, qos=1, **kw)
         self._mids[info.mid] = flight
         flight.attempts += 1
         delay = min(self.ack_timeout * 2 ** (flight.attempts - 1), self.ack_timeout_max)
@@ -478,10 +496,15 @@ class Dispatcher:
             log.warning("ignored ack from %s: applied seq %d with %d pulses, the credit has %d", cab, flight.seq,
                         msg["pulses"], flight.pulses)
             return
+        if result == "rejected" and reason == "expired" and not flight.row.get("exp"):
+            # an old copy's answer (it had exp): the copy without exp now in flight is answered on its own
+            log.info("ignored expired ack from %s for seq %d: signed again without expiry since", cab, flight.seq)
+            return
         if result == "rejected" and reason == "expired" and expiry.expired_ack_means_unset_clock(flight.row.get("exp")):
             # exp is still ahead by our clock: the cabinet's clock is unset (rebooted without NTP). Sign it
             # without exp, recorded first: from now on it is never refunded automatically
-            ledger.drop_expiry(flight.session, flight.seq)
+            if not ledger.drop_expiry(flight.session, flight.seq):
+                return                  # revoked meanwhile: no copy without exp may go out
             log.warning("cabinet %s refused seq %d as expired before its exp: its clock is unset; sent again without "
                         "expiry (no automatic refund for it)", cab, flight.seq)
             flight.row = dict(flight.row, exp=0)
