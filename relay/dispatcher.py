@@ -1,6 +1,6 @@
 """The dispatcher: turns committed credits into QoS 1 MQTT messages, one in flight per cabinet.
 
-One persistent paho-mqtt session (fixed client id, clean_session False) per database, guarded by an
+One persistent paho-mqtt session (MQTT 5, fixed client id, clean_start False, never expiring) per database, guarded by an
 exclusive lock (a file lock beside a SQLite database, a session advisory lock in PostgreSQL), so
 however many web workers or relay processes serve webhooks, one client id talks to the broker.
 The database is the source of truth: on every (re)connect and every wake the dispatcher reads the
@@ -121,7 +121,7 @@ class Dispatcher:
             self._thread.join(timeout)
             self._thread = None
         if self._client is not None:
-            self._client.disconnect()   # a clean disconnect keeps the broker session (clean_session False)
+            self._client.disconnect()   # a clean disconnect keeps the broker session (it never expires)
             self._client.loop_stop()
             self._client = None
         self.connected = False
