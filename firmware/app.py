@@ -335,14 +335,6 @@ class App:
             self._feed()
             self.tls.set_clock()
             self._feed()
-        elif not protocol.clock():
-            # best effort: with no clock the status says clock 0 and credits carry no expiry
-            try:
-                import ntptime
-                ntptime.settime()
-            except Exception:
-                pass
-            self._feed()
 
     def _connect(self):
         c = self.client

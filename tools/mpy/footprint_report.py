@@ -20,7 +20,7 @@ if str(ROOT) not in sys.path:
 from tools.mpy import build as mpy_build  # noqa: E402
 
 # heap the firmware may hold at steady state: 32 KB (issue 4), + 256 B for the signed credit expiry
-# (issue 13: exp, the clock check, the status clock field, NTP on plain MQTT); peak + interpreter <= HEAP
+# (issue 13: exp, the clock check, the status clock field); peak + interpreter <= HEAP still holds
 BUDGET = 32 * 1024 + 256
 HEAP = 56 * 1024            # an ESP32's starting Python heap, 1.22-1.27 (ports/esp32/mpconfigport.h)
 MAX_GROWTH = 256            # bytes between credit 40 and 100: "no growth", give or take a GC block
