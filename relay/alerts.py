@@ -19,7 +19,6 @@ channel could take is retried at the next check (the incident is not kept open w
 import json
 import logging
 import smtplib
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -28,7 +27,8 @@ from email.message import EmailMessage
 from zoneinfo import ZoneInfo
 
 from relay.config import ConfigError
-from relay.ledger import StorageError, open_ledger
+from relay.ledger import open_ledger
+from relay.periodic import Job
 
 log = logging.getLogger("arcade.alerts")
 REFUSED_LIMIT, REFUSED_WINDOW = 10, 300.0
@@ -116,7 +116,10 @@ class Channels:
         return took
 
 
-class Alerter:
+class Alerter(Job):
+    thread_name = "arcade-alerts"
+    first_now = False
+
     def __init__(self, cfg, app_state=None, clock=time.time):
         self.cfg = cfg
         self.state = app_state if app_state is not None else {}
@@ -129,8 +132,7 @@ class Alerter:
         self.stuck_after = float(cfg.get("ARCADE_STUCK_AFTER") or 60)
         self.name = cfg.get("ARCADE_NAME") or "Arcade"
         self._broker_down = 0
-        self._stop = threading.Event()
-        self._thread = None
+        super().__init__(self.every)
 
     # -- what needs a person now ---------------------------------------------------------------
 
@@ -203,26 +205,9 @@ class Alerter:
 
     # -- the thread ----------------------------------------------------------------------------
 
-    def start(self):
-        self._thread = threading.Thread(target=self._run, name="arcade-alerts", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self, timeout=10.0):
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def _run(self):
-        while not self._stop.wait(self.every):
-            try:
-                with open_ledger(self.cfg["ARCADE_DB"], self.cfg.get("ARCADE_DB_BUSY_TIMEOUT", 5000)) as ledger:
-                    self.check(ledger)
-            except StorageError as e:
-                log.error("alerts: database: %s", e)
-            except Exception:
-                log.exception("alerts: check failed")
+    def run_once(self):
+        with open_ledger(self.cfg["ARCADE_DB"], self.cfg.get("ARCADE_DB_BUSY_TIMEOUT", 5000)) as ledger:
+            return self.check(ledger)
 
 
 def start_for_app(app):

@@ -14,11 +14,11 @@ Then Stripe is asked as for an operator's refund (relay/refunds.py: one idempote
 payment). The player's /paid page says "Refunded — the cabinet couldn't take your credit".
 """
 import logging
-import threading
 import time
 
 from relay import expiry, refunds
-from relay.ledger import StorageError, open_ledger
+from relay.ledger import open_ledger
+from relay.periodic import Job
 
 log = logging.getLogger("arcade.autorefund")
 EVERY = 30.0
@@ -49,34 +49,16 @@ def run_once(ledger, cfg, now=None, client=None):
     return done
 
 
-class AutoRefunder:
+class AutoRefunder(Job):
+    thread_name = "arcade-autorefund"
+
     def __init__(self, cfg, every=EVERY):
+        super().__init__(every)
         self.cfg = cfg
-        self.every = every
-        self._stop = threading.Event()
-        self._thread = None
 
-    def start(self):
-        self._thread = threading.Thread(target=self._run, name="arcade-autorefund", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self, timeout=10.0):
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def _run(self):
-        while not self._stop.is_set():
-            try:
-                with open_ledger(self.cfg["ARCADE_DB"], self.cfg.get("ARCADE_DB_BUSY_TIMEOUT", 5000)) as ledger:
-                    run_once(ledger, self.cfg)
-            except StorageError as e:
-                log.error("automatic refunds: database: %s; next try in %.0f s", e, self.every)
-            except Exception:
-                log.exception("automatic refunds: unexpected error; next try in %.0f s", self.every)
-            self._stop.wait(self.every)
+    def run_once(self):
+        with open_ledger(self.cfg["ARCADE_DB"], self.cfg.get("ARCADE_DB_BUSY_TIMEOUT", 5000)) as ledger:
+            return run_once(ledger, self.cfg)
 
 
 def start_for_app(app):

@@ -518,7 +518,10 @@ class Dispatcher:
                         "restored from a backup? re-sequenced %d credit(s): %s", cab, msg["last"], flight.seq,
                         len(changed), ", ".join("%d->%d" % (old, new) for _, old, new in changed))
         elif result in protocol.ACK_RESULTS:
-            ledger.record_ack(flight.session, flight.seq, result, reason, msg["pulses"], msg["last"])
+            if not ledger.record_ack(flight.session, flight.seq, result, reason, msg["pulses"], msg["last"]) and \
+                    result in ("applied", "duplicate") and ledger.late_ack(flight.session, flight.seq, result):
+                log.error("cabinet %s acked %s for seq %d (session %s) after its automatic refund: recorded as "
+                          "refunded after play", cab, result, flight.seq, flight.session)
             (log.warning if result == "rejected" else log.info)(
                 "cabinet %s: seq %d %s%s", cab, flight.seq, result, " (%s)" % reason if reason else "")
         else:

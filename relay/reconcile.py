@@ -20,7 +20,6 @@ one by one; a session Stripe does not know, or does not call paid, is `unknown_t
 """
 import logging
 import re
-import threading
 import time
 
 import stripe
@@ -28,6 +27,7 @@ import stripe
 from relay import webhook
 from relay.config import ConfigError
 from relay.ledger import StorageError, open_ledger
+from relay.periodic import Job
 
 log = logging.getLogger("arcade.reconcile")
 
@@ -221,14 +221,14 @@ def summary(report):
                kinds or "the books balance"))
 
 
-class Periodic:
+class Periodic(Job):
     """Runs reconcile() every `every` seconds in a thread of the relay (the one running the
     dispatcher), over the last `window` seconds, logging a summary and a warning per finding."""
 
     def __init__(self, cfg, every, window, wake=None, clock=time.time):
         from relay import checkout
+        super().__init__(every)
         self.cfg = cfg
-        self.every = float(every)
         self.window = float(window)
         self.wake = wake
         self.clock = clock
@@ -237,25 +237,13 @@ class Periodic:
         self.runs = 0
         self.last_report = None
         self.last_error = None
-        self._stop = threading.Event()
-        self._thread = None
+
+    thread_name = "arcade-reconcile"
 
     def start(self):
-        self._thread = threading.Thread(target=self._run, name="arcade-reconcile", daemon=True)
-        self._thread.start()
+        super().start()
         log.info("reconciliation with Stripe every %s over the last %s", _age(self.every), _age(self.window))
         return self
-
-    def stop(self, timeout=10.0):
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.run_once()
-            self._stop.wait(self.every)
 
     def run_once(self):
         now = self.clock()

@@ -38,9 +38,9 @@ def epoch_of(state):
 
 def credit(seq, pulses, session, secret=SECRET, cab="cab1", epoch=""):
     m = {"t": "credit", "cab": cab, "ledger": LEDGER, "seq": seq, "credits": pulses, "pulses": pulses,
-         "session": session, "ts": int(time.time()), "epoch": epoch}
+         "session": session, "ts": int(time.time()), "epoch": epoch, "exp": 0}
     m["sig"] = sign(secret, "credit", [m[k] for k in ("cab", "ledger", "seq", "credits", "pulses",
-                                                      "session", "ts", "epoch")])
+                                                      "session", "ts", "epoch", "exp")])
     return json.dumps(m, separators=(",", ":")).encode()
 
 
