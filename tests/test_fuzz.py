@@ -294,8 +294,8 @@ def test_hostile_mqtt_payloads_never_pulse_unless_good(firmware, case):
     if isinstance(case, tuple):
         fields, signed = case
         key = FW_KEY.encode() if signed else b"f" * 64
-        fields = dict(fields, epoch=firmware["epoch"])
-        order = ("cab", "ledger", "seq", "credits", "pulses", "session", "ts", "epoch")
+        fields = dict(fields, epoch=firmware["epoch"], exp=0)
+        order = ("cab", "ledger", "seq", "credits", "pulses", "session", "ts", "epoch", "exp")
         try:   # signed like the relay signs (docs/protocol.md), whatever the types drawn
             sig = protocol.sign(key, protocol.canonical("credit", [v if isinstance(v, str) else str(v)
                                                                    for v in (fields[k] for k in order)]))

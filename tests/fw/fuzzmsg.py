@@ -177,9 +177,10 @@ class Campaign:
             credits = r.pick([0, -1])
         else:
             session = ""
-            canon = protocol.canonical("credit", (self.cab, LEDGER, seq, credits, pulses, session, 1764165000, EPOCH))
+            canon = protocol.canonical("credit", (self.cab, LEDGER, seq, credits, pulses, session, 1764165000, EPOCH,
+                                                  0))
             return ('{"t":"credit","cab":"%s","ledger":"%s","seq":%d,"credits":%d,"pulses":%d,"session":"",'
-                    '"ts":1764165000,"epoch":"%s","sig":"%s"}' % (self.cab, LEDGER, seq, credits, pulses, EPOCH,
+                    '"ts":1764165000,"epoch":"%s","exp":0,"sig":"%s"}' % (self.cab, LEDGER, seq, credits, pulses, EPOCH,
                                                                   protocol.sign(KEY, canon))).encode()
         return fwmsgs.credit(KEY, self.cab, LEDGER, seq, credits, pulses, "cs_test_bad%d" % seq, 1764165000, EPOCH)
 
