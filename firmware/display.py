@@ -139,7 +139,7 @@ class Screen:
         elif cab.inhibited():
             self.show(BUSY)
         else:
-            self.show(ATTRACT)
+            self.show(ATTRACT, cab.cfg["ver"])    # a new config may bring new price/promotion lines
 
     def pulsed(self):
         """Coin.after: the line has just gone idle, the gap starts now (drawing counts towards it)."""
@@ -210,7 +210,7 @@ class Screen:
                 self.qxy = (x + (side - n) // 2, (h - n) // 2)
             else:
                 self.qxy = ((w - n) // 2, y + (side - n) // 2)
-            lines = ("Scan to play", self.price, self.promo)
+            lines = ("Scan to play",) + self._ad()
             if w > h:
                 self._lines(lines, side + 2, 0, w - side - 2, h, s, False)
             else:
@@ -218,7 +218,7 @@ class Screen:
             return
         credits = "%d credit%s" % (a if st != PAY else c, "" if (a if st != PAY else c) == 1 else "s")
         if st == ATTRACT:
-            lines = ("Scan the cabinet's code to play", self.price, self.promo)
+            lines = ("Scan the cabinet's code to play",) + self._ad()
         elif st == OFFLINE:
             lines = ("Coins only", "Card payments unavailable")
         elif st == BUSY:
@@ -239,6 +239,14 @@ class Screen:
         if st == PAY:
             m = 4 * s
             self.bar = (m, min(bottom + 2 * s, h - 5 * s), w - 2 * m, (w - 2 * m) * a // b, 4 * s)
+
+    def _ad(self):
+        """(price, promotion): the signed config's lines (cfg.json) when it carries them, else the
+        provisioned ones (config.json `screen`); an empty promotion from the relay: none on now."""
+        c = self.app.cabinet.cfg if self.app is not None else {}
+        p = c.get("price")
+        q = c.get("promo")
+        return (_text_line(p) if p else self.price), (self.promo if q is None else _text_line(q))
 
     def _lines(self, lines, x, y, w, h, s, big):
         """Centred text in the box (into self.items); the first line twice as large when `big` and it

@@ -48,6 +48,15 @@ def money(amount, currency):
     return sym + text if sym else "%s %s" % (cur.upper(), text)
 
 
+def from_price(options, currency):
+    """'from $0.84 a play': the lowest price per play over the bundles (rounded up to the minor unit);
+    the sticker's line (relay/stickers.py) and the cabinet screen's (relay/screenlines.py)."""
+    if not options:
+        return ""
+    per = min(-(-amount // credits) for _key, credits, amount in options)
+    return "from %s a play" % money(per, currency)
+
+
 def options(cabinet):
     """[(key, credits, amount)]: one play at the price per credit, then the bundles by size."""
     opts = [("1", 1, cabinet["price_cents"])]

@@ -109,6 +109,9 @@ def valid_epoch(value):
 # -- config (retained pulse timing) and test pulse, relay -> cabinet ---------------------------
 
 CONFIG_FIELDS = ("cab", "ver", "width_ms", "gap_ms", "coins_per_credit", "ts")
+SCREEN_FIELDS = ("price", "promo")     # optional, signed: the lines the cabinet's screen shows
+MAX_SCREEN_LINE = 24
+SCREEN_SIGNS = (("\u20ac", "EUR "), ("\u00a3", "GBP "), ("\u00a5", "JPY "), ("\u2013", "-"), ("\u2014", "-"))
 TEST_FIELDS = ("cab", "n", "pulses", "ts")
 _CFG_INT_FIELDS = frozenset(("ver", "width_ms", "gap_ms", "coins_per_credit", "ts", "n", "pulses"))
 
@@ -128,9 +131,27 @@ def _canonical_ints(kind, fields, msg):
     return "\n".join(parts).encode("utf-8")
 
 
+def screen_text(text):
+    """`text` as the cabinet's screen can draw it: printable ASCII (MicroPython's 8x8 font has nothing
+    else), at most MAX_SCREEN_LINE characters. Currency signs become ISO codes (EUR 1.00), dashes a
+    hyphen; anything else outside ASCII is dropped."""
+    for sign, code in SCREEN_SIGNS:
+        text = text.replace(sign, code)
+    text = "".join(c for c in text if " " <= c <= "~")
+    return " ".join(text.split())[:MAX_SCREEN_LINE].rstrip()
+
+
 def canonical_config(msg):
-    """The bytes a config's signature covers. Raises ValueError (or KeyError) on a bad message."""
-    return _canonical_ints("config", CONFIG_FIELDS, msg)
+    """The bytes a config's signature covers: the timing, then the screen's lines when the message
+    carries them (both or neither). Raises ValueError (or KeyError) on a bad message."""
+    fields = CONFIG_FIELDS
+    if any(k in msg for k in SCREEN_FIELDS):
+        for k in SCREEN_FIELDS:
+            v = msg[k]
+            if not isinstance(v, str) or len(v) > MAX_SCREEN_LINE or any(not " " <= c <= "~" for c in v):
+                raise ValueError("%s must be at most %d printable ASCII characters, not %r" % (k, MAX_SCREEN_LINE, v))
+        fields = CONFIG_FIELDS + SCREEN_FIELDS
+    return _canonical_ints("config", fields, msg)
 
 
 def canonical_test(msg):
@@ -148,12 +169,15 @@ def verify_test(msg, secret):
     return _verify(canonical_test, msg, secret, "test")
 
 
-def build_config(cab, ver, width_ms, gap_ms, coins_per_credit, secret, ts=None):
-    """The retained config message as bytes (width/gap 0 = the board profile's default)."""
+def build_config(cab, ver, width_ms, gap_ms, coins_per_credit, secret, ts=None, price=None, promo=None):
+    """The retained config message as bytes (width/gap 0 = the board profile's default). `price` and
+    `promo` (str, both or neither; see screen_text) are the lines the cabinet's screen shows."""
     if ts is None:
         ts = int(time.time())
-    return _encode("config", CONFIG_FIELDS, (cab, ver, width_ms, gap_ms, coins_per_credit, ts), secret,
-                   canonical_config)
+    fields, values = CONFIG_FIELDS, (cab, ver, width_ms, gap_ms, coins_per_credit, ts)
+    if price is not None or promo is not None:
+        fields, values = fields + SCREEN_FIELDS, values + (price or "", promo or "")
+    return _encode("config", fields, values, secret, canonical_config)
 
 
 def build_test(cab, n, pulses, secret, ts=None):
