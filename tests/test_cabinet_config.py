@@ -71,7 +71,7 @@ def test_relay_builds_and_verifies_config_vectors(vectors):
         if v["valid"]:
             assert accepted, v["name"]
             built = protocol.build_config(m["cab"], m["ver"], m["width_ms"], m["gap_ms"], m["coins_per_credit"],
-                                          secret, ts=m["ts"])
+                                          secret, ts=m["ts"], price=m.get("price"), promo=m.get("promo"))
             assert built == json.dumps(m, separators=(",", ":")).encode(), v["name"]
             assert protocol.canonical_config(m) == v["canonical"].encode()
         elif v["reason"] in ("bad_signature", "wrong_cabinet"):

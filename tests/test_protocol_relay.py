@@ -102,3 +102,35 @@ def test_status_with_wrong_field_types_does_not_verify(change):
 
 def test_unsigned_status_of_v1_firmware_does_not_verify():
     assert not protocol.verify_status({"t": "status", "cab": "cab1", "online": True, "fw": "0.2.0"}, SECRET)
+
+
+_SCREEN_CONFIGS = [v for v in VECTORS["configs"] if "price" in v["message"] or "promo" in v["message"]
+                   or "screen" in v["name"]]
+
+
+@pytest.mark.parametrize("vec", [v for v in VECTORS["configs"] if v["valid"]] + [
+    v for v in _SCREEN_CONFIGS if not v["valid"]], ids=lambda v: v["name"])
+def test_config_vectors(vec):
+    """Valid configs verify and are built byte for byte; every refused one with screen lines (tampered,
+    stripped, half there, non-ASCII, too long) fails the relay's check too (the cabinet's reasons are
+    tests/fw's)."""
+    msg = vec["message"]
+    assert protocol.verify_config(msg, SECRET) is vec["valid"], vec["name"]
+    if vec["valid"]:
+        assert protocol.canonical_config(msg) == vec["canonical"].encode()
+        built = protocol.build_config(msg["cab"], msg["ver"], msg["width_ms"], msg["gap_ms"], msg["coins_per_credit"],
+                                      SECRET, ts=msg["ts"], price=msg.get("price"), promo=msg.get("promo"))
+        assert built == json.dumps(msg, separators=(",", ":")).encode()
+
+
+def test_screen_text_is_what_the_board_font_draws():
+    assert protocol.screen_text("from \u20ac0.84 a play") == "from EUR 0.84 a play"
+    assert protocol.screen_text("from \u00a31.00 a play") == "from GBP 1.00 a play"
+    assert protocol.screen_text("caf\u00e9  \u2013 20% off") == "caf - 20% off"
+    long = protocol.screen_text("x" * 100)
+    assert len(long) == protocol.MAX_SCREEN_LINE
+    for text in ("from \u20ac0.84 a play", "\u00e9\u00e8" * 30, "a\nb"):
+        out = protocol.screen_text(text)
+        assert all(" " <= c <= "~" for c in out) and len(out) <= protocol.MAX_SCREEN_LINE
+    with pytest.raises(ValueError):
+        protocol.build_config("cab1", 2, 0, 0, 1, SECRET, price="from \u20ac1 a play", promo="")

@@ -512,6 +512,7 @@ def cabinet_save(cabinet_id):
     if (name, price, [tuple(b) for b in bundles]) != (cab["name"], cab["price_cents"], cab["bundles"]):
         ledger.set_prices(cab["id"], name=name, price_cents=price, bundles=bundles)
         changes.append("name %s, price %s, bundles %s" % (name, money(price, cur), form["bundles"] or "none"))
+    changes += _screens(ledger)          # before a timing change: its config version then carries the lines
     if (numbers["pulse_ms"], numbers["gap_ms"], numbers["coins_per_credit"]) != (cfg["pulse_ms"], cfg["gap_ms"],
                                                                                cfg["coins_per_credit"]):
         new = ledger.set_cabinet_config(cab["id"], numbers["pulse_ms"], numbers["gap_ms"], numbers["coins_per_credit"])
@@ -521,7 +522,6 @@ def cabinet_save(cabinet_id):
     if form["enabled"] != cab["enabled"]:
         ledger.set_enabled(cab["id"], form["enabled"])
         changes.append("enabled" if form["enabled"] else "disabled")
-    changes += _screens(ledger)
     if changes:
         _audit("cabinet.set", cab["id"], "; ".join(changes))
         flash("Saved: %s." % "; ".join(changes), "ok")

@@ -244,3 +244,53 @@ def test_safe_mode_says_so_on_the_screen():
             lit += panel.lit(x, y)
     assert lit > 100, "SAFE MODE text on the glass"
     safemode.active = False
+
+
+def _said(screen):
+    """The text the screen shows now (its own layout of the state it last drew)."""
+    screen.src = screen._qr() if screen.shown[0] == 1 else None
+    try:
+        screen._layout(*screen.shown)
+        return " ".join(t for t, _x, _y, _k in screen.items)    # lines wrap on a narrow panel
+    finally:
+        screen.src = screen.items = None
+
+
+def test_the_signed_config_s_price_and_promotion_lines_replace_the_provisioned_ones():
+    a, panel, c, events, raw = _app(TFT)
+    s = a.screen
+    s.link(True)
+    a._step()
+    assert "from $0.84 a play" in _said(s) and "2 for 1 until 8pm" in _said(s), "provisioned lines"
+    a._on_msg(a.t_config, fwmsgs.config(KEY, "cab1", 10, 0, 0, 1, 10, "from $1.25 a play", "20% off until 17:00"))
+    a._step()
+    assert "from $1.25 a play" in _said(s) and "20% off until 17:00" in _said(s)
+    assert "from $0.84 a play" not in _said(s) and _glass_is_fb(panel, s) is None
+    with open(a.cabinet.journal.root + "cfg.json") as f:
+        stored = json.load(f)
+    assert (stored["price"], stored["promo"]) == ("from $1.25 a play", "20% off until 17:00")
+    # the happy hour closes: an empty promotion line from the relay means none on now
+    a._on_msg(a.t_config, fwmsgs.config(KEY, "cab1", 11, 0, 0, 1, 11, "from $1.25 a play", ""))
+    a._step()
+    said = _said(s)
+    assert "from $1.25 a play" in said and "off" not in said and "for 1" not in said, said
+    # forged (another key), stale (an older version, even well signed) and non-ASCII: nothing changes
+    before = _said(s)
+    for bad in (fwmsgs.config(b"x" * 64, "cab1", 12, 0, 0, 1, 12, "from $0.01 a play", "FREE PLAY"),
+                fwmsgs.config(KEY, "cab1", 10, 0, 0, 1, 10, "from $0.01 a play", "FREE PLAY"),
+                fwmsgs.config(KEY, "cab1", 13, 0, 0, 1, 13, "from \u20ac0.01 a play", ""),
+                fwmsgs.config(KEY, "cab1", 14, 0, 0, 1, 14, "from $0.01 a play, a bargain", "")):
+        a._on_msg(a.t_config, bad)
+        a._step()
+        assert _said(s) == before and a.cabinet.cfg["ver"] == 11
+    # a config without the lines (a relay from before them): the provisioned lines again
+    a._on_msg(a.t_config, fwmsgs.config(KEY, "cab1", 15, 0, 0, 1, 15))
+    a._step()
+    assert "from $0.84 a play" in _said(s) and "2 for 1 until 8pm" in _said(s)
+
+
+def test_the_screen_lines_survive_a_reboot():
+    a, panel, c, events, raw = _app(OLED)
+    a._on_msg(a.t_config, fwmsgs.config(KEY, "cab1", 10, 0, 0, 1, 10, "from $1.25 a play", "Happy hour"))
+    cfg = a.cabinet.journal.load_cfg()
+    assert (cfg["price"], cfg["promo"], cfg["ver"]) == ("from $1.25 a play", "Happy hour", 10)

@@ -179,6 +179,8 @@ def cmd_set(args):
                          "; refused: %s" % status["cfg_error"] if status.get("cfg_error") else ""))
             return 0
         try:
+            # the screen's lines first (relay/screenlines.py): the version issued below then carries them
+            screenlines.refresh(ledger, os.environ.get("ARCADE_TZ") or "UTC")
             cfg = ledger.set_cabinet_config(args.id, args.pulse_ms, args.gap_ms, args.coins_per_credit)
         except LedgerError as e:
             return _fail("%s. Nothing changed." % e)

@@ -16,12 +16,17 @@ def credit(key, cab, ledger, seq, credits, pulses, session, ts, epoch=""):
                json.dumps(epoch), sig)).encode()
 
 
-def config(key, cab, ver, width_ms, gap_ms, coins_per_credit, ts):
-    """A signed config payload."""
-    sig = sign(key, canonical("config", (cab, ver, width_ms, gap_ms, coins_per_credit, ts)))
+def config(key, cab, ver, width_ms, gap_ms, coins_per_credit, ts, price=None, promo=None):
+    """A signed config payload; with `price` and `promo` (both), the screen's lines."""
+    values = (cab, ver, width_ms, gap_ms, coins_per_credit, ts)
+    lines = ""
+    if price is not None:
+        values += (price, promo)
+        lines = ',"price":%s,"promo":%s' % (json.dumps(price), json.dumps(promo))
+    sig = sign(key, canonical("config", values))
     return ('{"t":"config","cab":%s,"ver":%d,"width_ms":%d,"gap_ms":%d,"coins_per_credit":%d,'
-            '"ts":%d,"sig":"%s"}' % (json.dumps(cab), ver, width_ms, gap_ms, coins_per_credit, ts,
-                                     sig)).encode()
+            '"ts":%d%s,"sig":"%s"}' % (json.dumps(cab), ver, width_ms, gap_ms, coins_per_credit, ts,
+                                       lines, sig)).encode()
 
 
 def test(key, cab, n, pulses, ts):
