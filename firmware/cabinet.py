@@ -65,8 +65,6 @@ class Cabinet:
         c = self.cfg
         c["ver"], c["width_ms"], c["gap_ms"], c["cpc"] = ver, m["width_ms"], m["gap_ms"], \
             m["coins_per_credit"]
-        for k in protocol.SCREEN_FIELDS:    # the screen's lines; none sent: the provisioned ones
-            c[k] = m.get(k)
         self.journal.save_cfg(c)          # in flash first, then in use
         self._timing()
         self.cfg_error = ""

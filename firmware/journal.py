@@ -89,7 +89,6 @@ class Journal:
             for k in d:
                 if isinstance(c.get(k), int):
                     d[k] = c[k]
-            d["price"], d["promo"] = c.get("price"), c.get("promo")
         return d
 
     def save_cfg(self, cfg):

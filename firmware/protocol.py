@@ -143,25 +143,14 @@ def _fields(m, strs, ints):
     return True
 
 
-def _check_signed(payload, kind, fields, cab, key, text=()):
-    # (reason, msg) like check_credit, for messages whose fields are cab, ints..., sig; then the
-    # `text` fields (short printable ASCII), signed too, all of them or none
+def _check_signed(payload, kind, fields, cab, key):
+    # (reason, msg) like check_credit, for messages whose fields are cab, ints..., sig
     try:
         m = json.loads(payload)
     except (ValueError, TypeError):
         return "malformed", None
     if not isinstance(m, dict) or m.get("t") != kind or not _fields(m, ("cab", "sig"), fields[1:]):
         return "malformed", None
-    if text and (text[0] in m or text[-1] in m):
-        if not _fields(m, text, ()):
-            return "malformed", None
-        for k in text:
-            for c in m[k]:
-                if not " " <= c <= "~":
-                    return "malformed", None
-            if len(m[k]) > MAX_LINE:
-                return "malformed", None
-        fields += text
     if not equal(sign(key, canonical(kind, [m[k] for k in fields])), m["sig"]):
         return "bad_signature", m
     if m["cab"] != cab:
@@ -170,15 +159,13 @@ def _check_signed(payload, kind, fields, cab, key, text=()):
 
 
 CONFIG_FIELDS = ("cab", "ver", "width_ms", "gap_ms", "coins_per_credit", "ts")
-SCREEN_FIELDS = ("price", "promo")   # optional: the screen's lines (docs/protocol.md, Config)
 TEST_FIELDS = ("cab", "n", "pulses", "ts")
 MAX_TEST = const(10)
-MAX_LINE = const(24)
 
 
 def check_config(payload, cab, key):
     """A config payload -> (reason, msg); ranges against the board are the caller's job."""
-    reason, m = _check_signed(payload, "config", CONFIG_FIELDS, cab, key, SCREEN_FIELDS)
+    reason, m = _check_signed(payload, "config", CONFIG_FIELDS, cab, key)
     if not reason and (m["ver"] < 1 or m["width_ms"] < 0 or m["gap_ms"] < 0
                        or not 1 <= m["coins_per_credit"] <= MAX_PULSES):
         reason = "malformed"

@@ -142,16 +142,18 @@ def screen_text(text):
 
 
 def canonical_config(msg):
-    """The bytes a config's signature covers: the timing, then the screen's lines when the message
-    carries them (both or neither). Raises ValueError (or KeyError) on a bad message."""
-    fields = CONFIG_FIELDS
-    if any(k in msg for k in SCREEN_FIELDS):
-        for k in SCREEN_FIELDS:
-            v = msg[k]
-            if not isinstance(v, str) or len(v) > MAX_SCREEN_LINE or any(not " " <= c <= "~" for c in v):
-                raise ValueError("%s must be at most %d printable ASCII characters, not %r" % (k, MAX_SCREEN_LINE, v))
-        fields = CONFIG_FIELDS + SCREEN_FIELDS
-    return _canonical_ints("config", fields, msg)
+    """The bytes a config's signature (`sig`) covers: the timing. Raises ValueError (or KeyError)."""
+    return _canonical_ints("config", CONFIG_FIELDS, msg)
+
+
+def canonical_screen(msg):
+    """The bytes a config's screen signature (`ssig`) covers: `screen`, cab, ver, price, promo. The
+    lines are printable ASCII of at most MAX_SCREEN_LINE characters. Raises ValueError (or KeyError)."""
+    for k in SCREEN_FIELDS:
+        v = msg[k]
+        if not isinstance(v, str) or len(v) > MAX_SCREEN_LINE or any(not " " <= c <= "~" for c in v):
+            raise ValueError("%s must be at most %d printable ASCII characters, not %r" % (k, MAX_SCREEN_LINE, v))
+    return _canonical_ints("screen", ("cab", "ver") + SCREEN_FIELDS, msg)
 
 
 def canonical_test(msg):
@@ -160,8 +162,13 @@ def canonical_test(msg):
 
 
 def verify_config(msg, secret):
-    """True iff `msg` (a parsed config dict) is well formed and signed with `secret` (ranges not checked)."""
-    return _verify(canonical_config, msg, secret, "config")
+    """True iff `msg` (a parsed config dict) is well formed and signed with `secret` (ranges not checked),
+    screen lines included when it carries any (price, promo and ssig, all three)."""
+    if not _verify(canonical_config, msg, secret, "config"):
+        return False
+    if not any(k in msg for k in SCREEN_FIELDS + ("ssig",)):
+        return True
+    return _verify(canonical_screen, dict(msg, sig=msg.get("ssig")), secret, "config")
 
 
 def verify_test(msg, secret):
@@ -171,13 +178,17 @@ def verify_test(msg, secret):
 
 def build_config(cab, ver, width_ms, gap_ms, coins_per_credit, secret, ts=None, price=None, promo=None):
     """The retained config message as bytes (width/gap 0 = the board profile's default). `price` and
-    `promo` (str, both or neither; see screen_text) are the lines the cabinet's screen shows."""
+    `promo` (see screen_text) are the lines the cabinet's screen shows, signed apart (`ssig`) so a board
+    without a screen checks the timing exactly as before and never parses them."""
     if ts is None:
         ts = int(time.time())
-    fields, values = CONFIG_FIELDS, (cab, ver, width_ms, gap_ms, coins_per_credit, ts)
+    msg = {"t": "config"}
+    msg.update(zip(CONFIG_FIELDS, (cab, ver, width_ms, gap_ms, coins_per_credit, ts)))
     if price is not None or promo is not None:
-        fields, values = fields + SCREEN_FIELDS, values + (price or "", promo or "")
-    return _encode("config", fields, values, secret, canonical_config)
+        msg.update(price=price or "", promo=promo or "")
+        msg["ssig"] = sign(secret, canonical_screen(msg))
+    msg["sig"] = sign(secret, canonical_config(msg))
+    return json.dumps(msg, separators=(",", ":")).encode("utf-8")
 
 
 def build_test(cab, n, pulses, secret, ts=None):
