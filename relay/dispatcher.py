@@ -83,6 +83,7 @@ class Dispatcher:
         self.tz = settings.get("ARCADE_TZ") or "UTC"
         self.wall = time.time       # wall clock for promotion windows (a test's seam)
         self._screens_at = None     # when to look again whether a cabinet screen's lines changed
+        self.screen_check = screenlines.SCREEN_CHECK_SECONDS
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -309,7 +310,7 @@ class Dispatcher:
         now = self.clock()
         if self._screens_at is not None and now < self._screens_at:
             return
-        self._screens_at = now + screenlines.SCREEN_CHECK_SECONDS
+        self._screens_at = now + self.screen_check
         for cab, (ver, price, promo) in screenlines.refresh(ledger, self.tz, self.wall()).items():
             log.info("config ver %d for %s: its screen now says %r / %r", ver, cab, price, promo or "(no promotion)")
 
