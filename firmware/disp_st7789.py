@@ -8,7 +8,7 @@ from machine import SPI, Pin
 from micropython import const
 
 FMT = framebuf.MONO_HLSB
-_BAND = const(4)        # rows per SPI write: 240 x 4 x 2 = 1.9 KB
+_BAND = const(2)        # rows per SPI write: 240 x 2 x 2 = 960 B (4 rows cost 960 B more heap: the TFT must fit 56 KB)
 # MADCTL per rotation, and where the panel's window sits in the controller's 240x320 RAM
 _MADCTL = {0: 0x00, 90: 0x60, 180: 0xC0, 270: 0xA0}
 _OFFSET = {(240, 0): (0, 0), (240, 90): (0, 0), (240, 180): (0, 80), (240, 270): (80, 0),

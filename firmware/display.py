@@ -6,6 +6,7 @@
 # framebuf's MONO_HLSB layout. Drawing happens after a pulse (in the gap, which counts the time) or in the
 # main loop, never while the coin line is active; a display that fails is reported in the status and
 # otherwise ignored: payments never wait on it.
+import sys
 import time
 import framebuf
 from micropython import const
@@ -43,9 +44,7 @@ def qr_box(w, h):
 
 def _why(e):
     a = e.args
-    if isinstance(e, OSError) and a and isinstance(a[0], int):
-        return "OSError %d" % a[0]
-    return "%s %s" % (type(e).__name__, a[0] if a else "")
+    return "%s %s" % (type(e).__name__, a[0] if a else "")    # e.g. "OSError 19"
 
 
 def _text_line(v):
@@ -183,6 +182,15 @@ class Screen:
         self.src = None
         self.items = None
 
+    def config(self, payload):
+        """Cabinet.handle_config once attached: the cabinet applies the config (timing, version,
+        cfg.json) first; then its signed screen lines, if it brings some (firmware/scrfiles.py; a board
+        without a screen never reads them)."""
+        r = self.handle(payload)
+        if r == "applied":
+            _ext("take", self, payload)
+        return r
+
     # -- drawing: _layout says where everything goes, _paint draws it into the band at self.oy
     def _paint(self):
         fb = self.fb
@@ -292,25 +300,15 @@ class Screen:
 
     def _qr(self):
         """The provisioned QR as a framebuffer, or None (and the reason in `error`)."""
-        name = self.qr
-        if not name:
-            return None
-        x, y, side = qr_box(self.w, self.h)
-        try:
-            with open(self.root + name, "rb") as f:
-                ok = f.readline() == b"P4\n"
-                dims = f.readline().split()
-                n = int(dims[0])
-                ok = ok and len(dims) == 2 and n == int(dims[1]) and 0 < n <= side
-                data = bytearray(f.read(((n + 7) // 8) * n + 1)) if ok else b""
-            if not ok or len(data) != ((n + 7) // 8) * n:
-                raise ValueError
-        except (OSError, ValueError, IndexError):
-            self.error = "qr: %s is missing or not a square binary PBM of at most %d px" % (name, side)
-            self.qr = None
-            return None
-        self.qn = n
-        return framebuf.FrameBuffer(data, n, n, framebuf.MONO_HLSB)
+        return _ext("qr", self, qr_box(self.w, self.h)[2])
+
+def _ext(fn, *a):
+    # firmware/scrfiles.py (the QR bitmap, the config's lines; it catches its own errors) is loaded for
+    # this and dropped after: no heap kept between uses
+    import scrfiles
+    r = getattr(scrfiles, fn)(*a)
+    del sys.modules["scrfiles"]
+    return r
 
 
 def attach(app, d, root=""):
@@ -318,6 +316,8 @@ def attach(app, d, root=""):
     s = Screen(d, root, app.cfg.get("screen"))
     s.app = app
     s.ticks = app.coin.ticks_ms
+    s.handle = app.cabinet.handle_config
+    app.cabinet.handle_config = s.config
     if s.panel is not None:
         app.coin.after = s.pulsed
         if app.poll_cap > _POLL_MS:

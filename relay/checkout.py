@@ -48,6 +48,15 @@ def money(amount, currency):
     return sym + text if sym else "%s %s" % (cur.upper(), text)
 
 
+def from_price(options, currency):
+    """'from $0.84 a play': the lowest price per play over the bundles (rounded up to the minor unit);
+    the sticker's line (relay/stickers.py) and the cabinet screen's (relay/screenlines.py)."""
+    if not options:
+        return ""
+    per = min(-(-amount // credits) for _key, credits, amount in options)
+    return "from %s a play" % money(per, currency)
+
+
 def options(cabinet):
     """[(key, credits, amount)]: one play at the price per credit, then the bundles by size."""
     opts = [("1", 1, cabinet["price_cents"])]
@@ -148,7 +157,6 @@ def create_session(cfg, ledger, client, cabinet, offer, who, nonce, now=None):
 
     The return URLs come from ARCADE_PUBLIC_URL only, never from the request's Host or X-Forwarded-Host
     (anyone could otherwise mint genuine Checkout pages that send the player to their own site)."""
-    import stripe
     base_url = cfg.get("ARCADE_PUBLIC_URL")
     if not base_url:
         raise CheckoutError(503, "Online payment is not set up on this arcade yet (no public address).")

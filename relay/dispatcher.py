@@ -27,7 +27,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from relay import backends, expiry, protocol
+from relay import backends, expiry, protocol, screenlines
 from relay.config import mask_url, parse_mqtt_url
 from relay.ledger import StorageError, open_ledger
 
@@ -83,6 +83,10 @@ class Dispatcher:
         self._cfg_seen = set()      # cabinets whose retained config the broker sent back since connecting
         self._cfg_check_at = None   # when to republish the configs the broker no longer holds
         self._quiet = {}            # (cabinet id, what) -> when an ignored message was last logged
+        self.tz = settings.get("ARCADE_TZ") or "UTC"
+        self.wall = time.time       # wall clock for promotion windows (a test's seam)
+        self._screens_at = None     # when to look again whether a cabinet screen's lines changed
+        self.screen_check = screenlines.SCREEN_CHECK_SECONDS
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -222,6 +226,7 @@ class Dispatcher:
             self._drop_revoked(ledger)
             self._fill(ledger)
             self._check_retained_configs(ledger)
+            self._refresh_screens(ledger)
             self._publish_configs(ledger)
             self._redeliver_due()
         return self._next_timeout()
@@ -231,6 +236,8 @@ class Dispatcher:
         deadline = now + self.rescan
         if self._cfg_check_at is not None:
             deadline = min(deadline, self._cfg_check_at)
+        if self._screens_at is not None:
+            deadline = min(deadline, self._screens_at)
         for f in self._flights.values():
             if f.next_retry is not None:
                 deadline = min(deadline, f.next_retry)
@@ -330,6 +337,16 @@ class Dispatcher:
         flight.next_retry = self.clock() + delay
         log.debug("published credit %s seq %d (attempt %d)", flight.cab, flight.seq, flight.attempts)
 
+    def _refresh_screens(self, ledger):
+        """Every SCREEN_CHECK_SECONDS: a new config version for each cabinet whose screen lines (price,
+        promotion on now) changed, e.g. a happy hour that opened or closed (relay/screenlines.py)."""
+        now = self.clock()
+        if self._screens_at is not None and now < self._screens_at:
+            return
+        self._screens_at = now + self.screen_check
+        for cab, (ver, price, promo) in screenlines.refresh(ledger, self.tz, self.wall()).items():
+            log.info("config ver %d for %s: its screen now says %r / %r", ver, cab, price, promo or "(no promotion)")
+
     def _publish_configs(self, ledger):
         """Publish each cabinet's newest issued config (signed, retained, QoS 1) until the broker has it."""
         for row in ledger.pending_configs():
@@ -337,7 +354,7 @@ class Dispatcher:
             if self._cfg_sent.get(cab) == ver:
                 continue
             payload = protocol.build_config(cab, ver, row["pulse_ms"], row["gap_ms"], row["coins_per_credit"],
-                                            row["secret"], ts=row["ts"])
+                                            row["secret"], ts=row["ts"], price=row["price"], promo=row["promo"])
             info = self._client.publish(self._topic(cab, "config"), payload, qos=1, retain=True)
             self._cfg_mids[info.mid] = (cab, ver)
             self._cfg_sent[cab] = ver

@@ -182,6 +182,11 @@ RETIRED_EPOCHS = 16
 # ours, 0 unset or off; NULL never said): credits get an exp only while it is 1.
 MIGRATIONS.append(("issue13b_credit_expiry", ["ALTER TABLE payments ADD COLUMN exp INTEGER",
                                               "ALTER TABLE cabinets ADD COLUMN clock_set INTEGER"]))
+# The lines the cabinet's screen shows (issue 16), as carried by its config version issued last: the
+# price line and the promotion on now ("" for none). relay/screenlines.py issues a new config version
+# when what they should say differs.
+MIGRATIONS.append(("issue16_screen_lines", ["CREATE TABLE screen_lines (cabinet_id TEXT PRIMARY KEY, "
+                                            "price TEXT NOT NULL, promo TEXT NOT NULL, updated_at REAL NOT NULL)"]))
 
 _CABINET_COLS = ("id, name, secret, enabled, currency, price_cents, bundles, coins_per_credit, next_seq, "
                  "last_seq, online, last_seen, status, created_at")
@@ -1086,10 +1091,35 @@ class Ledger:
         return self.cabinet_config(id)
 
     def pending_configs(self):
-        """Configs issued and not yet acknowledged by the broker: what the dispatcher must publish."""
-        return self._rows("SELECT k.cabinet_id, k.pulse_ms, k.gap_ms, k.coins_per_credit, k.ver, k.ts, c.secret "
-                          "FROM cabinet_config k JOIN cabinets c ON c.id = k.cabinet_id "
+        """Configs issued and not yet acknowledged by the broker: what the dispatcher must publish (with
+        the screen's lines, price and promo: None when the relay never issued any for the cabinet)."""
+        return self._rows("SELECT k.cabinet_id, k.pulse_ms, k.gap_ms, k.coins_per_credit, k.ver, k.ts, c.secret, "
+                          "s.price, s.promo FROM cabinet_config k JOIN cabinets c ON c.id = k.cabinet_id "
+                          "LEFT JOIN screen_lines s ON s.cabinet_id = k.cabinet_id "
                           "WHERE k.ver > k.published_ver ORDER BY k.cabinet_id")
+
+    def screen_cabinets(self):
+        """Provisioned cabinets (a board profile on record) with the screen lines issued to them (None
+        when none yet): the ones relay/screenlines.py keeps up to date."""
+        return self._rows("SELECT k.cabinet_id, s.price, s.promo FROM cabinet_config k "
+                          "LEFT JOIN screen_lines s ON s.cabinet_id = k.cabinet_id "
+                          "WHERE k.board IS NOT NULL ORDER BY k.cabinet_id")
+
+    def set_screen_lines(self, id, price, promo, now=None):
+        """Issue a new config version carrying these screen lines, unless they are the ones issued last.
+        Returns the new version, or None when nothing changed."""
+        now = time.time() if now is None else now
+        with self._write() as cur:
+            self._config_row(cur, id, now)
+            cur.execute("SELECT price, promo FROM screen_lines WHERE cabinet_id = ?", (id,))
+            if tuple(cur.fetchone() or ()) == (price, promo):
+                return None
+            cur.execute("INSERT INTO screen_lines (cabinet_id, price, promo, updated_at) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT (cabinet_id) DO UPDATE SET price = excluded.price, promo = excluded.promo, "
+                        "updated_at = excluded.updated_at", (id, price, promo, now))
+            cur.execute("UPDATE cabinet_config SET ver = CASE WHEN ver + 1 > ? THEN ver + 1 ELSE ? END, ts = ?, "
+                        "updated_at = ? WHERE cabinet_id = ? RETURNING ver", (int(now), int(now), int(now), now, id))
+            return cur.fetchone()[0]
 
     def mark_config_published(self, id, ver):
         """The broker acknowledged the retained config `ver` of this cabinet."""

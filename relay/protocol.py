@@ -112,6 +112,9 @@ def valid_epoch(value):
 # -- config (retained pulse timing) and test pulse, relay -> cabinet ---------------------------
 
 CONFIG_FIELDS = ("cab", "ver", "width_ms", "gap_ms", "coins_per_credit", "ts")
+SCREEN_FIELDS = ("price", "promo")     # optional, signed: the lines the cabinet's screen shows
+MAX_SCREEN_LINE = 24
+SCREEN_SIGNS = (("\u20ac", "EUR "), ("\u00a3", "GBP "), ("\u00a5", "JPY "), ("\u2013", "-"), ("\u2014", "-"))
 TEST_FIELDS = ("cab", "n", "pulses", "ts")
 _CFG_INT_FIELDS = frozenset(("ver", "width_ms", "gap_ms", "coins_per_credit", "ts", "n", "pulses"))
 
@@ -131,9 +134,29 @@ def _canonical_ints(kind, fields, msg):
     return "\n".join(parts).encode("utf-8")
 
 
+def screen_text(text):
+    """`text` as the cabinet's screen can draw it: printable ASCII (MicroPython's 8x8 font has nothing
+    else), at most MAX_SCREEN_LINE characters. Currency signs become ISO codes (EUR 1.00), dashes a
+    hyphen; anything else outside ASCII is dropped."""
+    for sign, code in SCREEN_SIGNS:
+        text = text.replace(sign, code)
+    text = "".join(c for c in text if " " <= c <= "~")
+    return " ".join(text.split())[:MAX_SCREEN_LINE].rstrip()
+
+
 def canonical_config(msg):
-    """The bytes a config's signature covers. Raises ValueError (or KeyError) on a bad message."""
+    """The bytes a config's signature (`sig`) covers: the timing. Raises ValueError (or KeyError)."""
     return _canonical_ints("config", CONFIG_FIELDS, msg)
+
+
+def canonical_screen(msg):
+    """The bytes a config's screen signature (`ssig`) covers: `screen`, cab, ver, price, promo. The
+    lines are printable ASCII of at most MAX_SCREEN_LINE characters. Raises ValueError (or KeyError)."""
+    for k in SCREEN_FIELDS:
+        v = msg[k]
+        if not isinstance(v, str) or len(v) > MAX_SCREEN_LINE or any(not " " <= c <= "~" for c in v):
+            raise ValueError("%s must be at most %d printable ASCII characters, not %r" % (k, MAX_SCREEN_LINE, v))
+    return _canonical_ints("screen", ("cab", "ver") + SCREEN_FIELDS, msg)
 
 
 def canonical_test(msg):
@@ -142,8 +165,13 @@ def canonical_test(msg):
 
 
 def verify_config(msg, secret):
-    """True iff `msg` (a parsed config dict) is well formed and signed with `secret` (ranges not checked)."""
-    return _verify(canonical_config, msg, secret, "config")
+    """True iff `msg` (a parsed config dict) is well formed and signed with `secret` (ranges not checked),
+    screen lines included when it carries any (price, promo and ssig, all three)."""
+    if not _verify(canonical_config, msg, secret, "config"):
+        return False
+    if not any(k in msg for k in SCREEN_FIELDS + ("ssig",)):
+        return True
+    return _verify(canonical_screen, dict(msg, sig=msg.get("ssig")), secret, "config")
 
 
 def verify_test(msg, secret):
@@ -151,12 +179,19 @@ def verify_test(msg, secret):
     return _verify(canonical_test, msg, secret, "test")
 
 
-def build_config(cab, ver, width_ms, gap_ms, coins_per_credit, secret, ts=None):
-    """The retained config message as bytes (width/gap 0 = the board profile's default)."""
+def build_config(cab, ver, width_ms, gap_ms, coins_per_credit, secret, ts=None, price=None, promo=None):
+    """The retained config message as bytes (width/gap 0 = the board profile's default). `price` and
+    `promo` (see screen_text) are the lines the cabinet's screen shows, signed apart (`ssig`) so a board
+    without a screen checks the timing exactly as before and never parses them."""
     if ts is None:
         ts = int(time.time())
-    return _encode("config", CONFIG_FIELDS, (cab, ver, width_ms, gap_ms, coins_per_credit, ts), secret,
-                   canonical_config)
+    msg = {"t": "config"}
+    msg.update(zip(CONFIG_FIELDS, (cab, ver, width_ms, gap_ms, coins_per_credit, ts)))
+    if price is not None or promo is not None:
+        msg.update(price=price or "", promo=promo or "")
+        msg["ssig"] = sign(secret, canonical_screen(msg))
+    msg["sig"] = sign(secret, canonical_config(msg))
+    return json.dumps(msg, separators=(",", ":")).encode("utf-8")
 
 
 def build_test(cab, n, pulses, secret, ts=None):

@@ -11,7 +11,7 @@ import segno
 from PIL import Image, ImageDraw, ImageFont
 
 from relay import checkout, ledger
-from relay.checkout import money
+from relay.checkout import from_price, money  # noqa: F401 (from_price: callers import it from here)
 
 DPI = 300
 STICKER = (750, 1050)           # 2.5 x 3.5 inches at 300 dpi
@@ -25,14 +25,6 @@ class Sticker:
         self.name = name or cabinet_id
         self.url = url
         self.from_text = from_text      # e.g. "from $0.83" ("" when the cabinet has no prices)
-
-
-def from_price(options, currency):
-    """'from $0.84': the lowest price per play over the bundles (rounded up to the minor unit)."""
-    if not options:
-        return ""
-    per = min(-(-amount // credits) for _key, credits, amount in options)
-    return "from %s a play" % money(per, currency)
 
 
 def pay_url(public_url, cabinet_id):

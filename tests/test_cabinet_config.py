@@ -68,12 +68,14 @@ def test_relay_builds_and_verifies_config_vectors(vectors):
     for v in vectors["configs"]:
         m = v["message"]
         accepted = protocol.verify_config(m, secret) and m["cab"] == "cab1"
-        if v["valid"]:
+        if v["valid"] and v.get("lines") is not False:
             assert accepted, v["name"]
             built = protocol.build_config(m["cab"], m["ver"], m["width_ms"], m["gap_ms"], m["coins_per_credit"],
-                                          secret, ts=m["ts"])
+                                          secret, ts=m["ts"], price=m.get("price"), promo=m.get("promo"))
             assert built == json.dumps(m, separators=(",", ":")).encode(), v["name"]
             assert protocol.canonical_config(m) == v["canonical"].encode()
+        elif v.get("lines") is False:
+            assert not accepted, v["name"]     # the relay takes a config with bad screen lines for none of its own
         elif v["reason"] in ("bad_signature", "wrong_cabinet"):
             assert not accepted, v["name"]
 
@@ -83,7 +85,7 @@ def test_relay_builds_and_verifies_test_pulse_vectors(vectors):
     for v in vectors["test_pulses"]:
         m = v["message"]
         accepted = protocol.verify_test(m, secret) and m["cab"] == "cab1"
-        if v["valid"]:
+        if v["valid"] and v.get("lines") is not False:
             assert accepted, v["name"]
             assert protocol.build_test(m["cab"], m["n"], m["pulses"], secret, ts=m["ts"]) == \
                 json.dumps(m, separators=(",", ":")).encode(), v["name"]
@@ -414,5 +416,85 @@ def test_config_and_test_pulse_reach_the_real_firmware(relay, capsys, tmp_path):
         # real clock: the width has an exact lower bound only (exact widths: the fake-clock firmware tests)
         assert min(p["width_ms"] for p in pulses) >= 120
         assert "drove test pulse" in out
+    finally:
+        cab.stop()
+
+
+# -- the cabinet's screen: its price and promotion lines follow the relay (issue 16) ----------------
+
+class _Png:
+    """The simulated screen's PNG (scaled 4x, pixel-exact) as a panel for test_display.find_text."""
+
+    def __init__(self, path, scale=4):
+        from PIL import Image
+        with Image.open(path) as img:
+            self.img = img.convert("RGB")
+        self.scale = scale
+
+    def size(self):
+        return self.img.size[0] // self.scale, self.img.size[1] // self.scale
+
+    def glass(self, x, y):
+        return self.img.getpixel((x * self.scale, y * self.scale))
+
+
+def _shows(shot, *words):
+    from test_display import find_text
+    panel = _Png(shot)
+    return all(find_text(panel, w) for w in words)
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, "build", "umqtt", "umqtt", "simple.py")),
+                    reason="pinned umqtt.simple not fetched (make umqtt)")
+def test_the_simulated_screen_follows_prices_and_a_happy_hour(relay, capsys, tmp_path):
+    import datetime
+    from tools.lab.stack import Cabinet
+    d = relay["start"]()
+    d.screen_check = 0.2
+    day = datetime.datetime.now(datetime.timezone.utc).replace(hour=3, minute=30, second=0, microsecond=0)
+    d.wall = lambda: day.timestamp()                    # 03:30 UTC: before the happy hour below
+    shot = tmp_path / "screen.png"
+    cab = Cabinet(tmp_path, "cab1", relay["secret"], relay["broker"].url, keepalive=5,
+                  extra_args=("--display", "st7789-240x240", "--screen", str(shot),
+                              "--public-url", "https://pay.example.com")).start()
+    try:
+        cab.wait_connected()
+        # the relay's first look issues the lines: 1 for 1.00 or 3 for 2.50 -> "from $0.84 a play"
+        wait_until(lambda: shot.exists() and _shows(shot, "$0.84"), 30, what="the price line on the screen")
+        code, out, err = run(capsys, "cabinet", "price", "cab1", "--price", "0.50")
+        assert code == 0 and "from $0.50 a play" in out, (out, err)
+        wait_until(lambda: _shows(shot, "$0.50"), 30, what="the new price line on the screen")
+        assert not _shows(shot, "$0.84")
+        assert not _shows(shot, "off"), "no promotion yet"
+        # a happy hour 04:00-05:00 UTC every day: the dispatcher's clock crosses it
+        code, out, err = run(capsys, "promo", "add", "--percent", "20", "--window", "04:00-05:00")
+        assert code == 0, err
+        assert not _shows(shot, "20%")
+        d.wall = lambda: (day + datetime.timedelta(minutes=45)).timestamp()   # 04:15
+        d.wake_event.set()
+        wait_until(lambda: _shows(shot, "20%", "off"), 30, what="the happy hour on the screen")
+        d.wall = lambda: (day + datetime.timedelta(minutes=95)).timestamp()   # 05:05: it closed
+        d.wake_event.set()
+        wait_until(lambda: not _shows(shot, "20%"), 30, what="the happy hour gone from the screen")
+        assert _shows(shot, "$0.50")
+        # a forged config (another secret, a higher version) and a stale one never change the screen
+        before = shot.read_bytes()
+        with open_ledger(relay["path"]) as ledger:
+            ver = ledger.cabinet_config("cab1")["ver"]
+        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        pub.connect("127.0.0.1", relay["broker"].port)
+        pub.loop_start()
+        try:
+            for payload in (protocol.build_config("cab1", ver + 1000, 0, 0, 1, "f" * 64, price="FREE PLAY",
+                                                  promo="FREE PLAY"),
+                            protocol.build_config("cab1", ver - 1, 0, 0, 1, relay["secret"], price="FREE PLAY",
+                                                  promo="FREE PLAY")):
+                pub.publish("arcade/cab1/config", payload, qos=1).wait_for_publish(10)   # not retained
+            cab.wait_for(lambda ls: len([x for x in ls if x.get("event") == "config" and
+                                         x.get("result") in ("rejected", "ignored")]) >= 2, 20, "both refused")
+        finally:
+            pub.loop_stop()
+            pub.disconnect()
+        assert shot.read_bytes() == before and not _shows(shot, "FREE")
     finally:
         cab.stop()

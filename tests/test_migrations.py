@@ -220,3 +220,15 @@ def test_issue13b_upgrade_leaves_old_in_flight_credits_without_expiry_so_never_r
         assert led.cabinet_clock_set(cab) is False      # never said: its credits get no exp
         led.set_cabinet_clock(cab, True)
         assert led.cabinet_clock_set(cab) is True
+def test_issue16_screen_lines_issue_a_version_for_an_old_provisioned_cabinet(v1_db):
+    """issue16_screen_lines: an upgraded cabinet has no lines issued yet; its first lines issue a new
+    config version (carried by pending_configs), the same lines again issue none."""
+    with open_ledger(v1_db) as led:
+        cab = led.list_cabinets()[0]["id"]
+        led.set_board(cab, "esp32-devkitc")
+        assert [r["price"] for r in led.screen_cabinets() if r["cabinet_id"] == cab] == [None]
+        ver = led.set_screen_lines(cab, "from $1.00 a play", "", now=2_000_000_000)
+        assert ver >= 2_000_000_000
+        assert led.set_screen_lines(cab, "from $1.00 a play", "", now=2_000_000_001) is None
+        row = [r for r in led.pending_configs() if r["cabinet_id"] == cab][0]
+        assert (row["ver"], row["price"], row["promo"]) == (ver, "from $1.00 a play", "")

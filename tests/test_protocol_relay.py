@@ -102,3 +102,32 @@ def test_status_with_wrong_field_types_does_not_verify(change):
 
 def test_unsigned_status_of_v1_firmware_does_not_verify():
     assert not protocol.verify_status({"t": "status", "cab": "cab1", "online": True, "fw": "0.2.0"}, SECRET)
+
+
+@pytest.mark.parametrize("vec", VECTORS["configs"], ids=lambda v: v["name"])
+def test_config_vectors(vec):
+    """The relay takes a config as its own only when its timing and its screen lines (when it carries
+    any) both verify; valid ones are built byte for byte (the cabinet's reasons are tests/fw's)."""
+    msg = vec["message"]
+    if vec["valid"] and vec.get("lines", True):
+        assert protocol.verify_config(msg, SECRET) is (msg["cab"] == "cab1" and msg["ver"] >= 1), vec["name"]
+        built = protocol.build_config(msg["cab"], msg["ver"], msg["width_ms"], msg["gap_ms"], msg["coins_per_credit"],
+                                      SECRET, ts=msg["ts"], price=msg.get("price"), promo=msg.get("promo"))
+        assert built == json.dumps(msg, separators=(",", ":")).encode()
+        if "price" in msg:
+            assert protocol.canonical_screen(msg) == vec["screen_canonical"].encode()
+    elif vec.get("reason", "bad_signature") == "bad_signature" or "lines" in vec:
+        assert protocol.verify_config(msg, SECRET) is False, vec["name"]
+
+
+def test_screen_text_is_what_the_board_font_draws():
+    assert protocol.screen_text("from \u20ac0.84 a play") == "from EUR 0.84 a play"
+    assert protocol.screen_text("from \u00a31.00 a play") == "from GBP 1.00 a play"
+    assert protocol.screen_text("caf\u00e9  \u2013 20% off") == "caf - 20% off"
+    long = protocol.screen_text("x" * 100)
+    assert len(long) == protocol.MAX_SCREEN_LINE
+    for text in ("from \u20ac0.84 a play", "\u00e9\u00e8" * 30, "a\nb"):
+        out = protocol.screen_text(text)
+        assert all(" " <= c <= "~" for c in out) and len(out) <= protocol.MAX_SCREEN_LINE
+    with pytest.raises(ValueError):
+        protocol.build_config("cab1", 2, 0, 0, 1, SECRET, price="from \u20ac1 a play", promo="")

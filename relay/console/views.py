@@ -11,7 +11,7 @@ from flask import (Blueprint, Response, abort, current_app, flash, g, redirect, 
                    url_for)
 from flask_wtf.csrf import CSRFError
 
-from relay import pricing, promotions, refunds
+from relay import pricing, promotions, refunds, screenlines
 from relay.console import SESSION_HOURS, auth, csrf
 from relay.db import get_ledger
 from relay.ledger import STATES, LedgerError, valid_cabinet_id
@@ -512,6 +512,7 @@ def cabinet_save(cabinet_id):
     if (name, price, [tuple(b) for b in bundles]) != (cab["name"], cab["price_cents"], cab["bundles"]):
         ledger.set_prices(cab["id"], name=name, price_cents=price, bundles=bundles)
         changes.append("name %s, price %s, bundles %s" % (name, money(price, cur), form["bundles"] or "none"))
+    changes += _screens(ledger)          # before a timing change: its config version then carries the lines
     if (numbers["pulse_ms"], numbers["gap_ms"], numbers["coins_per_credit"]) != (cfg["pulse_ms"], cfg["gap_ms"],
                                                                                cfg["coins_per_credit"]):
         new = ledger.set_cabinet_config(cab["id"], numbers["pulse_ms"], numbers["gap_ms"], numbers["coins_per_credit"])
@@ -527,6 +528,15 @@ def cabinet_save(cabinet_id):
     else:
         flash("Nothing changed.", "neutral")
     return redirect(url_for("console.cabinet", cabinet_id=cab["id"]), 303)
+
+
+def _screens(ledger):
+    """Cabinet screens whose price or promotion line changed get a new config version, published now."""
+    changed = screenlines.refresh(ledger, current_app.config.get("ARCADE_TZ") or "UTC")
+    if changed:
+        current_app.extensions["arcade"].get("wake") and current_app.extensions["arcade"]["wake"].set()
+    return ["screen of %s: %s (config ver %d)" % (cab, " / ".join(x for x in (price, promo) if x), ver)
+            for cab, (ver, price, promo) in sorted(changed.items())]
 
 
 def _promos(ledger, cabinet_id=None):
@@ -555,6 +565,7 @@ def promotion_add(cabinet_id):
     else:
         promo = promotions.Promotion(promo_id, scope, kind, value, days, start, end, label)
         _audit("promotion.add", cab["id"], "%d: %s" % (promo_id, promo.describe()))
+        _screens(get_ledger())
         flash("Promotion %d added: %s." % (promo_id, promo.describe()), "ok")
     return redirect(url_for("console.cabinet", cabinet_id=cab["id"]), 303)
 
@@ -568,6 +579,7 @@ def promotion_remove(cabinet_id, promo_id):
     else:
         get_ledger().remove_promotion(promo_id)
         _audit("promotion.remove", cab["id"], "%d: %s" % (promo_id, found[0].describe()))
+        _screens(get_ledger())
         flash("Promotion %d removed." % promo_id, "ok")
     return redirect(url_for("console.cabinet", cabinet_id=cab["id"]), 303)
 

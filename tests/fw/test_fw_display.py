@@ -9,7 +9,7 @@ import machine
 import panels
 import app as fwapp
 from coin import Coin
-from fwutil import EPOCH, KEY, LEDGER, FakeSock, board, clock, puback, pulses, scratch, write_json
+from fwutil import EPOCH, KEY, LEDGER, FakeSock, board, clock, puback, pulses, scratch, vectors, write_json
 from fwutil import config as good_config
 
 OLED = {"driver": "ssd1306", "bus": "i2c", "width": 128, "height": 64, "rotation": 0,
@@ -244,3 +244,96 @@ def test_safe_mode_says_so_on_the_screen():
             lit += panel.lit(x, y)
     assert lit > 100, "SAFE MODE text on the glass"
     safemode.active = False
+
+
+def _said(screen):
+    """The text the screen shows now (its own layout of the state it last drew)."""
+    screen.src = screen._qr() if screen.shown[0] == 1 else None
+    try:
+        screen._layout(*screen.shown)
+        return " ".join(t for t, _x, _y, _k in screen.items)    # lines wrap on a narrow panel
+    finally:
+        screen.src = screen.items = None
+
+
+def test_the_signed_config_s_price_and_promotion_lines_replace_the_provisioned_ones():
+    a, panel, c, events, raw = _app(TFT)
+    s = a.screen
+    s.link(True)
+    a._step()
+    assert "from $0.84 a play" in _said(s) and "2 for 1 until 8pm" in _said(s), "provisioned lines"
+    a._on_msg(a.t_config, fwmsgs.config(KEY, "cab1", 10, 0, 0, 1, 10, "from $1.25 a play", "20% off until 17:00"))
+    a._step()
+    assert "from $1.25 a play" in _said(s) and "20% off until 17:00" in _said(s)
+    assert "from $0.84 a play" not in _said(s) and _glass_is_fb(panel, s) is None
+    with open(a.cabinet.journal.root + "cfg.json") as f:
+        stored = json.load(f)
+    assert (stored["price"], stored["promo"]) == ("from $1.25 a play", "20% off until 17:00")
+    # the happy hour closes: an empty promotion line from the relay means none on now
+    a._on_msg(a.t_config, fwmsgs.config(KEY, "cab1", 11, 0, 0, 1, 11, "from $1.25 a play", ""))
+    a._step()
+    said = _said(s)
+    assert "from $1.25 a play" in said and "off" not in said and "for 1" not in said, said
+    # forged (another key) and stale (an older version, even well signed): nothing changes at all
+    before = _said(s)
+    for bad in (fwmsgs.config(b"x" * 64, "cab1", 12, 0, 0, 1, 12, "from $0.01 a play", "FREE PLAY"),
+                fwmsgs.config(KEY, "cab1", 10, 0, 0, 1, 10, "from $0.01 a play", "FREE PLAY")):
+        a._on_msg(a.t_config, bad)
+        a._step()
+        assert _said(s) == before and a.cabinet.cfg["ver"] == 11
+    # lines tampered, signed for another version, non-ASCII, too long: the timing applies, the lines
+    # on the screen stay
+    good = json.loads(fwmsgs.config(KEY, "cab1", 13, 0, 0, 1, 13, "from $0.01 a play", "FREE PLAY"))
+    moved = json.loads(fwmsgs.config(KEY, "cab1", 14, 0, 0, 1, 14))
+    moved.update(price=good["price"], promo=good["promo"], ssig=good["ssig"])
+    for ver, bad in ((13, json.dumps(dict(good, promo="FREE PLAY ALL DAY")).encode()),
+                     (14, json.dumps(moved).encode()),
+                     (15, fwmsgs.config(KEY, "cab1", 15, 0, 0, 1, 15, "from \u20ac0.01 a play", "")),
+                     (16, fwmsgs.config(KEY, "cab1", 16, 0, 0, 1, 16, "from $0.01 a play, a bargain", ""))):
+        a._on_msg(a.t_config, bad)
+        a._step()
+        assert a.cabinet.cfg["ver"] == ver and _said(s) == before, ver
+    # a config without lines (a relay from before them): the lines shown stay
+    a._on_msg(a.t_config, fwmsgs.config(KEY, "cab1", 17, 0, 0, 1, 17))
+    a._step()
+    assert a.cabinet.cfg["ver"] == 17 and _said(s) == before
+
+
+def test_the_screen_lines_of_every_config_vector():
+    import scrfiles as scrlines
+    v = vectors()
+    key = v["secret"].encode()
+    n = 0
+    for c in v["configs"]:
+        if "lines" not in c:
+            continue
+        n += 1
+        m = c["message"]
+        # the screen reads lines only from a config the cabinet applied (its timing signature holds)
+        reason, parsed = fwapp.protocol.check_config(json.dumps(m).encode(), "cab1", key)
+        got = scrlines.lines(parsed, key) if reason == "" else None
+        assert (got is not None) == c["lines"], c["name"]
+        if got is not None:
+            assert got == (m["price"], m["promo"]), c["name"]
+    assert n >= 6
+
+
+def test_provisioned_lines_until_a_config_brings_some():
+    a, panel, c, events, raw = _app(TFT)
+    s = a.screen
+    s.link(True)
+    a._on_msg(a.t_config, fwmsgs.config(KEY, "cab1", 9, 0, 0, 1, 9))
+    a._step()
+    assert "from $0.84 a play" in _said(s) and "2 for 1 until 8pm" in _said(s)
+
+
+def test_the_screen_lines_survive_a_reboot():
+    a, panel, c, events, raw = _app(TFT)
+    a._on_msg(a.t_config, fwmsgs.config(KEY, "cab1", 10, 0, 0, 1, 10, "from $1.25 a play", "Happy hour"))
+    root = a.cabinet.journal.root
+    b = fwapp.App(fwapp.config.check_config(good_config(screen={"qr": "qr.pbm", "price": "old", "promo": "old"})),
+                  a.cabinet.board, a.coin, root, lambda e, d_: None)
+    assert b.cabinet.cfg["ver"] == 10
+    b.screen.link(True)
+    said = _said(b.screen)
+    assert "from $1.25 a play" in said and "Happy hour" in said and "old" not in said

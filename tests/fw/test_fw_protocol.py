@@ -164,7 +164,9 @@ def test_every_config_vector():
             canon = protocol.canonical("config", [m[k] for k in protocol.CONFIG_FIELDS])
             assert canon == c["canonical"].encode(), c["name"]
             built = fwmsgs.config(key, *[m[k] for k in protocol.CONFIG_FIELDS])
-            assert json.loads(built) == m and b" " not in built, c["name"]
+            # the screen's lines are signed apart (ssig): the timing's signature is the same without them
+            timing = dict((k, m[k]) for k in m if k not in ("price", "promo", "ssig"))
+            assert json.loads(built) == timing and b" " not in built, c["name"]
             _in_order(built, ("t",) + protocol.CONFIG_FIELDS + ("sig",))
         else:
             assert reason == c["reason"], (c["name"], reason)

@@ -5,6 +5,7 @@
   arcade cabinet enable ID | disable ID
   arcade cabinet link ID plink_... [--url URL]   (Payment Links mode: sessions from that link credit ID)
   arcade cabinet set ID [--pulse-ms MS] [--gap-ms MS] [--coins-per-credit N]   (no option: show)
+  arcade cabinet price ID [--price 1.50] [--bundle 3:2.50 ... | --no-bundles] [--name TEXT]
   arcade cabinet test-pulse ID [--pulses N] [--wait S]
 
 The database is ARCADE_DB (environment or .env; default ./arcade.db) unless --db is given.
@@ -15,7 +16,7 @@ import os
 import sys
 import time
 
-from relay import pricing
+from relay import pricing, screenlines
 from relay.config import db_path
 from relay.backends import redact
 from relay.ledger import LedgerError, StorageError, ledger_exists, open_ledger, valid_cabinet_id
@@ -178,6 +179,8 @@ def cmd_set(args):
                          "; refused: %s" % status["cfg_error"] if status.get("cfg_error") else ""))
             return 0
         try:
+            # the screen's lines first (relay/screenlines.py): the version issued below then carries them
+            screenlines.refresh(ledger, os.environ.get("ARCADE_TZ") or "UTC")
             cfg = ledger.set_cabinet_config(args.id, args.pulse_ms, args.gap_ms, args.coins_per_credit)
         except LedgerError as e:
             return _fail("%s. Nothing changed." % e)
@@ -187,6 +190,34 @@ def cmd_set(args):
     print("config version %d stored: the relay publishes it signed and retained on %s/%s/config, and the cabinet "
           "applies it without a re-flash; `arcade cabinet set %s` shows whether it did"
           % (cfg["ver"], prefix, args.id, args.id))
+    return 0
+
+
+def cmd_price(args):
+    """Change a cabinet's price, bundles or name. A cabinet with a screen shows the new price line once
+    the relay has published the config version issued here (relay/screenlines.py)."""
+    if args.price is None and not args.bundle and not args.no_bundles and args.name is None:
+        return _fail("say what to change: --price, --bundle (repeatable), --no-bundles or --name")
+    if args.bundle and args.no_bundles:
+        return _fail("--bundle and --no-bundles contradict each other. Nothing changed.")
+    with open_ledger(args.db) as ledger:
+        cab = ledger.get_cabinet(args.id)
+        if cab is None:
+            return _fail("no cabinet %r: see `arcade cabinet list`" % (args.id,))
+        try:
+            price = None if args.price is None else pricing.parse_price(args.price, cab["currency"])
+            bundles = [] if args.no_bundles else ([pricing.parse_bundle(b, cab["currency"]) for b in args.bundle]
+                                                  if args.bundle else None)
+            ledger.set_prices(args.id, name=args.name, price_cents=price, bundles=bundles)
+        except (ValueError, LedgerError) as e:
+            return _fail("%s. Nothing changed." % e)
+        changed = screenlines.refresh(ledger, os.environ.get("ARCADE_TZ") or "UTC")
+        cab = ledger.get_cabinet(args.id)
+    print("cabinet %s (%s): %s" % (cab["id"], cab["name"], _prices(cab)))
+    if args.id in changed:
+        ver, line, promo = changed[args.id]
+        print("its screen will say %r%s: config version %d, published by the relay" %
+              (line, " / %r" % promo if promo else "", ver))
     return 0
 
 
@@ -331,6 +362,13 @@ def main(argv=None):
     st.add_argument("--pulse-ms", type=int, metavar="MS", help="coin pulse width in ms (0: the board's default)")
     st.add_argument("--gap-ms", type=int, metavar="MS", help="minimum gap between pulses in ms (0: the board's default)")
     st.add_argument("--coins-per-credit", type=int, metavar="N", help="coin pulses per credit bought (1-255)")
+    pr = sub.add_parser("price", help="change a cabinet's price, bundles or name (its screen follows)")
+    pr.add_argument("id", metavar="ID")
+    pr.add_argument("--price", help="price of one credit, e.g. 1.50")
+    pr.add_argument("--bundle", action="append", default=[], metavar="CREDITS:PRICE",
+                    help="a multi-play price, e.g. 3:2.50 (repeatable; replaces the bundles)")
+    pr.add_argument("--no-bundles", action="store_true", help="remove every bundle")
+    pr.add_argument("--name", help="a new display name")
     tp = sub.add_parser("test-pulse", help="make the cabinet pulse its coin line now (bring-up check)")
     tp.add_argument("id", metavar="ID")
     tp.add_argument("--pulses", type=int, default=1, metavar="N", help="pulses, 1-10 (default %(default)s)")
@@ -350,6 +388,8 @@ def main(argv=None):
             return cmd_link(args)
         if args.command == "set":
             return cmd_set(args)
+        if args.command == "price":
+            return cmd_price(args)
         if args.command == "test-pulse":
             return cmd_test_pulse(args)
         return cmd_enable(args, args.command == "enable")

@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from relay import config, promotions
+from relay import config, promotions, screenlines
 from relay.ledger import LedgerError, open_ledger
 
 
@@ -46,6 +46,13 @@ def main(argv=None):
         return 2
 
 
+def _screens(led, cfg):
+    """Cabinet screens whose promotion line changes now get a new config version (the relay's
+    dispatcher also looks every minute or so, for windows that open and close)."""
+    for cab, (ver, _price, promo) in sorted(screenlines.refresh(led, cfg["ARCADE_TZ"]).items()):
+        print("cabinet %s's screen: %s (config version %d)" % (cab, repr(promo) if promo else "no promotion line", ver))
+
+
 def _run(args, cfg, led):
     if args.action == "add":
         kind, value = ("bonus", args.bonus) if args.bonus is not None else ("percent", args.percent)
@@ -57,10 +64,12 @@ def _run(args, cfg, led):
         promo_id = led.add_promotion(args.cabinet, kind, value, days, start, end, args.label.strip())
         promo = promotions.Promotion(promo_id, args.cabinet, kind, value, days, start, end, args.label)
         print("added promotion %d: %s (%s)" % (promo_id, promo.describe(), cfg["ARCADE_TZ"]))
+        _screens(led, cfg)
         return 0
     if args.action == "remove":
         led.remove_promotion(args.id)
         print("removed promotion %d" % args.id)
+        _screens(led, cfg)
         return 0
     local = promotions.local_time(cfg["ARCADE_TZ"])
     rows = led.list_promotions()

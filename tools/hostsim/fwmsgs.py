@@ -16,12 +16,16 @@ def credit(key, cab, ledger, seq, credits, pulses, session, ts, epoch="", exp=0)
                json.dumps(epoch), exp, sig)).encode()
 
 
-def config(key, cab, ver, width_ms, gap_ms, coins_per_credit, ts):
-    """A signed config payload."""
+def config(key, cab, ver, width_ms, gap_ms, coins_per_credit, ts, price=None, promo=None):
+    """A signed config payload; with `price` and `promo`, the screen's lines and their own signature."""
     sig = sign(key, canonical("config", (cab, ver, width_ms, gap_ms, coins_per_credit, ts)))
+    lines = ""
+    if price is not None:
+        lines = ',"price":%s,"promo":%s,"ssig":"%s"' % (json.dumps(price), json.dumps(promo), sign(
+            key, canonical("screen", (cab, ver, price, promo))))
     return ('{"t":"config","cab":%s,"ver":%d,"width_ms":%d,"gap_ms":%d,"coins_per_credit":%d,'
-            '"ts":%d,"sig":"%s"}' % (json.dumps(cab), ver, width_ms, gap_ms, coins_per_credit, ts,
-                                     sig)).encode()
+            '"ts":%d%s,"sig":"%s"}' % (json.dumps(cab), ver, width_ms, gap_ms, coins_per_credit, ts,
+                                       lines, sig)).encode()
 
 
 def test(key, cab, n, pulses, ts):
