@@ -2,7 +2,6 @@
 and lost answers, Dashboard refunds and disputes through the webhook. Stripe is the fake Stripe server
 on loopback (tools/lab/fake_stripe.py) reached by the real stripe-python client; the oracle for "was
 it refunded" is the fake's own list of refunds, never the relay's ledger."""
-import urllib.error
 
 import pytest
 

@@ -8,7 +8,6 @@ import time
 import machine
 import network
 import fwmsgs
-import protocol
 import resets
 import safemode
 import app as fwapp

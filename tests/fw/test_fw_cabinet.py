@@ -3,7 +3,6 @@ import json
 
 import machine
 import fwmsgs
-import protocol
 from cabinet import Cabinet
 from coin import Coin
 from journal import Journal

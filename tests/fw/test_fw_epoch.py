@@ -5,7 +5,6 @@ import os
 
 import machine
 import fwmsgs
-import protocol
 from cabinet import Cabinet
 from coin import Coin
 from journal import Journal

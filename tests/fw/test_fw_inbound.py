@@ -1,10 +1,8 @@
 # A message bigger than the cabinet can hold (issue 9, attack 3) is drained in small reads,
 # PUBACKed and dropped; a MemoryError in the loop is a reconnect, never a reset.
-import json
 
 import machine
 import fwmsgs
-import protocol
 import inbound
 import app as fwapp
 from coin import Coin

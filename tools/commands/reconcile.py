@@ -7,7 +7,6 @@ now count as settled), 1 something needs the operator (see docs/operations.md), 
 """
 import argparse
 import json
-import os
 import sys
 import time
 

@@ -44,7 +44,6 @@ and ARCADE_SIM_CLOCK=unset in the environment: a board whose clock NTP never set
 """
 import json
 import os
-import shutil
 import signal
 import sys
 import threading

@@ -31,7 +31,6 @@ quiet window (QUIET s, longer than the relay's longest redelivery interval) for 
 BACKEND: the ledger on SQLite (a file) or PostgreSQL (a private cluster, fsync on). Prints every
 figure; exit status 0 only when the books balance.
 """
-import json
 import random
 import secrets
 import shutil
