@@ -25,7 +25,7 @@ import time
 
 import paho.mqtt.client as mqtt
 
-from relay import backends, protocol
+from relay import backends, leases, protocol
 from relay.config import mask_url, parse_mqtt_url
 from relay.ledger import StorageError, open_ledger
 
@@ -80,13 +80,21 @@ class Dispatcher:
         self._cfg_seen = set()      # cabinets whose retained config the broker sent back since connecting
         self._cfg_check_at = None   # when to republish the configs the broker no longer holds
         self._quiet = {}            # (cabinet id, what) -> when an ignored message was last logged
+        # PostgreSQL: several relays share the database, each cabinet dispatched by its lease holder
+        # (relay/leases.py); SQLite: one dispatcher per database, under a file lock.
+        self.leases = None
+        if backends.is_postgres(self.db_path):
+            self.leases = leases.Leases(settings.get("ARCADE_RELAY_NAME") or leases.default_name(),
+                                        float(settings.get("ARCADE_LEASE_SECONDS") or leases.DEFAULT_SECONDS), clock)
+        self.leader = False         # holds the database's dispatcher lock (runs reconciliation, alerts)
 
     # -- life cycle ---------------------------------------------------------------------------
 
     def start(self):
         """Take the database's dispatcher lock and start. False if another process holds it."""
         lock = backends.take_dispatcher_lock(self.db_path)
-        if lock is None:
+        self.leader = lock is not None
+        if lock is None and self.leases is None:
             log.info("another relay process runs the dispatcher for %s; this one only serves webhooks",
                      backends.redact(self.db_path))
             return False
@@ -129,7 +137,14 @@ class Dispatcher:
 
     @property
     def client_id(self):
+        if self.leases is not None:     # one per relay process: each keeps its own broker session
+            return "arcade-relay-%s-%s" % (self.ledger_id[:8], self.leases.name)
         return "arcade-relay-%s" % self.ledger_id[:8]
+
+    def _mine(self, ledger, cab):
+        """May this relay dispatch `cab`? Always with SQLite; with PostgreSQL while it holds the lease
+        (taken here when free or run out)."""
+        return self.leases is None or self.leases.acquire(ledger, cab)
 
     def _topic(self, cab, kind):
         return "%s/%s/%s" % (self.prefix, cab, kind)
@@ -205,11 +220,16 @@ class Dispatcher:
                 log.exception("dispatcher error, retrying in 1 s")
                 timeout = 1.0
         if ledger is not None:
+            if self.leases is not None:
+                self.leases.release_all(ledger)
             ledger.close()
 
     def step(self, ledger):
         """One round of delivery work: handle what paho reported, put idle cabinets' next credits in
         flight, resend what is due. Returns the seconds until the next round is due."""
+        if self.leases is not None:
+            for cab in self.leases.renew(ledger):
+                self._flights.pop(cab, None)   # lost: the new holder publishes it
         self._drain(ledger)
         if self._session_up:
             self._fill(ledger)
@@ -223,6 +243,8 @@ class Dispatcher:
         deadline = now + self.rescan
         if self._cfg_check_at is not None:
             deadline = min(deadline, self._cfg_check_at)
+        if self.leases is not None and self.leases.next_due() is not None:
+            deadline = min(deadline, self.leases.next_due())
         for f in self._flights.values():
             if f.next_retry is not None:
                 deadline = min(deadline, f.next_retry)
@@ -262,7 +284,12 @@ class Dispatcher:
 
     def _fill(self, ledger):
         """Put the lowest-seq unacknowledged credit of every idle cabinet in flight."""
-        for row in ledger.next_deliveries(exclude=self._flights):
+        exclude = set(self._flights)
+        if self.leases is not None:     # cabinets another relay holds are its to publish
+            exclude.update(self.leases.foreign_now())
+        for row in ledger.next_deliveries(exclude=exclude):
+            if not self._mine(ledger, row["cabinet_id"]):
+                continue
             epoch = ledger.cabinet_epoch(row["cabinet_id"])
             since = self.clock() - max(0.0, time.time() - row["queued_at"])
             flight = self._flights[row["cabinet_id"]] = _Flight(row, self._credit(row, epoch), since, epoch)
@@ -290,6 +317,11 @@ class Dispatcher:
                         "apply; an applied credit whose ack was lost with the old flash would apply again", cab, epoch)
 
     def _publish(self, flight):
+        if self.leases is not None and not self.leases.valid(flight.cab):
+            # fenced: the lease ran out (a pause, the database out of reach); the next step drops it
+            log.warning("not publishing seq %d for %s: this relay's lease on it ran out", flight.seq, flight.cab)
+            flight.next_retry = None
+            return
         info = self._client.publish(self._topic(flight.cab, "credit"), flight.payload, qos=1)
         self._mids[info.mid] = flight
         flight.attempts += 1
@@ -301,7 +333,7 @@ class Dispatcher:
         """Publish each cabinet's newest issued config (signed, retained, QoS 1) until the broker has it."""
         for row in ledger.pending_configs():
             cab, ver = row["cabinet_id"], row["ver"]
-            if self._cfg_sent.get(cab) == ver:
+            if self._cfg_sent.get(cab) == ver or not self._mine(ledger, cab):
                 continue
             payload = protocol.build_config(cab, ver, row["pulse_ms"], row["gap_ms"], row["coins_per_credit"],
                                             row["secret"], ts=row["ts"])
@@ -332,7 +364,7 @@ class Dispatcher:
             return
         self._cfg_check_at = None
         for cab in ledger.published_configs():
-            if cab not in self._cfg_seen:
+            if cab not in self._cfg_seen and (self.leases is None or self.leases.valid(cab)):
                 self._on_retained_config(ledger, cab, None)
 
     def _redeliver_due(self):
@@ -364,6 +396,9 @@ class Dispatcher:
             msg = json.loads(payload) if payload else None
         except ValueError:
             msg = None
+        if self.leases is not None and not self.leases.valid(cab) and (
+                ledger.get_cabinet(cab) is None or not self._mine(ledger, cab)):
+            return                  # another relay holds this cabinet: every relay hears it, its holder acts
         if kind == "config":
             self._on_retained_config(ledger, cab, msg)
             return

@@ -174,6 +174,11 @@ MIGRATIONS.append(("issue9_cabinet_epochs", ["CREATE TABLE cabinet_epochs (cabin
                                              "n INTEGER NOT NULL DEFAULT 0, retired TEXT NOT NULL DEFAULT '[]', "
                                              "seen_at REAL NOT NULL)"]))
 RETIRED_EPOCHS = 16
+# issue 12: per-cabinet leases, so several relays on one PostgreSQL database each dispatch their own
+# cabinets (relay/leases.py says how they are taken, renewed and fenced).
+MIGRATIONS.append(("issue12_cabinet_leases", [
+    "CREATE TABLE cabinet_leases (cabinet_id TEXT PRIMARY KEY, holder TEXT NOT NULL, token INTEGER NOT NULL, "
+    "expires_at REAL NOT NULL, taken_at REAL NOT NULL)"]))
 
 _CABINET_COLS = ("id, name, secret, enabled, currency, price_cents, bundles, coins_per_credit, next_seq, "
                  "last_seq, online, last_seen, status, created_at")
