@@ -228,8 +228,9 @@ class Dispatcher:
         """One round of delivery work: handle what paho reported, put idle cabinets' next credits in
         flight, resend what is due. Returns the seconds until the next round is due."""
         if self.leases is not None:
-            for cab in self.leases.renew(ledger):
-                self._flights.pop(cab, None)   # lost: the new holder publishes it
+            self.leases.renew(ledger)
+            for cab in [c for c in self._flights if not self.leases.valid(c)]:
+                del self._flights[cab]  # lost or run out: its holder (maybe this relay again) publishes it
         self._drain(ledger)
         if self._session_up:
             self._fill(ledger)

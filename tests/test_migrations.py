@@ -200,3 +200,15 @@ def test_issue10_checkout_attempts_on_an_upgraded_v1_database(v1_db):
         assert led.reserve_checkout("cab1", "client-a", "1", 1, 100, 1500.0, (2, 600), (60, 600), 600) == \
             ("reuse", "https://checkout.example/x")
     assert {"cabinet_id", "client_key", "state", "session_id", "reuse_until"} <= set(columns(v1_db, "checkout_attempts"))
+
+
+def test_issue12_cabinet_leases_upgrade_adds_an_empty_lease_table_that_works(v1_db):
+    """issue12_cabinet_leases: an upgraded database has the lease table, empty (nobody holds a cabinet
+    yet), and a relay can take a lease on one of its old cabinets."""
+    from relay.leases import Leases
+    with open_ledger(v1_db) as led:
+        assert "issue12_cabinet_leases" in led.migrations()
+        cab = led.list_cabinets()[0]["id"]
+        assert Leases("r1").acquire(led, cab)
+    assert columns(v1_db, "cabinet_leases") == ["cabinet_id", "holder", "token", "expires_at", "taken_at"]
+    assert [r[0] for r in rows(v1_db, "SELECT token FROM cabinet_leases")] == [1]
