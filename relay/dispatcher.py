@@ -216,6 +216,13 @@ class Dispatcher:
             except StorageError as e:
                 log.error("storage failure, retrying in 1 s: %s", e)
                 timeout = 1.0
+                if ledger is not None and self.leases is not None:
+                    # its connection may be broken or stuck in an aborted transaction: a fresh one
+                    try:
+                        ledger.close()
+                    except Exception:
+                        pass
+                    ledger = None
             except Exception:
                 log.exception("dispatcher error, retrying in 1 s")
                 timeout = 1.0
