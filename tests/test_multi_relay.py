@@ -36,9 +36,11 @@ class World:
         with open_ledger(db) as led:
             self.secrets = {cab: led.add_cabinet(cab, price_cents=100) for cab in CABS}   # 1 coin a payment
             self.ledger_id = led.ledger_id
+            self.relay_logins = {name: led.relay_login(name) for name in ("r1", "r2", "r3")}
             logins = led.broker_logins()
         self.broker = Mosquitto(tmp_path / "mosquitto", logins=logins).start()
-        self.relays = Relays(tmp_path, db, self.broker.relay_url, WHSEC, 3, ENV).start()
+        self.relays = Relays(tmp_path, db, lambda name: self.broker.url_for(*self.relay_logins[name]), WHSEC, 3,
+                             ENV).start()
         self.sims = {}
         for cab in CABS:
             self.sims[cab] = stack.Cabinet(tmp_path, cab, self.secrets[cab], self.broker.cabinet_url(cab),
@@ -48,7 +50,8 @@ class World:
         self.http = Http(self.relays.webhook_url)
 
     def client_id(self, name):
-        return "arcade-relay-%s-%s" % (self.ledger_id[:8], name)
+        """Who the broker says published (its log names the login: use_username_as_clientid)."""
+        return self.relay_logins[name][0]
 
     def pay(self, cab):
         """Pay $1 (1 credit, 1 coin) for `cab` through the load balancer, retrying like Stripe until a 2xx."""
@@ -187,4 +190,4 @@ def test_three_relays_survive_a_kill_a_pause_and_a_partition_with_the_books_bala
     for cab, b in books.items():
         assert b["lost"] == [] and b["doubled"] == [] and b["pulses"] == b["paid"], (cab, b)
     clients = {who for who, _ in credit_publishes(world.broker.log_path)}
-    assert len({c for c in clients if c.startswith("arcade-relay-")}) >= 2, clients
+    assert len(clients & {world.client_id(name) for name in relays.names}) >= 2, clients

@@ -3,7 +3,9 @@ the multi-relay fault tests and `make soak RELAYS=N` share this.
 
 Each relay has its own name (r1, r2, ...: its broker client id ends with it), its own port, log and
 working directory, and reaches PostgreSQL through its own TCP proxy (tools/lab/tcpproxy.py), so a
-test can cut one relay off from the database (`partition`) while the others go on.
+test can cut one relay off from the database (`partition`) while the others go on. `mqtt_url` is a
+function of the relay's name: each relay logs in to the broker with its own login (the ledger's
+relay_login), as the broker takes the login as the client id.
 """
 import re
 import signal
@@ -54,7 +56,7 @@ class Relays:
     def start_one(self, name, timeout=30.0):
         last = None
         for _ in range(20):     # the port may still be held by the killed process's socket for a moment
-            relay = stack.Relay(self.workdir / name, _via(self.db_url, self.db_proxies[name].port), self.mqtt_url,
+            relay = stack.Relay(self.workdir / name, _via(self.db_url, self.db_proxies[name].port), self.mqtt_url(name),
                                 self.whsec, port=self.ports[name], extra_env=dict(self.env, ARCADE_RELAY_NAME=name))
             try:
                 self.procs[name] = relay.start(timeout)
