@@ -146,7 +146,11 @@ def test_three_relays_survive_a_kill_a_pause_and_a_partition_with_the_books_bala
     cab = world.holders_of(paused)[0]
     world.sims[cab].proc.send_signal(signal.SIGSTOP)
     try:
+        start = os.path.getsize(world.broker.log_path)
         world.pay(cab)
+        # the paused relay must have that credit in flight (published, unacknowledged) when it stops
+        stack.wait_until(lambda: (world.client_id(paused), cab) in credit_publishes(world.broker.log_path, start),
+                         20, what="%s publishing the credit for %s" % (paused, cab))
         relays.pause(paused)
         stack.wait_until(lambda: world.relays.holders().get(cab) not in (None, paused), 10 * LEASE,
                          what="a takeover of %s from the paused relay" % cab)
