@@ -109,8 +109,13 @@ def world(tmp_path, pg_url):
         w.close()
 
 
-def _most_cabinets(world, among):
-    stack.wait_until(lambda: set(world.relays.holders()) == set(CABS), 30, what="a lease on every cabinet")
+def _most_cabinets(world, among, every=False):
+    """The relay holding most cabinets. A lease is taken when there is something to do (a credit, a
+    status), so after a takeover some cabinets may have none until their next payment."""
+    if every:
+        stack.wait_until(lambda: set(world.relays.holders()) == set(CABS), 30, what="a lease on every cabinet")
+    else:
+        stack.wait_until(lambda: world.relays.holders(), 30, what="a lease on a cabinet")
     return max(among, key=lambda name: len(world.holders_of(name)))
 
 
@@ -122,7 +127,7 @@ def test_three_relays_survive_a_kill_a_pause_and_a_partition_with_the_books_bala
     world.wait_paid()
 
     # 1. SIGKILL the relay holding most cabinets in the middle of a stream of payments
-    victim = _most_cabinets(world, relays.names)
+    victim = _most_cabinets(world, relays.names, every=True)
     orphaned = world.holders_of(victim)
     assert orphaned, "the victim holds a cabinet"
     for i in range(6):
