@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 from tools.lab.broker import end_process, free_port, wait_port
+from tools.lab.stack import WebhookEndpoint
 
 INSTALL_HINT = ("nginx is not installed: run `make setup` (installs it with apt) or `apt-get install nginx` "
                 "(the multi-relay tests put it in front of the relays as their load balancer)")
@@ -25,7 +26,7 @@ def nginx_path():
     return found
 
 
-class LoadBalancer:
+class LoadBalancer(WebhookEndpoint):
     """nginx on 127.0.0.1:<port> proxying to the relays on `backend_ports`."""
 
     def __init__(self, workdir, backend_ports, port=None):
@@ -35,14 +36,6 @@ class LoadBalancer:
         self.proc = None
         self.log_path = self.workdir / "nginx-error.log"
         self.access_log = self.workdir / "nginx-access.log"
-
-    @property
-    def url(self):
-        return "http://127.0.0.1:%d" % self.port
-
-    @property
-    def webhook_url(self):
-        return self.url + "/stripe/webhook"
 
     def _conf(self):
         servers = "\n".join("        server 127.0.0.1:%d max_fails=0;" % p for p in self.backend_ports)
