@@ -1,8 +1,10 @@
 """The dispatcher: turns committed credits into QoS 1 MQTT messages, one in flight per cabinet.
 
-One persistent paho-mqtt session (fixed client id, clean_session False) per database, guarded by an
-exclusive lock (a file lock beside a SQLite database, a session advisory lock in PostgreSQL), so
-however many web workers or relay processes serve webhooks, one client id talks to the broker.
+SQLite: one persistent paho-mqtt session (fixed client id, clean_session False) per database, guarded
+by a file lock beside it, so however many web workers or relay processes serve webhooks, one client id
+talks to the broker. PostgreSQL: every relay process runs a dispatcher with its own client id
+(ARCADE_RELAY_NAME) and dispatches only the cabinets whose lease it holds (relay/leases.py: taken,
+renewed and fenced there; this module asks `valid()` before every publish).
 The database is the source of truth: on every (re)connect and every wake the dispatcher reads the
 lowest unacknowledged credit of each cabinet and (re)publishes it, so a relay killed between commit
 and publish, or between publish and ack, delivers after restart.
@@ -91,7 +93,8 @@ class Dispatcher:
     # -- life cycle ---------------------------------------------------------------------------
 
     def start(self):
-        """Take the database's dispatcher lock and start. False if another process holds it."""
+        """Take the database's dispatcher lock and start. False if another process holds it (SQLite;
+        with PostgreSQL every relay starts, and the lock's holder is the `leader`)."""
         lock = backends.take_dispatcher_lock(self.db_path)
         self.leader = lock is not None
         if lock is None and self.leases is None:
