@@ -62,6 +62,7 @@ http {
             proxy_pass http://relays;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+            proxy_set_header Host $host;    # the public name (the relays check it: TRUSTED_HOSTS), not "relays"
             proxy_connect_timeout 2s;
             proxy_read_timeout 5s;      # a relay cut off from its database: Stripe (the sender) retries
             proxy_next_upstream error timeout http_502 http_503;
