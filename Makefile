@@ -4,9 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo demo-web mosquitto postgresql umqtt browser deploytools clean font
+.PHONY: setup test demo demo-web mosquitto postgresql nginx umqtt browser deploytools clean font
 
-setup: $(STAMP) umqtt mosquitto postgresql browser deploytools node_modules/.package-lock.json font
+setup: $(STAMP) umqtt mosquitto postgresql nginx browser deploytools node_modules/.package-lock.json font
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,6 +30,12 @@ postgresql:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
 	  { echo "installing postgresql (server binaries for the tests' private cluster) with apt..."; \
 	    $$(command -v sudo) apt-get update -q && $$(command -v sudo) apt-get install -y -q postgresql; }
+
+# The multi-relay tests and `make soak RELAYS=N` put nginx in front of the relays (its own config in a temp dir).
+nginx:
+	@command -v nginx >/dev/null 2>&1 || test -x /usr/sbin/nginx || \
+	  { echo "installing nginx (the multi-relay tests' load balancer) with apt..."; \
+	    $$(command -v sudo) apt-get update -q && $$(command -v sudo) apt-get install -y -q nginx; }
 
 # zbarimg decodes the QR stickers in tests; headless chromium + chromedriver run the pay-page browser test.
 browser:
@@ -84,6 +90,6 @@ fuzz: $(STAMP) umqtt node_modules/.package-lock.json
 .PHONY: bench soak
 bench: $(STAMP) umqtt mosquitto
 	$(BIN)/arcade bench
-# make soak BACKEND=sqlite|postgresql
-soak: $(STAMP) umqtt mosquitto postgresql
-	$(BIN)/arcade soak --payments 1000 --cabinets 20 --seed $(or $(SEED),4242) --backend $(or $(BACKEND),sqlite)
+# make soak BACKEND=sqlite|postgresql RELAYS=N (N > 1: PostgreSQL, nginx in front)
+soak: $(STAMP) umqtt mosquitto postgresql nginx
+	$(BIN)/arcade soak --payments 1000 --cabinets 20 --seed $(or $(SEED),4242) --backend $(or $(BACKEND),sqlite) --relays $(or $(RELAYS),1)

@@ -247,9 +247,15 @@ class _Pool:
     def _configure(conn):
         conn.adapters.register_dumper(bool, _BoolAsInt)
         conn.adapters.register_loader("numeric", _NumericAsNumber)
+        # A relay that stops talking in the middle of a transaction (paused, cut off by the network)
+        # must not hold the write lock (WRITE_LOCK) over every other relay for TCP's hours: the server
+        # ends such a session after this long idle inside a transaction, below the 5 s lock_timeout
+        # the others wait with. The relay's transactions never pause between statements.
+        conn.execute("SET idle_in_transaction_session_timeout = %d" % IDLE_IN_TRANSACTION_MS)
 
 
 _POOL_SIZE = 10
+IDLE_IN_TRANSACTION_MS = 4000
 _pools = {}
 _pools_lock = threading.Lock()
 

@@ -6,6 +6,7 @@ Secrets are never printed; `mask_url` hides the password in MQTT_URL for logs.
 """
 import ipaddress
 import os
+import re
 import stat
 from urllib.parse import unquote, urlsplit
 
@@ -23,6 +24,9 @@ DEFAULTS = {
     "ARCADE_RESCAN": 2.0,             # dispatcher re-reads the database this often (wakeups from other processes)
     "ARCADE_MQTT_KEEPALIVE": 30,      # seconds; a dead link is noticed within about two of these
     "ARCADE_DB_BUSY_TIMEOUT": 5000,   # milliseconds a write waits for the database lock
+    # Several relays on one PostgreSQL database (issue 12, docs/scale.md): per-cabinet leases.
+    "ARCADE_RELAY_NAME": None,        # this relay's name (its broker client id ends with it); default: the host name
+    "ARCADE_LEASE_SECONDS": 10.0,     # a dead relay's cabinets are taken over this long after its last renewal
     # The player's side (issue 5): pay page, stickers, promotions.
     "ARCADE_NAME": "Arcade",          # shown on the pay page and in the Stripe line item
     "ARCADE_PUBLIC_URL": None,        # the address phones reach the relay at (QR stickers, Stripe return URLs)
@@ -55,7 +59,7 @@ DEFAULTS = {
     "ARCADE_CLOCK_SKEW": "30s",       # a cabinet clock further than this from ours counts as unset
     "ARCADE_REFUND_EVERY": "30",      # seconds between the automatic-refund checks
 }
-_FLOATS = ("ARCADE_ACK_TIMEOUT", "ARCADE_ACK_TIMEOUT_MAX", "ARCADE_STUCK_AFTER", "ARCADE_RESCAN")
+_FLOATS = ("ARCADE_LEASE_SECONDS", "ARCADE_ACK_TIMEOUT", "ARCADE_ACK_TIMEOUT_MAX", "ARCADE_STUCK_AFTER", "ARCADE_RESCAN")
 _INTS = ("ARCADE_MQTT_KEEPALIVE", "ARCADE_DB_BUSY_TIMEOUT")
 SECRET_KEYS = ("STRIPE_WEBHOOK_SECRET", "STRIPE_API_KEY", "ARCADE_SECRET_KEY", "ARCADE_METRICS_TOKEN",
                "ARCADE_SMTP_PASSWORD")
@@ -159,6 +163,12 @@ def check(values, require_webhook_secret=True):
     if not out["ARCADE_DB"]:
         raise ConfigError("ARCADE_DB is empty: set it to the SQLite database path (default ./arcade.db) or a "
                           "postgresql://user:password@host:port/database URL")
+    name = out["ARCADE_RELAY_NAME"]
+    if name is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,32}", str(name)):
+        raise ConfigError("ARCADE_RELAY_NAME=%r: use 1-32 letters, digits, '.', '_' or '-' (it ends the relay's "
+                          "broker client id), e.g. relay-2" % (name,))
+    if out["ARCADE_LEASE_SECONDS"] < 3:
+        raise ConfigError("ARCADE_LEASE_SECONDS=%r is too short: at least 3 (default 10)" % out["ARCADE_LEASE_SECONDS"])
     _check_pay_settings(out)
     out["ARCADE_CONSOLE"] = _flag(out, "ARCADE_CONSOLE")
     out["ARCADE_SMTP_STARTTLS"] = _flag(out, "ARCADE_SMTP_STARTTLS")

@@ -1,8 +1,10 @@
 """The dispatcher: turns committed credits into QoS 1 MQTT messages, one in flight per cabinet.
 
-One persistent paho-mqtt session (MQTT 5, fixed client id, clean_start False, never expiring) per database, guarded by an
-exclusive lock (a file lock beside a SQLite database, a session advisory lock in PostgreSQL), so
-however many web workers or relay processes serve webhooks, one client id talks to the broker.
+SQLite: one persistent paho-mqtt session (MQTT 5, fixed client id, clean_start False, never
+expiring) per database, guarded by a file lock beside it, so however many web workers or relay
+processes serve webhooks, one client id talks to the broker. PostgreSQL: every relay process runs a
+dispatcher with its own client id (ARCADE_RELAY_NAME) and dispatches only the cabinets whose lease it
+holds (relay/leases.py: taken, renewed and fenced there; this module asks `valid()` before every publish).
 The database is the source of truth: on every (re)connect and every wake the dispatcher reads the
 lowest unacknowledged credit of each cabinet and (re)publishes it, so a relay killed between commit
 and publish, or between publish and ack, delivers after restart.
@@ -27,7 +29,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from relay import backends, expiry, protocol, screenlines
+from relay import backends, expiry, leases, protocol, screenlines
 from relay.config import mask_url, parse_mqtt_url
 from relay.ledger import StorageError, open_ledger
 
@@ -87,13 +89,22 @@ class Dispatcher:
         self.wall = time.time       # wall clock for promotion windows (a test's seam)
         self._screens_at = None     # when to look again whether a cabinet screen's lines changed
         self.screen_check = screenlines.SCREEN_CHECK_SECONDS
+        # PostgreSQL: several relays share the database, each cabinet dispatched by its lease holder
+        # (relay/leases.py); SQLite: one dispatcher per database, under a file lock.
+        self.leases = None
+        if backends.is_postgres(self.db_path):
+            self.leases = leases.Leases(settings.get("ARCADE_RELAY_NAME") or leases.default_name(),
+                                        float(settings.get("ARCADE_LEASE_SECONDS") or leases.DEFAULT_SECONDS), clock)
+        self.leader = False         # holds the database's dispatcher lock (runs reconciliation, alerts)
 
     # -- life cycle ---------------------------------------------------------------------------
 
     def start(self):
-        """Take the database's dispatcher lock and start. False if another process holds it."""
+        """Take the database's dispatcher lock and start. False if another process holds it (SQLite;
+        with PostgreSQL every relay starts, and the lock's holder is the `leader`)."""
         lock = backends.take_dispatcher_lock(self.db_path)
-        if lock is None:
+        self.leader = lock is not None
+        if lock is None and self.leases is None:
             log.info("another relay process runs the dispatcher for %s; this one only serves webhooks",
                      backends.redact(self.db_path))
             return False
@@ -141,7 +152,14 @@ class Dispatcher:
 
     @property
     def client_id(self):
+        if self.leases is not None:     # one per relay process: each keeps its own broker session
+            return "arcade-relay-%s-%s" % (self.ledger_id[:8], self.leases.name)
         return "arcade-relay-%s" % self.ledger_id[:8]
+
+    def _mine(self, ledger, cab):
+        """May this relay dispatch `cab`? Always with SQLite; with PostgreSQL while it holds the lease
+        (taken here when free or run out)."""
+        return self.leases is None or self.leases.acquire(ledger, cab)
 
     def _topic(self, cab, kind):
         return "%s/%s/%s" % (self.prefix, cab, kind)
@@ -212,15 +230,28 @@ class Dispatcher:
             except StorageError as e:
                 log.error("storage failure, retrying in 1 s: %s", e)
                 timeout = 1.0
+                if ledger is not None and self.leases is not None:
+                    # its connection may be broken or stuck in an aborted transaction: a fresh one
+                    try:
+                        ledger.close()
+                    except Exception:
+                        pass
+                    ledger = None
             except Exception:
                 log.exception("dispatcher error, retrying in 1 s")
                 timeout = 1.0
         if ledger is not None:
+            if self.leases is not None:
+                self.leases.release_all(ledger)
             ledger.close()
 
     def step(self, ledger):
         """One round of delivery work: handle what paho reported, put idle cabinets' next credits in
         flight, resend what is due. Returns the seconds until the next round is due."""
+        if self.leases is not None:
+            self.leases.renew(ledger)
+            for cab in [c for c in self._flights if not self.leases.valid(c)]:
+                del self._flights[cab]  # lost or run out: its holder (maybe this relay again) publishes it
         self._drain(ledger)
         if self._session_up:
             self._drop_revoked(ledger)
@@ -238,6 +269,8 @@ class Dispatcher:
             deadline = min(deadline, self._cfg_check_at)
         if self._screens_at is not None:
             deadline = min(deadline, self._screens_at)
+        if self.leases is not None and self.leases.next_due() is not None:
+            deadline = min(deadline, self.leases.next_due())
         for f in self._flights.values():
             if f.next_retry is not None:
                 deadline = min(deadline, f.next_retry)
@@ -277,8 +310,13 @@ class Dispatcher:
 
     def _fill(self, ledger):
         """Put the lowest-seq unacknowledged credit of every idle cabinet in flight."""
-        for row in ledger.next_deliveries(exclude=self._flights, expiry=lambda row: expiry.expiry_for(
+        exclude = set(self._flights)
+        if self.leases is not None:     # cabinets another relay holds are its to publish
+            exclude.update(self.leases.foreign_now())
+        for row in ledger.next_deliveries(exclude=exclude, expiry=lambda row: expiry.expiry_for(
                 ledger, row, self.refund_after)):
+            if not self._mine(ledger, row["cabinet_id"]):
+                continue
             epoch = ledger.cabinet_epoch(row["cabinet_id"])
             since = self.clock() - max(0.0, time.time() - row["queued_at"])
             flight = self._flights[row["cabinet_id"]] = _Flight(row, self._credit(row, epoch), since, epoch)
@@ -318,6 +356,11 @@ class Dispatcher:
                         "apply; an applied credit whose ack was lost with the old flash would apply again", cab, epoch)
 
     def _publish(self, flight):
+        if self.leases is not None and not self.leases.valid(flight.cab):
+            # fenced: the lease ran out (a pause, the database out of reach); the next step drops it
+            log.warning("not publishing seq %d for %s: this relay's lease on it ran out", flight.seq, flight.cab)
+            flight.next_retry = None
+            return
         kw = {}
         exp = flight.row.get("exp") or 0
         if exp:
@@ -351,7 +394,7 @@ class Dispatcher:
         """Publish each cabinet's newest issued config (signed, retained, QoS 1) until the broker has it."""
         for row in ledger.pending_configs():
             cab, ver = row["cabinet_id"], row["ver"]
-            if self._cfg_sent.get(cab) == ver:
+            if self._cfg_sent.get(cab) == ver or not self._mine(ledger, cab):
                 continue
             payload = protocol.build_config(cab, ver, row["pulse_ms"], row["gap_ms"], row["coins_per_credit"],
                                             row["secret"], ts=row["ts"], price=row["price"], promo=row["promo"])
@@ -382,7 +425,7 @@ class Dispatcher:
             return
         self._cfg_check_at = None
         for cab in ledger.published_configs():
-            if cab not in self._cfg_seen:
+            if cab not in self._cfg_seen and (self.leases is None or self.leases.valid(cab)):
                 self._on_retained_config(ledger, cab, None)
 
     def _redeliver_due(self):
@@ -414,6 +457,9 @@ class Dispatcher:
             msg = json.loads(payload) if payload else None
         except ValueError:
             msg = None
+        if self.leases is not None and not self.leases.valid(cab) and (
+                ledger.get_cabinet(cab) is None or not self._mine(ledger, cab)):
+            return                  # another relay holds this cabinet: every relay hears it, its holder acts
         if kind == "config":
             self._on_retained_config(ledger, cab, msg)
             return

@@ -187,6 +187,11 @@ MIGRATIONS.append(("issue13b_credit_expiry", ["ALTER TABLE payments ADD COLUMN e
 # when what they should say differs.
 MIGRATIONS.append(("issue16_screen_lines", ["CREATE TABLE screen_lines (cabinet_id TEXT PRIMARY KEY, "
                                             "price TEXT NOT NULL, promo TEXT NOT NULL, updated_at REAL NOT NULL)"]))
+# issue 12: per-cabinet leases, so several relays on one PostgreSQL database each dispatch their own
+# cabinets (relay/leases.py says how they are taken, renewed and fenced).
+MIGRATIONS.append(("issue12_cabinet_leases", [
+    "CREATE TABLE cabinet_leases (cabinet_id TEXT PRIMARY KEY, holder TEXT NOT NULL, token INTEGER NOT NULL, "
+    "expires_at REAL NOT NULL, taken_at REAL NOT NULL)"]))
 
 _CABINET_COLS = ("id, name, secret, enabled, currency, price_cents, bundles, coins_per_credit, next_seq, "
                  "last_seq, online, last_seen, status, created_at")
@@ -503,8 +508,25 @@ class Ledger:
         relay = self._rows("SELECT username, password FROM broker_users WHERE username = ?", (RELAY_BROKER_USER,))[0]
         cabs = self._rows("SELECT b.cabinet_id, b.password FROM broker_users b JOIN cabinets c ON c.id = b.cabinet_id "
                           "WHERE c.enabled = 1 ORDER BY b.cabinet_id")
+        relays = self._rows("SELECT username, password FROM broker_users WHERE cabinet_id IS NULL AND username LIKE ? "
+                            "ORDER BY username", (RELAY_BROKER_USER + ".%",))
         return {"relay": (relay["username"], relay["password"]),
-                "cabinets": [(r["cabinet_id"], r["password"]) for r in cabs]}
+                "cabinets": [(r["cabinet_id"], r["password"]) for r in cabs],
+                "relays": [(r["username"], r["password"]) for r in relays]}
+
+    def relay_login(self, name):
+        """Relay `name`'s own broker login, made on first use: (user, password). Several relays on one
+        database each need one (the broker takes the login as the client id: use_username_as_clientid)."""
+        user = "%s.%s" % (RELAY_BROKER_USER, name)
+        with self._write() as cur:
+            cur.execute("SELECT password FROM broker_users WHERE username = ?", (user,))
+            row = cur.fetchone()
+            if row is not None:
+                return user, row[0]
+            password = secrets.token_hex(16)
+            cur.execute("INSERT INTO broker_users (username, password, cabinet_id, created_at) VALUES (?, ?, NULL, ?)",
+                        (user, password, time.time()))
+            return user, password
 
     def cabinet_epoch(self, cabinet_id):
         """The epoch the cabinet announced last ("" if none yet)."""

@@ -286,3 +286,35 @@ def test_arcade_broker_config_bad_input_is_a_clear_error_and_writes_nothing(tmp_
         code = e.code
     assert code == 2 and shown in capsys.readouterr().err
     assert not (tmp_path / "out" / "passwd").exists()
+
+
+def test_arcade_broker_config_relays_gives_each_relay_its_own_login_with_the_relays_rights(tmp_path, capsys):
+    """Several relays on one database: each its own login (the broker takes it as the client id), in
+    the password file and the ACL with the relay's rights, its MQTT_URL in a 0600 relay-NAME.env; asking
+    again keeps the passwords; a bad name is refused and writes nothing."""
+    db = str(tmp_path / "arcade.db")
+    with open_ledger(db) as ledger:
+        ledger.add_cabinet("cab-a", price_cents=100)
+    out = tmp_path / "broker"
+    argv = ["broker", "config", "--out", str(out), "--listen", "127.0.0.1:%d" % free_port(), "--db", db]
+    assert cli.main(argv + ["--relays", "r1,r2"]) == 0
+    printed = capsys.readouterr().out
+    urls = {}
+    for name in ("r1", "r2"):
+        env = out / ("relay-%s.env" % name)
+        assert stat.S_IMODE(os.stat(env).st_mode) == 0o600
+        urls[name] = parse_mqtt_url(env.read_text().split("MQTT_URL=")[1].strip())
+        assert urls[name]["username"] == "arcade.relay." + name
+        assert urls[name]["password"] not in printed
+    acl = (out / "acl").read_text()
+    for user in ("arcade.relay.r1", "arcade.relay.r2"):
+        block = acl.split("user %s\n" % user)[1].split("\n\n")[0]
+        assert "topic write arcade/+/credit" in block and "topic read arcade/+/ack" in block
+        assert user + ":$7$" in (out / "passwd").read_text()
+    assert "user cab-a\n" in acl and "topic write arcade/+/credit" not in acl.split("user cab-a\n")[1]
+    assert cli.main(argv + ["--relays", "r1"]) == 0
+    assert parse_mqtt_url((out / "relay-r1.env").read_text().split("MQTT_URL=")[1].strip()) == urls["r1"]
+    with pytest.raises(SystemExit):
+        cli.main(argv + ["--relays", "r3,../x"])
+    with open_ledger(db) as ledger:
+        assert [u for u, _ in ledger.broker_logins()["relays"]] == ["arcade.relay.r1", "arcade.relay.r2"]

@@ -232,3 +232,13 @@ def test_issue16_screen_lines_issue_a_version_for_an_old_provisioned_cabinet(v1_
         assert led.set_screen_lines(cab, "from $1.00 a play", "", now=2_000_000_001) is None
         row = [r for r in led.pending_configs() if r["cabinet_id"] == cab][0]
         assert (row["ver"], row["price"], row["promo"]) == (ver, "from $1.00 a play", "")
+def test_issue12_cabinet_leases_upgrade_adds_an_empty_lease_table_that_works(v1_db):
+    """issue12_cabinet_leases: an upgraded database has the lease table, empty (nobody holds a cabinet
+    yet), and a relay can take a lease on one of its old cabinets."""
+    from relay.leases import Leases
+    with open_ledger(v1_db) as led:
+        assert "issue12_cabinet_leases" in led.migrations()
+        cab = led.list_cabinets()[0]["id"]
+        assert Leases("r1").acquire(led, cab)
+    assert columns(v1_db, "cabinet_leases") == ["cabinet_id", "holder", "token", "expires_at", "taken_at"]
+    assert [r[0] for r in rows(v1_db, "SELECT token FROM cabinet_leases")] == [1]

@@ -31,6 +31,9 @@ def test_missing_webhook_secret_refuses_with_what_to_do():
     ("MQTT_URL", "http://broker:1883", "mqtt://"),
     ("MQTT_URL", "mqtt://u:secretpw@host:notaport", "valid URL"),
     ("ARCADE_TOPIC_PREFIX", "arcade/#", "topic prefix"),
+    ("ARCADE_RELAY_NAME", "r1/../x", "ARCADE_RELAY_NAME"),
+    ("ARCADE_RELAY_NAME", "a" * 33, "1-32"),
+    ("ARCADE_LEASE_SECONDS", "2", "at least 3"),
 ])
 def test_bad_values_are_named(key, value, message):
     with pytest.raises(config.ConfigError, match=message) as e:

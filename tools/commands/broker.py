@@ -11,6 +11,7 @@ mosquitto SIGHUP (it re-reads the password file and the ACL), or let --reload PI
 """
 import argparse
 import os
+import re
 import signal
 import sys
 
@@ -44,12 +45,23 @@ def _reload(pidfile):
     return pid
 
 
+def _relay_names(text):
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    for name in names:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,32}", name):
+            raise argparse.ArgumentTypeError("relay name %r: use 1-32 letters, digits, '.', '_' or '-' (its "
+                                             "ARCADE_RELAY_NAME)" % name)
+    return names
+
+
 def cmd_config(args):
     if not os.path.exists(args.db):
         return _fail("no relay database at %s: set ARCADE_DB (or --db) to the relay's database" % args.db)
     host, port = args.listen
     try:
         with open_ledger(args.db) as ledger:
+            for name in args.relays:        # several relays on one PostgreSQL database: a login each
+                ledger.relay_login(name)
             logins = ledger.broker_logins()
             disabled = [c for c in ledger.list_cabinets() if not c["enabled"]]
         extra = ["user %s" % args.user] if args.user else []
@@ -61,7 +73,9 @@ def cmd_config(args):
     except StorageError as e:
         return _fail("database %s: %s" % (args.db, e))
     print("wrote %s: mosquitto.conf, passwd (%d logins: the relay and %d cabinet(s)), acl, relay.env (0600)"
-          % (args.out, len(logins["cabinets"]) + 1, len(logins["cabinets"])))
+          % (args.out, len(logins["cabinets"]) + 1 + len(logins["relays"]), len(logins["cabinets"])))
+    for user, _ in logins["relays"]:
+        print("  relay %s: its own login, its MQTT_URL in relay-%s.env (0600)" % (user, user[len("arcade.relay."):]))
     for cab in disabled:
         print("  %s is disabled: no login%s" % (cab["id"], " (it still has %d credit(s) to deliver)" % cab["pending"]
                                                 if cab["pending"] else ""))
@@ -92,6 +106,9 @@ def main(argv=None):
                    "default: the listen address, 127.0.0.1 for 0.0.0.0)")
     c.add_argument("--user", metavar="NAME", help="the system user mosquitto runs as (its `user` setting)")
     c.add_argument("--reload", metavar="PIDFILE", help="send SIGHUP to the mosquitto whose pid is in PIDFILE")
+    c.add_argument("--relays", type=_relay_names, default=[], metavar="NAME,...",
+                   help="several relays on one PostgreSQL database: a broker login for each ARCADE_RELAY_NAME "
+                        "(kept in the database; its MQTT_URL goes to relay-NAME.env)")
     c.add_argument("--prefix", default=None, help="topic prefix (default: ARCADE_TOPIC_PREFIX or arcade)")
     c.add_argument("--db", default=None, help="relay database (default: ARCADE_DB or ./arcade.db)")
     args = p.parse_args(argv)

@@ -79,17 +79,21 @@ def main(argv=None):
     dispatcher = reconciler = alerter = refunder = None
     try:
         dispatcher = start_for_app(app)
-        # the process that runs the dispatcher also reconciles with Stripe (when STRIPE_API_KEY is set)
-        reconciler = reconcile.start_for_app(app) if dispatcher else None
-        alerter = alerts.start_for_app(app) if dispatcher else None     # alerts once per incident (issue 13)
-        refunder = autorefund.start_for_app(app) if dispatcher else None  # credits that expired undelivered
+        # the process holding the database's dispatcher lock also reconciles with Stripe (when
+        # STRIPE_API_KEY is set), alerts and refunds expired credits; with PostgreSQL every relay
+        # dispatches its leased cabinets
+        leader = dispatcher is not None and dispatcher.leader
+        reconciler = reconcile.start_for_app(app) if leader else None
+        alerter = alerts.start_for_app(app) if leader else None     # alerts once per incident (issue 13)
+        refunder = autorefund.start_for_app(app) if leader else None  # credits that expired undelivered
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
         print("arcade relay: listening on http://%s:%d (POST /stripe/webhook, GET /healthz); broker %s; "
               "database %s (ledger %s); dispatcher %s"
               % (args.host, int(server.effective_port), mask_url(app.config["MQTT_URL"]),
                  redact(app.config["ARCADE_DB"]), app.config["ARCADE_LEDGER_ID"][:8],
-                 "running" if dispatcher else "in another relay process on this database"), flush=True)
+                 ("running, leases as %s" % dispatcher.leases.name if dispatcher and dispatcher.leases
+                  else "running" if dispatcher else "in another relay process on this database")), flush=True)
         server.run()
     finally:
         server.close()

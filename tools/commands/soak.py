@@ -22,6 +22,8 @@ def main(argv=None):
                    help="the ledger: a SQLite file, or a private PostgreSQL cluster (default %(default)s)")
     p.add_argument("--quiet", type=float, default=lab.QUIET, metavar="S",
                    help="after settling, seconds without a pulse before the books close (default %(default)s)")
+    p.add_argument("--relays", type=int, default=1, metavar="N",
+                   help="relay processes behind nginx (N > 1 needs --backend postgresql; default %(default)s)")
     p.add_argument("--json", action="store_true", help="print the result as JSON too")
     args = p.parse_args(argv)
     try:
@@ -31,11 +33,13 @@ def main(argv=None):
         p.error("--fault-every takes MIN,MAX seconds and --faults a list of 1..5")
     if len(gap) != 2 or not 0 < gap[0] <= gap[1] or not kinds or any(k not in lab.KINDS for k in kinds):
         p.error("--fault-every takes MIN,MAX seconds (0 < MIN <= MAX) and --faults a list of 1..5")
+    if args.relays < 1 or (args.relays > 1 and args.backend != "postgresql"):
+        p.error("--relays: 1, or more with --backend postgresql (several relays share one PostgreSQL database)")
     if args.payments < 1 or args.cabinets < 1 or args.rate <= 0:
         p.error("--payments, --cabinets and --rate must be positive")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10 ** 6)
     soak = lab.Soak(args.dir, args.payments, args.cabinets, seed, args.rate, gap, args.pulse_ms, args.gap_ms, kinds,
-                    backend=args.backend, quiet=args.quiet)
+                    backend=args.backend, quiet=args.quiet, relays=args.relays)
     if 5 in kinds and soak.proxy_cls is None:
         print("arcade soak: fault 5 needs tools/lab/tcpproxy.py; running faults %s" % soak.kinds, file=sys.stderr)
     try:

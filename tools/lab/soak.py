@@ -28,8 +28,10 @@ The books trust nobody: neither the relay's ledger nor the firmware's journal sa
             final state or never answered 2xx, a fault that failed to inject.
 Settling waits (bounded) until the pins show what was paid and the ledger is final, then watches a
 quiet window (QUIET s, longer than the relay's longest redelivery interval) for a late pulse.
-BACKEND: the ledger on SQLite (a file) or PostgreSQL (a private cluster, fsync on). Prints every
-figure; exit status 0 only when the books balance.
+BACKEND: the ledger on SQLite (a file) or PostgreSQL (a private cluster, fsync on). RELAYS=N (N > 1,
+PostgreSQL only): N relays behind nginx (tools/lab/relays.py), each cabinet dispatched by the relay
+holding its lease; fault 1 then SIGKILLs one of them. Prints every figure; exit status 0 only when the
+books balance.
 """
 import random
 import secrets
@@ -59,6 +61,7 @@ RELAY_ENV = {"ARCADE_ACK_TIMEOUT": "1", "ARCADE_ACK_TIMEOUT_MAX": "4", "ARCADE_R
 # after settling, this long without a pulse: more than the longest redelivery interval plus a redial
 QUIET = float(RELAY_ENV["ARCADE_ACK_TIMEOUT_MAX"]) + 3 * KEEPALIVE
 BACKENDS = ("sqlite", "postgresql")
+LEASE = 5           # seconds: ARCADE_LEASE_SECONDS of the relays in a RELAYS=N soak
 
 
 def _proxy_class():
@@ -71,9 +74,13 @@ def _proxy_class():
 
 class Soak:
     def __init__(self, work, payments, cabinets, seed, rate, fault_gap, pulse_ms=20, gap_ms=20, kinds=None,
-                 log=None, backend="sqlite", quiet=QUIET):
+                 log=None, backend="sqlite", quiet=QUIET, relays=1):
         if backend not in BACKENDS:
             raise ValueError("backend %r: use one of %s" % (backend, ", ".join(BACKENDS)))
+        if relays > 1 and backend != "postgresql":
+            raise ValueError("%d relays need BACKEND=postgresql (with SQLite one relay dispatches)" % relays)
+        self.n_relays = relays
+        self.relays = None           # tools.lab.relays.Relays when n_relays > 1
         self.work = Path(work)
         if self.work.exists():
             shutil.rmtree(self.work)
@@ -118,7 +125,22 @@ class Soak:
             return self.broker.url_for(*self.broker.logins["relay"], port=port)
         return self.broker.cabinet_url(who, port)
 
+    @property
+    def webhook_url(self):
+        return self.relays.webhook_url if self.relays is not None else self.relay.webhook_url
+
     def start_relay(self):
+        if self.n_relays > 1:
+            if self.relays is None:
+                from tools.lab.relays import Relays
+                env = dict(RELAY_ENV, ARCADE_LEASE_SECONDS=str(LEASE))
+                self.relays = Relays(self.work / "relays", self.db, lambda name: self.broker.url_for(
+                    *self.relay_logins[name], port=self.proxies["relay"].port if "relay" in self.proxies else None),
+                    self.whsec, self.n_relays, env).start()
+            for name in self.relays.names:
+                if not self.relays.procs[name].alive():
+                    self.relays.start_one(name)
+            return
         for attempt in range(20):
             relay = stack.Relay(self.work, self.db, self.url_for("relay"), self.whsec, port=self.relay_port,
                                 extra_env=RELAY_ENV)
@@ -153,6 +175,8 @@ class Soak:
                 self.secret[cab] = ledger.add_cabinet(cab, price_cents=PRICE, bundles=[BUNDLE],
                                                       coins_per_credit=self.coins[cab])
             # the broker an operator runs: a login per cabinet, the relay's, the ACL
+            self.relay_logins = {"r%d" % (i + 1): ledger.relay_login("r%d" % (i + 1))
+                                 for i in range(self.n_relays)} if self.n_relays > 1 else {}
             self.broker.logins = ledger.broker_logins()
         self.broker.start()
         if self.proxy_cls is not None and 5 in self.kinds:
@@ -163,13 +187,16 @@ class Soak:
             self.start_sim(cab)
         for cab in self.cabs:
             self.sims[cab].wait_connected(30)
-        stack.wait_until(lambda: self.relay.health().get("broker") == "ok", 20, what="relay connected")
+        for relay in (self.relays.procs.values() if self.relays is not None else [self.relay]):
+            stack.wait_until(lambda: relay.health().get("broker") == "ok", 20, what="relay connected")
 
     def teardown(self):
         for cab in list(self.sims):
             self.retire_sim(cab)
         if self.relay is not None:
             self.relay.stop()
+        if self.relays is not None:
+            self.relays.stop()
         for proxy in self.proxies.values():
             proxy.stop()
         self.broker.stop()
@@ -210,7 +237,7 @@ class Soak:
         return session["id"]
 
     def sender(self):
-        http = Http(self.relay.webhook_url)
+        http = Http(self.webhook_url)
         try:
             t0 = time.monotonic()
             for i in range(self.n_payments):
@@ -229,6 +256,12 @@ class Soak:
 
     def fault(self, kind):
         rng = self.rng
+        if kind == 1 and self.relays is not None:
+            name = rng.choice(self.relays.names)
+            self.relays.kill(name)
+            time.sleep(rng.uniform(0, 2.0 * LEASE))      # its cabinets are taken over meanwhile
+            self.relays.start_one(name)
+            return "relay %s of %d SIGKILLed and restarted" % (name, self.n_relays)
         if kind == 1:
             self.relay.kill()
             time.sleep(rng.uniform(0, 0.5))
@@ -241,7 +274,7 @@ class Soak:
         if kind == 3:
             cab = rng.choice([c for c in self.cabs if c in self.sims])
             self.retire_sim(cab)
-            http = Http(self.relay.webhook_url)
+            http = Http(self.webhook_url)
             try:
                 for _ in range(rng.randint(1, 3)):
                     self.pay(cab, rng.choice((PRICE, BUNDLE[1])), http)
@@ -255,7 +288,7 @@ class Soak:
         if kind == 4:
             cab = rng.choice([c for c in self.cabs if c in self.sims])
             sim = self.sims[cab]
-            http = Http(self.relay.webhook_url)
+            http = Http(self.webhook_url)
             try:
                 sid = self.pay(cab, BUNDLE[1], http)     # 3 credits: a train of 3 or 6 pulses
             finally:
@@ -300,7 +333,7 @@ class Soak:
         """Bring back whatever a fault left down (an operator's restart)."""
         if self.broker.proc is None or self.broker.proc.poll() is not None:
             self.restart_broker(self.broker.persistence)
-        if self.relay is None or not self.relay.alive():
+        if self.relays is not None or self.relay is None or not self.relay.alive():
             self.start_relay()
         for cab in self.cabs:
             if cab not in self.sims or not self.sims[cab].alive():
@@ -444,7 +477,7 @@ class Soak:
         finally:
             self.teardown()
         failed_faults = [f for f in self.fault_log if f["failed"]]
-        result.update({"seed": self.seed, "backend": self.backend, "quiet_s": self.quiet,
+        result.update({"seed": self.seed, "backend": self.backend, "quiet_s": self.quiet, "relays": self.n_relays,
                        "payments": len(self.sent), "cabinets": len(self.cabs), "faults_failed": len(failed_faults),
                        "accepted": len(self.sent) - len(self.unaccepted), "unaccepted": len(self.unaccepted),
                        "events_redelivered": self.redelivered, "faults": dict(self.faults),
@@ -461,8 +494,9 @@ class Soak:
 def summary(r):
     faults = ", ".join("%s %d" % (KINDS[k], r["faults"].get(KINDS[k], 0)) for k in sorted(KINDS))
     return "\n".join([
-        "seed %d: %d payments over %d cabinets, ledger on %s, in %.0f s (%d events delivered twice)"
-        % (r["seed"], r["payments"], r["cabinets"], r["backend"], r["seconds"], r["events_redelivered"]),
+        "seed %d: %d payments over %d cabinets, ledger on %s, %d relay(s), in %.0f s (%d events delivered twice)"
+        % (r["seed"], r["payments"], r["cabinets"], r["backend"], r.get("relays", 1), r["seconds"],
+           r["events_redelivered"]),
         "faults: %s; failed to inject %d" % (faults, r["faults_failed"]),
         "ledger states of the soak's payments: %s" % ", ".join("%s %d" % kv for kv in sorted(r["states"].items())),
         "pulses: paid for %d (the soak's own price table), on the pins %d, of which %d cut mid-pulse (counted "

@@ -100,7 +100,19 @@ class Proc:
         self.stop(signal.SIGKILL)
 
 
-class Relay(Proc):
+class WebhookEndpoint:
+    """Where webhooks go on something listening on 127.0.0.1:self.port (a relay, a load balancer)."""
+
+    @property
+    def url(self):
+        return "http://127.0.0.1:%d" % self.port
+
+    @property
+    def webhook_url(self):
+        return self.url + "/stripe/webhook"
+
+
+class Relay(WebhookEndpoint, Proc):
     """`arcade relay` on a free port."""
 
     def __init__(self, workdir, db, mqtt_url, webhook_secret, port=None, extra_env=None):
@@ -112,14 +124,6 @@ class Relay(Proc):
                     "ARCADE_METRICS_TOKEN": self.metrics_token})
         argv = [sys.executable, "-m", "tools.cli", "relay", "--host", "127.0.0.1", "--port", str(self.port)]
         super().__init__(argv, env, Path(workdir) / "relay.log", "relay")
-
-    @property
-    def url(self):
-        return "http://127.0.0.1:%d" % self.port
-
-    @property
-    def webhook_url(self):
-        return self.url + "/stripe/webhook"
 
     def start(self, timeout=20.0):
         super().start()
