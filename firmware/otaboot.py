@@ -14,6 +14,7 @@ from micropython import const
 
 _TRIES = const(3)
 SLOTS = ("s0", "s1")
+rolled = False      # select() went back to the previous slot at this boot
 
 
 def legacy():
@@ -59,10 +60,12 @@ def save(s, root=""):
 def select(root="", path=None):
     """boot.py, first thing: count a probation try or roll back, then put the slot first on the
     path. Returns slot.json's state as booted. Never raises: a board must always reach its app."""
+    global rolled
     s = load(root)
     try:
         if s["probe"]:
             if s["probe"] > _TRIES and s["prev"] != s["cur"]:
+                rolled = True
                 s = {"v": 1, "cur": s["prev"], "ver": s["prev_ver"], "prev": "", "prev_ver": "", "probe": 0,
                      "failed": s["ver"]}
             else:

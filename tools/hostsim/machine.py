@@ -312,3 +312,35 @@ class SPI:
         data = bytes(buf)
         self.history.append((now(), d.cs, p._v, len(data)))
         d.write(data, p._v)
+
+
+reset_hooks = []   # fn() run when a Timer callback resets the board (the simulator restarts itself)
+
+
+class Timer:
+    """machine.Timer, one-shot or periodic, on a host thread (ESP32: a hardware timer, callback
+    scheduled). A machine.reset() in the callback runs reset_hooks."""
+    ONE_SHOT = 0
+    PERIODIC = 1
+
+    def __init__(self, id=-1):
+        self._t = None
+
+    def init(self, mode=ONE_SHOT, period=1000, callback=None):
+        import threading
+        self.deinit()
+
+        def fire():
+            try:
+                callback(self)
+            except ResetCalled:
+                for h in reset_hooks:
+                    h()
+        self._t = threading.Timer(period / 1000.0, fire)
+        self._t.daemon = True
+        self._t.start()
+
+    def deinit(self):
+        if self._t is not None:
+            self._t.cancel()
+            self._t = None

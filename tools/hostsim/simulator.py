@@ -132,6 +132,11 @@ def run(cab, url, secret, state, profile, board, prefix="arcade", keepalive=30, 
         cause, mem = after.split(" ")
         machine.cause[0] = int(cause)
         machine.rtc_memory[:] = bytes.fromhex(mem) if mem != "-" else b""
+    # boot.py's first step: the slot an over-the-air update installed (otaboot.py), first on the path
+    import otaboot
+    booted = otaboot.select(str(state) + os.sep)
+    fresh = bool(booted["probe"]) or otaboot.rolled
+    sys.modules.pop("otaboot", None)
     import safemode
     from config import mask
 
@@ -203,6 +208,8 @@ def run(cab, url, secret, state, profile, board, prefix="arcade", keepalive=30, 
             line("wifi", {"status": data})
             print("WiFi down: %s" % {201: "no access point", 202: "wrong password"}.get(data, data),
                   file=sys.stderr)
+        elif event == "ota":
+            line("ota", {"detail": data})
         elif event in ("config", "test"):
             line(event, {"result": data[0], "detail": data[1]})
         elif event == "disconnected":
@@ -254,12 +261,13 @@ def run(cab, url, secret, state, profile, board, prefix="arcade", keepalive=30, 
                 line("screen", {"file": str(screen_png), "frame": p.frames})
             panel.on_frame = frame
     machine.watchers.append(watch)
+    machine.reset_hooks.append(lambda: reset(machine.HARD_RESET, "probation"))
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     threading.Thread(target=watchdog, daemon=True).start()
     root = str(state) + os.sep
     try:
-        safemode.boot(root)
+        safemode.boot(root, fresh=fresh)
         rc = safemode.run(root, emit)
     except SystemExit as e:
         rc = e.code or 0

@@ -44,17 +44,23 @@ def sha256(data):
     return hashlib.sha256(data).hexdigest()
 
 
-def build(out=OUT, src=mpy_build.SRC, umqtt=fetch_umqtt.DEST, log=print):
-    """Build the release; returns its directory. Raises ReleaseError (or mpy_build.BuildError)."""
-    version = firmware_version(src)
+def build(out=OUT, src=mpy_build.SRC, umqtt=fetch_umqtt.DEST, log=print, source=False, version=None,
+          probation_s=120):
+    """Build the release; returns its directory. Raises ReleaseError (or mpy_build.BuildError).
+    source: the .py files instead of .mpy (the host simulator runs CPython, which can't load .mpy)."""
+    version = version or firmware_version(src)
     simple = Path(umqtt) / "umqtt" / "simple.py"
     if not simple.is_file():
         raise ReleaseError("the pinned umqtt.simple is missing from %s: run `make umqtt`" % umqtt)
     mpy_dir = Path(out) / ".mpy"
-    mpy_build.build(Path(src), mpy_dir, log=lambda line: None)
-    files = {p.name: p.read_bytes() for p in sorted(mpy_dir.glob("*.mpy")) if p.name not in BOOT_ONLY}
+    if source:
+        files = {p.name: p.read_bytes() for p in sorted(Path(src).glob("*.py"))
+                 if p.name not in ("boot.py", "main.py", "otaboot.py")}
+    else:
+        mpy_build.build(Path(src), mpy_dir, log=lambda line: None)
+        files = {p.name: p.read_bytes() for p in sorted(mpy_dir.glob("*.mpy")) if p.name not in BOOT_ONLY}
     files["umqtt/simple.py"] = simple.read_bytes()
-    manifest = {"v": 1, "version": version, "min_micropython": MIN_MICROPYTHON, "chips": chips(),
+    manifest = {"v": 1, "version": version, "probation_s": probation_s, "min_micropython": MIN_MICROPYTHON, "chips": chips(),
                 "files": [{"name": n, "size": len(d), "sha256": sha256(d)} for n, d in sorted(files.items())]}
     raw = json.dumps(manifest, separators=(",", ":"), sort_keys=True).encode()
     if len(raw) > 4096:
