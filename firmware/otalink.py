@@ -104,12 +104,11 @@ def handle(app, root, msg):
     try:
         if k == "q":
             st, s = _boot_state(root)
-            if st is None:
-                u = _updater(app, root)
-                if u.m is not None:
-                    st = _want(u)
-                else:
-                    st = "idle " + (s["ver"] or FW())
+            u = _updater(app, root)
+            if u.m is not None:
+                st = _want(u)
+            elif st is None:
+                st = "idle " + (s["ver"] or FW())
             app.ota = _head() + st
         elif k == "m":
             total, off, mac = int(head[1]), int(head[2]), head[3]
@@ -139,7 +138,12 @@ def handle(app, root, msg):
             u.write(head[2], int(head[1]), data)
             app.ota = _head() + _want(u)
         elif k == "i":
+            st, s = _boot_state(root)
             u = _updater(app, root)
+            if u.m is None and st is not None:
+                # the "i" again after the reset it caused (never PUBACKed): say how that went
+                app.ota = _head() + st
+                return bool(s["probe"])
             if u.m is None:
                 raise ota.OtaError("no release being staged")
             if not _idle(app):
@@ -147,7 +151,7 @@ def handle(app, root, msg):
             lim = u.m.get("probation_s", _PROBATION_S)
             ver = u.install()
             s = otaboot.load(root)
-            if isinstance(lim, int) and 10 <= lim <= 900:
+            if isinstance(lim, int) and 5 <= lim <= 900:
                 s["limit"] = lim
                 otaboot.save(s, root)
             app.emit("ota", "install " + ver)

@@ -103,7 +103,7 @@ def main(argv=None):
     b.add_argument("--src", default=str(mpy_build.SRC), help=argparse.SUPPRESS)
     b.add_argument("--version", default=None, help="the release's version (default: firmware/protocol.py's FW)")
     b.add_argument("--probation-s", type=int, default=120,
-                   help="seconds the new firmware has to reach the broker and answer the probe (10-900)")
+                   help="seconds the new firmware has to reach the broker and answer the probe (5-900)")
     s = sub.add_parser("show", help="check a built release and print its manifest")
     s.add_argument("dir", help="the release folder, e.g. build/ota/0.2.0")
     u = sub.add_parser("push", help="send a release to cabinets over MQTT")

@@ -124,6 +124,8 @@ def run(cab, url, secret, state, profile, board, prefix="arcade", keepalive=30, 
         time.time = lambda: 946684800 + (wall() - start)
     usocket.dns_delay = sim.dns_delay
     sys.implementation._machine = MACHINES[sim.chip or board.get("chip", "esp32")]
+    # what MicroPython's sys.implementation.version says on the board (the OTA status reports it)
+    sys.implementation.version = tuple(int(x) for x in (sim.micropython + ".0").split(".")[:3])
     if sim.wifi_off_file:
         wifi_off = sim.wifi_off_file
         network.ap["fn"] = lambda: network.ap.__setitem__("up", not os.path.exists(wifi_off))
