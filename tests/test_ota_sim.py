@@ -3,6 +3,7 @@ updated by relay/ota.py's Pusher with a source release built by `arcade ota buil
 update while credits are queued (each paid pulse counted once on the simulated pin), a wrong
 signature, a release that crashes at boot and one that can't reach the broker (both roll back)."""
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -154,8 +155,42 @@ def _rollback(broker, tmp_path, version, patch, probation_s):
         obs.close()
 
 
-def test_release_that_crashes_at_boot_rolls_back(broker, tmp_path):
-    _rollback(broker, tmp_path, "0.9.2", ("app.py", lambda s: s + "\nraise RuntimeError('bad release')\n"), 5)
+def test_canary_that_crashes_at_boot_rolls_back_and_stops_the_rollout(broker, tmp_path):
+    """`arcade ota push --all --canary 1`: the canary (cab1) gets a release that crashes at boot; it
+    rolls back by itself, and cab2 is never offered the release."""
+    from relay.ledger import open_ledger
+    version = "0.9.2"
+    build(tmp_path, version, ("app.py", lambda s: s + "\nraise RuntimeError('bad release')\n"), probation_s=5)
+    db = tmp_path / "arcade.db"
+    with open_ledger(str(db)) as ledger:
+        secrets = {c: ledger.add_cabinet(c) for c in ("cab1", "cab2")}
+    sims = {c: Sim(tmp_path, broker.url, tmp_path / ("flash-" + c), cab=c, secret=secrets[c]) for c in secrets}
+    obs = Observer(broker.port)
+    try:
+        for sim in sims.values():
+            sim.next("connected")
+        env = dict(os.environ, ARCADE_DB=str(db), MQTT_URL=broker.url, ARCADE_TOPIC_PREFIX="arcade")
+        r = subprocess.run([sys.executable, "-m", "tools.cli", "ota", "push", version, "--all", "--canary", "1",
+                            "--releases", str(tmp_path / "ota"), "--timeout", "5"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+        assert r.returncode == 1, r.stdout + r.stderr
+        results = [json.loads(ln) for ln in r.stdout.splitlines() if ln.startswith("{")]
+        assert [(x["cabinet"], x["result"]) for x in results] == [("cab1", "rolled back")], r.stdout
+        assert "the rollout stops here; 1 cabinet(s) not updated" in r.stderr
+        flash1, flash2 = tmp_path / "flash-cab1", tmp_path / "flash-cab2"
+        slot = json.loads((flash1 / "slot.json").read_text())
+        assert (slot["cur"], slot["failed"], slot["probe"]) == ("", version, 0)
+        assert not (flash2 / "slot.json").exists() and not (flash2 / "ota.json").exists()
+        # the canary runs its old firmware again and still takes credits; `ota status` shows the failure
+        ep = json.loads((flash1 / "state.json").read_text())["epoch"]
+        obs.publish(credit(1, 1, "cs_after_rollback", secret=secrets["cab1"], epoch=ep))
+        obs.next("arcade/cab1/ack", lambda m: m["seq"] == 1 and m["result"] == "applied", timeout=30)
+    finally:
+        for sim in sims.values():
+            sim.stop()
+        obs.close()
+    assert [ln["seq"] for ln in paid_pulses(sims["cab1"])] == [1]
+    assert not any(ln["event"] == "reset" for ln in paid_pulses(sims["cab2"]) + sims["cab2"].seen)
 
 
 def test_release_that_cannot_reach_the_broker_rolls_back(broker, tmp_path):

@@ -53,9 +53,8 @@ def _push(args):
         def idle(cab=cab):
             if args.when != "idle":
                 return True
-            with open_ledger(db) as ledger:
-                return not ledger.sent_unacked(cab) and not any(
-                    p["cabinet_id"] == cab for p in ledger.next_deliveries())
+            with open_ledger(db) as ledger:      # no credit queued or sent and not yet acked
+                return not any(c["id"] == cab and c["pending"] for c in ledger.list_cabinets())
 
         def progress(name, off, size, cab=cab):
             print("  %s: %s %d/%d B" % (cab, name, off, size), file=sys.stderr)
