@@ -64,8 +64,8 @@ def at_boot(app, root):
     try:
         _timer = machine.Timer(0)
         _timer.init(mode=machine.Timer.ONE_SHOT, period=ms, callback=_expired)
-    except (AttributeError, ValueError, OSError) as e:
-        print("ota: no probation timer:", e)
+    except Exception as e:      # never let probation keep the app from starting
+        print("ota: no probation timer (a broker that can't be reached won't roll back):", e)
     return True
 
 

@@ -264,6 +264,7 @@ def run(cab, url, secret, state, profile, board, prefix="arcade", keepalive=30, 
             panel.on_frame = frame
     machine.watchers.append(watch)
     machine.reset_hooks.append(lambda: reset(machine.HARD_RESET, "probation"))
+    machine.real_timers = True
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     threading.Thread(target=watchdog, daemon=True).start()

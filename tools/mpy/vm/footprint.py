@@ -182,7 +182,6 @@ def steps():
     base = gc.mem_alloc()
 
     import app as app_mod
-    import config
     from coin import Coin
     collect()
     yield
@@ -194,6 +193,7 @@ def steps():
     if disp is not None:
         b["display"] = disp
         c["screen"] = {"qr": "qr.pbm", "price": "from $0.84 a play", "promo": "2 for 1 until 8pm"}
+    import config           # what app.main() reads the config with, dropped again below
     board = config.check_board(b)
     cfg = config.check_config(c)
     del b, c
