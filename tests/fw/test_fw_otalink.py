@@ -164,3 +164,18 @@ def test_bad_messages_leave_an_error_and_change_nothing():
     otalink.handle(app, root, msg("z"))
     assert state(app) == "err unknown message"
     assert otaboot.load(root) == otaboot.legacy()
+
+
+def test_every_ota_manifest_vector():
+    from fwutil import vectors
+    v = vectors()
+    key = v["secret"].encode()
+    assert len(v["ota_manifests"]) >= 3
+    for c in v["ota_manifests"]:
+        try:
+            m = ota.parse(c["manifest"].encode(), c["mac"], key, "esp32", (1, 27, 0))
+            ok = m["version"] == json.loads(c["manifest"])["version"]
+        except ota.OtaError as e:
+            ok = False
+            assert str(e) == "bad signature", (c["name"], e)
+        assert ok is c["valid"], c["name"]

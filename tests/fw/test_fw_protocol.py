@@ -134,7 +134,8 @@ def test_every_status_vector():
         built = protocol.status(key, m["cab"], m["online"], (m["epoch"], m["boot"], m["n"]),
                                 m.get("ledger", ""), m.get("last", 0), info)
         if c["valid"]:
-            assert json.loads(built) == m and b" " not in built, c["name"]
+            # compact JSON (the ota field's own value has spaces)
+            assert json.loads(built) == m and b"\": " not in built and b", \"" not in built, c["name"]
             # MicroPython dicts are unordered: the order the signature covers is checked on the bytes
             order = [k for k in c["canonical"].split("\n")[1:]]
             _in_order(built, ["t"] + [k.split("=")[0] for k in order] + ["sig"])
