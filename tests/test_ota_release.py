@@ -93,3 +93,27 @@ def test_a_cabinet_stages_its_own_copy_and_boots_it_on_probation(built, tmp_path
     otaboot.confirm(flash)
     with pytest.raises(fw_ota.OtaError, match="needs MicroPython 1.22.0"):
         old.begin(raw, relay_ota.manifest_mac(SECRET_A, raw))
+
+
+def test_the_relay_refuses_a_release_for_another_chip_or_an_older_micropython(built):
+    raw, m, files = relay_ota.load(built)
+    assert relay_ota.compatible(m, "esp32 1.22.0 idle 0.1.0") is None
+    assert relay_ota.compatible(m, "esp32s3 1.27.0 idle 0.1.0") is None
+    assert "built for" in relay_ota.compatible(m, "esp8266 1.27.0 idle 0.1.0")
+    assert "needs MicroPython >= 1.22.0" in relay_ota.compatible(m, "esp32 1.21.9 idle 0.1.0")
+    assert "needs MicroPython" in relay_ota.compatible(m, "esp32 garbage idle 0.1.0")
+    assert "reported no chip" in relay_ota.compatible(m, "")
+
+
+def test_ota_status_shows_each_cabinets_version_and_ota_state(tmp_path, capsys, monkeypatch):
+    from relay.ledger import open_ledger
+    db = str(tmp_path / "arcade.db")
+    with open_ledger(db) as ledger:
+        ledger.add_cabinet("cab1")
+        ledger.add_cabinet("cab2")
+        ledger.record_status("cab1", True, {"fw": "0.2.0", "ota": "esp32 1.27.0 failed 0.9.2"})
+        ledger.record_status("cab2", True, {"fw": "0.3.0"})
+    assert cli.main(["ota", "status", "--db", db]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].split() == ["cab1", "yes", "0.2.0", "esp32", "1.27.0", "failed", "0.9.2"]
+    assert out[2].split() == ["cab2", "yes", "0.3.0", "-"]
