@@ -10,19 +10,24 @@ import sys
 from pathlib import Path
 
 from relay import ota as relay_ota
+from tools.mpy import release
 from test_simulate import SECRET, Observer, Sim, credit, epoch_of
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def build(tmp_path, version, patch=None, probation_s=120):
-    """A source release of firmware/ (optionally with one file patched) -> its directory."""
+def build(tmp_path, version, patch=None, probation_s=120, cli=False):
+    """A source release of firmware/ (optionally with one file patched) -> its directory; with cli,
+    built by `arcade ota build --source` in a subprocess, else by the same code in this process."""
     src = tmp_path / ("src-" + version)
     shutil.copytree(ROOT / "firmware", src)
     if patch:
         name, fn = patch
         (src / name).write_text(fn((src / name).read_text()))
     out = tmp_path / "ota"
+    if not cli:
+        return release.build(out, src=src, source=True, version=version, probation_s=probation_s,
+                             log=lambda line: None)
     r = subprocess.run([sys.executable, "-m", "tools.cli", "ota", "build", "--source", "--out", str(out),
                         "--src", str(src), "--version", version, "--probation-s", str(probation_s)],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -160,7 +165,7 @@ def test_canary_that_crashes_at_boot_rolls_back_and_stops_the_rollout(broker, tm
     rolls back by itself, and cab2 is never offered the release."""
     from relay.ledger import open_ledger
     version = "0.9.2"
-    build(tmp_path, version, ("app.py", lambda s: s + "\nraise RuntimeError('bad release')\n"), probation_s=5)
+    build(tmp_path, version, ("app.py", lambda s: s + "\nraise RuntimeError('bad release')\n"), probation_s=5, cli=True)
     db = tmp_path / "arcade.db"
     with open_ledger(str(db)) as ledger:
         secrets = {c: ledger.add_cabinet(c) for c in ("cab1", "cab2")}
