@@ -22,8 +22,10 @@ import otaboot
 
 _PROBATION_S = const(120)
 _MAN = "ota.man"
+_BUSY_MS = const(5000)      # a credit being pulsed when probation ends: look again this much later
 
 _timer = None
+_app = None
 
 
 def _chip():
@@ -53,7 +55,7 @@ def _boot_state(root):
 def at_boot(app, root):
     """App.boot(): on probation, arm the reset; after a rollback, say which version failed.
     Returns True when the module must stay loaded (probation)."""
-    global _timer
+    global _timer, _app
     st, s = _boot_state(root)
     if st is None:
         return False
@@ -61,6 +63,7 @@ def at_boot(app, root):
     if not s["probe"]:
         return False
     ms = s.get("limit", _PROBATION_S) * 1000
+    _app = app
     try:
         _timer = machine.Timer(0)
         _timer.init(mode=machine.Timer.ONE_SHOT, period=ms, callback=_expired)
@@ -70,6 +73,10 @@ def at_boot(app, root):
 
 
 def _expired(t):
+    if _app is not None and _app.cabinet.state.get("cur") is not None:
+        # never reset in the middle of a credit's pulses: after it
+        t.init(mode=machine.Timer.ONE_SHOT, period=_BUSY_MS, callback=_expired)
+        return
     print("ota: no health probe within the probation bound: resetting (otaboot rolls back)")
     machine.reset()
 
@@ -170,6 +177,10 @@ def handle(app, root, msg):
             raise ota.OtaError("unknown message")
     except (ota.OtaError, ValueError, IndexError, KeyError) as e:
         app.ota = _head() + "err " + str(e)[:60]
+    except (OSError, MemoryError) as e:
+        # flash full or failing, heap short: said in the status, and the message is PUBACKed (a
+        # reset here would have the broker bring it back for ever)
+        app.ota = _head() + "err %s %s" % (type(e).__name__, str(e)[:40])
     return _u is not None and _u.m is not None or _timer is not None
 
 
