@@ -25,8 +25,11 @@ stdout carries only JSON lines, one per event, flushed:
   {"event":"pulse",...,"test":true}               (a test pulse: no credit, seq/session null)
   {"event":"disconnected","cab":ID,"error":"...","t":T}
   {"event":"wifi","cab":ID,"status":201|202,"t":T}   (WiFi down: 201 no access point, 202 wrong password)
-  {"event":"reset","cab":ID,"cause":"watchdog|crash","t":T}  (the simulated board resets: this process
-      starts the firmware again on the same flash, RTC memory kept, as the board would; a "boot" follows)
+  {"event":"reset","cab":ID,"cause":"watchdog|crash|probation","t":T}  (the simulated board resets: this process
+      starts the firmware again on the same flash, RTC memory kept, as the board would; a "boot" follows;
+      probation: an updated firmware got no health probe in time, docs/protocol.md, Over-the-air updates)
+  {"event":"ota","cab":ID,"detail":"install <version>","t":T}  (an over-the-air release installed: a reset
+      follows, and the board boots the new slot of its --state directory, as boot.py does on a board)
   {"event":"stopped","cab":ID,"t":T}
   {"event":"screen","cab":ID,"file":PNG,"frame":N,"t":T}   (with a display and --screen: the PNG was rewritten)
 T is Unix time (float seconds). Human messages go to stderr.
