@@ -57,7 +57,8 @@ def _push(args):
                 return not any(c["id"] == cab and c["pending"] for c in ledger.list_cabinets())
 
         def progress(name, off, size, cab=cab):
-            print("  %s: %s %d/%d B" % (cab, name, off, size), file=sys.stderr)
+            if off == 0:            # one line a file
+                print("  %s: sending %s (%d B)" % (cab, name, size), file=sys.stderr)
 
         p = relay_ota.Pusher(settings["MQTT_URL"], settings["ARCADE_TOPIC_PREFIX"], cab, secrets[cab],
                              timeout=args.timeout)
