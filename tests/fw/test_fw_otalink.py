@@ -9,7 +9,7 @@ import ota
 import otaboot
 import otalink
 from fwutil import KEY, scratch
-from test_fw_ota import FILES, chunks, release
+from test_fw_ota import FILES, release
 
 
 class FakeCabinet:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from relay import config as relay_config
 from relay import ota as relay_ota
-from relay.ledger import LedgerError, ledger_exists, open_ledger
+from relay.ledger import ledger_exists, open_ledger
 from tools.mpy import build as mpy_build
 from tools.mpy import release
 
