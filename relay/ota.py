@@ -97,7 +97,7 @@ class Pusher:
         import paho.mqtt.client as mqtt
 
         from relay import protocol
-        from relay.config import parse_mqtt_url
+        from relay.config import mask_url, parse_mqtt_url
         self.protocol = protocol
         self.cab, self.secret, self.timeout, self.log = cab, secret, timeout, log
         self.topic = "%s/%s/ota" % (prefix, cab)
@@ -111,11 +111,20 @@ class Pusher:
             c.username_pw_set(target["username"], target["password"])
         if target["tls"]:
             c.tls_set()
+        subscribed = threading.Event()
         c.on_message = self._on_message
         c.on_connect = lambda cl, u, f, rc, p: cl.subscribe("%s/%s/status" % (prefix, cab), 1)
-        c.connect(target["host"], target["port"], 30)
+        c.on_subscribe = lambda *a: subscribed.set()
+        try:
+            c.connect(target["host"], target["port"], 30)
+        except OSError as e:
+            raise PushError("cannot reach the broker at %s: %s" % (mask_url(mqtt_url), e))
         c.loop_start()
         self.client = c
+        if not subscribed.wait(timeout):
+            self.close()
+            raise PushError("the broker at %s did not take the subscription within %d s (login or ACL?)"
+                            % (mask_url(mqtt_url), timeout))
 
     def close(self):
         self.client.loop_stop()
@@ -158,7 +167,10 @@ class Pusher:
                 self.cond.wait(min(left, 1.0))
             if time.monotonic() - asked > self.timeout:
                 asked = time.monotonic()
-                self.send("q")
+                if want is None:
+                    self.send("q")          # where are we? (the answer drives the next step)
+                else:
+                    self.send(head, data)   # every message is idempotent: the same again
 
     def push(self, release_dir, idle=None, probation_s=PROBATION_S, progress=None):
         """Stage, install (when `idle()` says no credit is in flight), probe. Returns

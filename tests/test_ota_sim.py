@@ -35,6 +35,15 @@ def build(tmp_path, version, patch=None, probation_s=120, cli=False):
     return out / version
 
 
+def send_manifest(p, raw, mac):
+    """The manifest in message-sized pieces (it is larger than one message); the last answer."""
+    st = ""
+    for off in range(0, len(raw), relay_ota.CHUNK):
+        st = p.ask("m %d %d %s" % (len(raw), off, mac), raw[off:off + relay_ota.CHUNK],
+                   want=lambda x, end=off + relay_ota.CHUNK >= len(raw): end or " man " in x)
+    return st
+
+
 def paid_pulses(sim):
     """After sim.stop(): every pulse line the simulator wrote (the reader thread has finished)."""
     while not sim.lines.empty():
@@ -89,12 +98,11 @@ def test_wrong_signature_is_refused_and_nothing_staged(broker, tmp_path):
         try:
             raw, m, files = relay_ota.load(rel)
             # the manifest authenticated with another cabinet's secret (or altered after signing)
-            st = p.ask("m %d 0 %s" % (len(raw), relay_ota.manifest_mac("f" * 64, raw)), raw,
-                       want=lambda x: " err " in x or " want " in x)
+            st = send_manifest(p, raw, relay_ota.manifest_mac("f" * 64, raw))
             assert st.endswith("err bad signature"), st
             bad = raw.replace(b'"min_micropython":"1.22.0"', b'"min_micropython":"1.20.0"')
-            st = p.ask("m %d 0 %s" % (len(bad), relay_ota.manifest_mac(SECRET, raw)), bad,
-                       want=lambda x: " err " in x or " want " in x)
+            assert bad != raw
+            st = send_manifest(p, bad, relay_ota.manifest_mac(SECRET, raw))
             assert st.endswith("err bad signature"), st
         finally:
             p.close()
@@ -113,9 +121,7 @@ def test_corrupted_chunk_is_sent_again_then_the_update_completes(broker, tmp_pat
         try:
             raw, m, files = relay_ota.load(rel)
             mac = relay_ota.manifest_mac(SECRET, raw)
-            st = ""
-            for off in range(0, len(raw), relay_ota.CHUNK):
-                st = p.ask("m %d %d %s" % (len(raw), off, mac), raw[off:off + relay_ota.CHUNK])
+            st = send_manifest(p, raw, mac)
             _, _, want, ver, name, off = st.split(" ")
             assert (want, ver, off) == ("want", "0.9.4", "0"), st
             data = bytearray(files[name])
