@@ -332,7 +332,7 @@ def test_the_screen_lines_survive_a_reboot():
     a, panel, c, events, raw = _app(TFT)
     a._on_msg(a.t_config, fwmsgs.config(KEY, "cab1", 10, 0, 0, 1, 10, "from $1.25 a play", "Happy hour"))
     root = a.cabinet.journal.root
-    b = fwapp.App(fwapp.config.check_config(good_config(screen={"qr": "qr.pbm", "price": "old", "promo": "old"})),
+    b = fwapp.App(config.check_config(good_config(screen={"qr": "qr.pbm", "price": "old", "promo": "old"})),
                   a.cabinet.board, a.coin, root, lambda e, d_: None)
     assert b.cabinet.cfg["ver"] == 10
     b.screen.link(True)
