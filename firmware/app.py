@@ -11,7 +11,6 @@ from micropython import const
 import umqtt.simple as simple
 from umqtt.simple import MQTTClient, MQTTException
 import protocol
-import config
 import inbound
 from coin import Coin
 from cabinet import Cabinet
@@ -173,6 +172,8 @@ class App:
         self.link_bad = False
         self.last_rx = self.ping_at = 0
         self.connects = 0
+        self.root = root
+        self.ota = None           # the status field `ota` while an update goes on (otalink.py)
         mod = simple.socket
         if isinstance(mod, _TimedSockets):
             mod = mod.mod
@@ -226,6 +227,8 @@ class App:
             self.emit("test", (r, self.cabinet.test_error or self.cabinet.cfg["test"]))
             return
         if topic != self.t_credit:
+            if topic.endswith(b"/ota"):
+                self._ota(msg)
             return
         result, ack = self.cabinet.handle(msg)
         if result == "held":
@@ -235,6 +238,14 @@ class App:
             if len(self.outbox) >= _OUTBOX:
                 self.outbox.pop(0)
             self.outbox.append(ack)
+
+    def _ota(self, msg=None):
+        # over-the-air updates (otalink.py): loaded while one goes on, dropped after it
+        import otalink
+        if not (otalink.handle(self, self.root, msg) if msg else otalink.at_boot(self, self.root)):
+            for m in ("otalink", "ota", "otaboot"):
+                sys.modules.pop(m, None)
+        self.sent = None
 
     def _publish(self, topic, msg, retain=False):
         c = self.client
@@ -272,7 +283,8 @@ class App:
              "cfg": cab.cfg["ver"], "width_ms": self.coin.width_ms, "gap_ms": self.coin.gap_ms,
              "cfg_error": cab.cfg_error, "test": cab.cfg["test"], "test_error": cab.test_error,
              "crashes": self.crashes, "wifi": self.wifi_err, "dropped": inbound.dropped,
-             "clock": protocol.clock()}
+             "clock": protocol.clock(),
+             "ota": self.ota}
         if self.screen is not None:
             d["display"] = self.screen.error or "ok"
         return d
@@ -288,7 +300,7 @@ class App:
         cab = self.cabinet
         s = cab.state
         key = (s["ledger"], s["last"], s["total"], cab.inhibited(), cab.held(), cab.cfg["ver"],
-               cab.cfg_error, cab.cfg["test"], cab.test_error, inbound.dropped)
+               cab.cfg_error, cab.cfg["test"], cab.test_error, inbound.dropped, self.ota)
         if not force and key == self.sent and \
                 time.ticks_diff(time.ticks_ms(), self.sent_at) < _HEARTBEAT:
             return
@@ -352,7 +364,7 @@ class App:
         self.last_rx = now
         self.ping_at = time.ticks_add(now, self.ping_ms)
         # each SUBACK and the status PUBACK may take a socket timeout: feed before each
-        for t in (self.t_config, self.t_test, self.t_credit):   # config first: timing before pulses
+        for t in (self.t_config, self.t_test, self.t_credit, self.t_credit[:-6] + b"ota"):   # config first
             self._feed()
             guard_pid(c)
             c.subscribe(t, 1)
@@ -436,6 +448,7 @@ class App:
         self.emit("boot", {"recovered": left is not None, "pulses": left or 0,
                            "journal": self.cabinet.journal.note, "ledger": s["ledger"],
                            "last": s["last"], "crashes": self.crashes, "epoch": s["epoch"]})
+        self._ota()
 
     def run(self):
         self.wdt = machine.WDT(timeout=_WDT_MS)
@@ -476,6 +489,7 @@ def main(root="", emit=None, crashes=0):
     coin = None
     app = None
     try:
+        import config      # boot-time only: dropped once read, it stays off the steady-state heap
         try:
             board = config.load_board(root)
             coin = Coin(board["coin_pin"], board["active"] == "high", board["width_ms"],
@@ -484,6 +498,9 @@ def main(root="", emit=None, crashes=0):
         except config.ConfigError as e:
             print("CONFIG ERROR:", e)
             return 1
+        finally:
+            sys.modules.pop("config", None)
+        config = None
         gc.collect()
         app = App(cfg, board, coin, root, emit, crashes)
         app.run()

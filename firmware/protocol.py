@@ -192,7 +192,7 @@ def check_test(payload, cab, key):
 
 STATUS_KEYS = ("uptime", "heap", "rssi", "total", "inhibited", "held", "cfg", "width_ms",
                "gap_ms", "cfg_error", "test", "test_error", "crashes", "wifi", "dropped", "display",
-               "clock")
+               "clock", "ota")
 
 
 def status(key, cab, online, seal, ledger="", last=0, info=None):
@@ -205,8 +205,8 @@ def status(key, cab, online, seal, ledger="", last=0, info=None):
         f += [("fw", FW), ("ledger", ledger), ("last", last)]
         if info:
             for k in STATUS_KEYS:
-                if k in info:
-                    v = info[k]
+                v = info.get(k)
+                if v is not None:
                     f.append((k, v.replace("\n", " ") if isinstance(v, str) else v))
     canon = "status"
     out = '{"t":"status"'

@@ -40,12 +40,17 @@ def held(board, ticks_ms=None, sleep_ms=None):
         sleep_ms(_POLL_MS)
 
 
-def boot(root="", ticks_ms=None, sleep_ms=None):
-    """boot.py's work. Returns the board profile, or None when it could not be read."""
+def boot(root="", ticks_ms=None, sleep_ms=None, fresh=False):
+    """boot.py's work. Returns the board profile, or None when it could not be read. `fresh`: an
+    update is on probation or was just rolled back (otaboot.py): its crash resets are counted by
+    otaboot, so the reset-loop back-off starts from zero (it must not delay a rollback)."""
     global active, crashes, _board, _clock
     try:
         import resets
         crashes = resets.at_boot()
+        if fresh:
+            resets.store(0)
+            crashes = 0
     except Exception as e:
         print("boot: reset count not read:", e)
     sys.modules.pop("resets", None)

@@ -74,12 +74,12 @@ def acl_file(cabinets, prefix="arcade", relay_user=RELAY_USER, more_relays=()):
     for user in [relay_user] + list(more_relays):
         lines += ["", "user %s" % user]
         lines += ["topic read %s/+/%s" % (prefix, kind) for kind in ("ack", "status")]
-        lines += ["topic write %s/+/%s" % (prefix, kind) for kind in ("credit", "test")]
+        lines += ["topic write %s/+/%s" % (prefix, kind) for kind in ("credit", "test", "ota")]
         # config: written, and read back to compare the broker's retained copy with the ledger's
         lines += ["topic readwrite %s/+/config" % prefix]
     for cab in cabinets:
         lines += ["", "user %s" % cab]
-        lines += ["topic read %s/%s/%s" % (prefix, cab, kind) for kind in ("credit", "config", "test")]
+        lines += ["topic read %s/%s/%s" % (prefix, cab, kind) for kind in ("credit", "config", "test", "ota")]
         lines += ["topic write %s/%s/%s" % (prefix, cab, kind) for kind in ("ack", "status")]
     return "\n".join(lines) + "\n"
 

@@ -207,10 +207,10 @@ def build_test(cab, n, pulses, secret, ts=None):
 # the seal (epoch, boot, n) first; offline statuses (the last will) carry only cab..n.
 STATUS_FIELDS = ("cab", "online", "epoch", "boot", "n", "fw", "ledger", "last", "uptime", "heap", "rssi", "total",
                  "inhibited", "held", "cfg", "width_ms", "gap_ms", "cfg_error", "test", "test_error", "crashes", "wifi",
-                 "dropped", "display", "clock")
+                 "dropped", "display", "clock", "ota")
 _STATUS_REQUIRED = ("cab", "online", "epoch", "boot", "n")
 _STATUS_BOOL = frozenset(("online", "inhibited"))
-_STATUS_STR = frozenset(("cab", "epoch", "fw", "ledger", "cfg_error", "test_error", "display"))
+_STATUS_STR = frozenset(("cab", "epoch", "fw", "ledger", "cfg_error", "test_error", "display", "ota"))
 MAX_STATUS_BYTES = 2048
 
 

@@ -220,7 +220,7 @@ def test_more_than_65535_qos1_acks_in_one_session_then_a_real_credit(tmp_path, b
         # returns only then; a missing one would have raised through the firmware's deadline socket)
         print("pid wrap: %(acks)d acks in %(seconds).1f s, top id %(top)d, %(wraps)d wrap, id now %(pid)d" % done)
         assert (done["acks"], done["top"], done["wraps"]) == (n + 1, 65535, 1), done
-        assert done["pid"] == n + 1 + 4 - 65535, "4 ids went to 3 SUBSCRIBEs and the online status"
+        assert done["pid"] == n + 1 + 5 - 65535, "5 ids went to 4 SUBSCRIBEs (config, test, credit, ota) and the online status"
         assert (done["state_total"], done["outbox"]) == (1, 0)
         assert acks.count == n + 1, "the broker delivered each ack once"
 

@@ -189,7 +189,7 @@ def test_checker_lets_a_right_arrow_through(rel, text):
 
 # The relay stays thin (issue 13): the paying path imports nothing of the operator's side.
 THIN_PATH = ("relay.webhook", "relay.dispatcher", "relay.ledger")
-OPERATOR_SIDE = ("relay.console", "relay.alerts", "relay.metrics")
+OPERATOR_SIDE = ("relay.console", "relay.alerts", "relay.metrics", "relay.ota")
 
 
 def relay_closure(start):

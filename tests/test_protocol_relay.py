@@ -131,3 +131,12 @@ def test_screen_text_is_what_the_board_font_draws():
         assert all(" " <= c <= "~" for c in out) and len(out) <= protocol.MAX_SCREEN_LINE
     with pytest.raises(ValueError):
         protocol.build_config("cab1", 2, 0, 0, 1, SECRET, price="from \u20ac1 a play", promo="")
+
+
+@pytest.mark.parametrize("vec", VECTORS["ota_manifests"], ids=_ids(VECTORS["ota_manifests"]))
+def test_ota_manifest_vectors(vec):
+    import hmac as _hmac
+
+    from relay import ota
+    ok = _hmac.compare_digest(ota.manifest_mac(SECRET, vec["manifest"].encode()), vec["mac"])
+    assert ok is vec["valid"]

@@ -53,17 +53,17 @@ def ack_verifies(m):
 class Sim:
     """One `arcade simulate` process; its stdout JSON lines are collected by a thread."""
 
-    def __init__(self, tmp_path, url, state, *extra):
+    def __init__(self, tmp_path, url, state, *extra, cab="cab1", secret=SECRET):
         self.lines = queue.Queue()
         self.seen = []
         self.log = open(tmp_path / ("sim-%d.log" % time.monotonic_ns()), "w")
         env = dict(os.environ, MQTT_URL=url)
         env.pop("ARCADE_DB", None)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tools.cli", "simulate", "cab1", "--state", str(state),
+            [sys.executable, "-m", "tools.cli", "simulate", cab, "--state", str(state),
              "--secret-file", "-", "--keepalive", "5", *extra],
             cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True)
-        self.proc.stdin.write(SECRET + "\n")   # the secret never appears in argv (ps)
+        self.proc.stdin.write(secret + "\n")   # the secret never appears in argv (ps)
         self.proc.stdin.close()
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()

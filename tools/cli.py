@@ -29,6 +29,7 @@ COMMANDS = {
     "doctor": ("tools.commands.doctor", "check a deployment: each check ok, or what is wrong and how to fix it"),
     "backup": ("tools.commands.backup", "take a consistent copy of the database while the relay runs"),
     "restore": ("tools.commands.restore", "put a backup back (refuses a live database without --force)"),
+    "ota": ("tools.commands.ota", "over-the-air firmware: build, check, push releases; per-cabinet status"),
     "soak": ("tools.commands.soak", "many payments under random faults (kills, broker loss, power cuts); the books must balance"),
 }
 

@@ -48,7 +48,11 @@ def vectors():
 
 def _rm(d):
     for name in os.listdir(d):
-        os.remove(d + "/" + name)
+        try:
+            os.remove(d + "/" + name)
+        except OSError:          # a directory (update slots): empty it, then remove it
+            _rm(d + "/" + name)
+            os.rmdir(d + "/" + name)
 
 
 def scratch():

@@ -11,6 +11,7 @@ import fwmsgs
 import resets
 import safemode
 import app as fwapp
+import config
 import boardcheck
 from coin import Coin
 from fwutil import EPOCH, KEY, LEDGER, FakeSock, board, clock, puback, scratch, write_json
@@ -25,10 +26,10 @@ def _app(root, c, net=None, crashes=0, **kw):
     """An App on `root`; with `net`, umqtt's socket module is `net` (wrapped by the App as it
     wraps the real one). Put it back with _unnet()."""
     write_json(root + "board.json", board(**kw))
-    b = fwapp.config.check_board(board(**kw))
+    b = config.check_board(board(**kw))
     events = []
     fwapp.simple.socket = net if net is not None else _REAL
-    a = fwapp.App(fwapp.config.check_config(good_config()), b,
+    a = fwapp.App(config.check_config(good_config()), b,
                   Coin(25, True, 100, 150, c.ticks_ms, c.sleep_ms), root,
                   lambda e, d: events.append((e, d)), crashes)
     if net is None:
@@ -107,13 +108,13 @@ class SlowNet:
 
 
 def _broker_packets():
-    # CONNACK, three SUBACKs (pids 1..3), the PUBACK for the status (pid 4)
+    # CONNACK, four SUBACKs (config, test, credit, ota: pids 1..4), the PUBACK for the status (pid 5)
     return [b"\x20\x02\x00\x00", b"\x90\x03\x00\x01\x01", b"\x90\x03\x00\x02\x01",
-            b"\x90\x03\x00\x03\x01", puback(4)]
+            b"\x90\x03\x00\x03\x01", b"\x90\x03\x00\x04\x01", puback(5)]
 
 
 def test_watchdog_is_fed_across_every_blocking_step_of_a_connect():
-    # 9 s per step on a poor link: 63 s from DNS to the status PUBACK. Unfed, the 30 s WDT resets
+    # 9 s per step on a poor link: 72 s from DNS to the status PUBACK. Unfed, the 30 s WDT resets
     # the board mid-connect (and again, and again) instead of the firmware backing off.
     c = clock()
     root = scratch()
@@ -324,12 +325,12 @@ def test_a_c3_profile_on_a_classic_esp32_never_drives_its_coin_pin():
     clock()
     write_json(root + "board.json", board(chip="esp32c3", coin_pin=10, unsafe_pins=[]))
     try:
-        fwapp.config.load_board(root, "Generic ESP32 module with ESP32")
+        config.load_board(root, "Generic ESP32 module with ESP32")
         assert False, "accepted a C3 profile on an ESP32"
-    except fwapp.config.ConfigError as e:
+    except config.ConfigError as e:
         assert "ESP32" in str(e) and "esp32c3" in str(e)
     assert 10 not in machine.pins, "GPIO10 (SPI flash on a classic ESP32) was touched"
-    b = fwapp.config.load_board(root, "ESP32C3 module with ESP32C3")
+    b = config.load_board(root, "ESP32C3 module with ESP32C3")
     assert b["coin_pin"] == 10
     for m, chip in (("Generic ESP32S3 module with ESP32S3", "esp32s3"), ("JavaScript with Emscripten", ""),
                     ("Generic ESP32 module with ESP32", "esp32"), ("", "")):

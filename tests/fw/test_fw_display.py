@@ -8,6 +8,7 @@ import fwmsgs
 import machine
 import panels
 import app as fwapp
+import config
 from coin import Coin
 from fwutil import EPOCH, KEY, LEDGER, FakeSock, board, clock, puback, pulses, scratch, vectors, write_json
 from fwutil import config as good_config
@@ -39,12 +40,12 @@ def _pbm(root):
 def _app(d, attach=True, **kw):
     root = scratch()
     c = clock()
-    b = fwapp.config.check_board(board(display=d, **kw))
+    b = config.check_board(board(display=d, **kw))
     panel = panels.attach(b["display"]) if attach else None
     _pbm(root)
     coin = Coin(25, True, 100, 150, c.ticks_ms, c.sleep_ms)
     events = []
-    cfg = fwapp.config.check_config(good_config(screen={"qr": "qr.pbm", "price": "from $0.84 a play",
+    cfg = config.check_config(good_config(screen={"qr": "qr.pbm", "price": "from $0.84 a play",
                                                         "promo": "2 for 1 until 8pm"}))
     a = fwapp.App(cfg, b, coin, root, lambda e, d_: events.append((e, d_)))
     a.wlan.active(True)
@@ -89,7 +90,7 @@ def test_no_display_in_the_profile_loads_nothing():
     root = scratch()
     c = clock()
     coin = Coin(25, True, 100, 150, c.ticks_ms, c.sleep_ms)
-    a = fwapp.App(fwapp.config.check_config(good_config()), fwapp.config.check_board(board()), coin, root,
+    a = fwapp.App(config.check_config(good_config()), config.check_board(board()), coin, root,
                   lambda e, d: None)
     assert a.screen is None and "display" not in sys.modules
     assert "display" not in a.info() and coin.after is None
@@ -232,7 +233,7 @@ def test_safe_mode_says_so_on_the_screen():
     root = scratch()
     c = clock()
     write_json(root + "board.json", board(safe_pin=0, display=OLED))
-    panel = panels.attach(fwapp.config.check_board(board(safe_pin=0, display=OLED))["display"])
+    panel = panels.attach(config.check_board(board(safe_pin=0, display=OLED))["display"])
     machine.sources[0] = lambda: 0
     safemode.active = False
     safemode.boot(root, c.ticks_ms, c.sleep_ms)
@@ -331,7 +332,7 @@ def test_the_screen_lines_survive_a_reboot():
     a, panel, c, events, raw = _app(TFT)
     a._on_msg(a.t_config, fwmsgs.config(KEY, "cab1", 10, 0, 0, 1, 10, "from $1.25 a play", "Happy hour"))
     root = a.cabinet.journal.root
-    b = fwapp.App(fwapp.config.check_config(good_config(screen={"qr": "qr.pbm", "price": "old", "promo": "old"})),
+    b = fwapp.App(config.check_config(good_config(screen={"qr": "qr.pbm", "price": "old", "promo": "old"})),
                   a.cabinet.board, a.coin, root, lambda e, d_: None)
     assert b.cabinet.cfg["ver"] == 10
     b.screen.link(True)

@@ -5,6 +5,7 @@ import machine
 import fwmsgs
 import inbound
 import app as fwapp
+import config
 from coin import Coin
 from fwutil import (EPOCH, KEY, LEDGER, FakeSock, board, clock, mqtt_publish, pulses, scratch)
 from fwutil import config as good_config
@@ -32,10 +33,10 @@ class ReadSizes(FakeSock):
 
 def _app(root):
     c = clock()
-    b = fwapp.config.check_board(board())
+    b = config.check_board(board())
     coin = Coin(25, True, 100, 150, c.ticks_ms, c.sleep_ms)
     events = []
-    a = fwapp.App(fwapp.config.check_config(good_config()), b, coin, root,
+    a = fwapp.App(config.check_config(good_config()), b, coin, root,
                   lambda e, d: events.append((e, d)))
     return a, events
 

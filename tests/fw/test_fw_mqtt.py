@@ -6,6 +6,7 @@ import machine
 import fwmsgs
 import protocol
 import app as fwapp
+import config
 from coin import Coin
 from fwutil import (EPOCH, KEY, LEDGER, FakeSock, board, clock, mqtt_publish, puback, pulses, scratch,
                     write_json)
@@ -50,10 +51,10 @@ def test_deadline_socket_means_blocking_with_a_timeout():
 def _app(root):
     c = clock()
     write_json(root + "board.json", board())
-    b = fwapp.config.check_board(board())
+    b = config.check_board(board())
     coin = Coin(25, True, 100, 150, c.ticks_ms, c.sleep_ms)
     events = []
-    cfg = fwapp.config.check_config(good_config())
+    cfg = config.check_config(good_config())
     a = fwapp.App(cfg, b, coin, root, lambda e, d: events.append((e, d)))
     return a, events
 
@@ -111,10 +112,10 @@ def test_app_topics_will_and_client_id():
 def test_loop_holds_while_inhibited_feeds_the_wdt_and_publishes_status_on_change():
     root = scratch()
     c = clock()
-    b = fwapp.config.check_board(board(inhibit_pin=26))
+    b = config.check_board(board(inhibit_pin=26))
     coin = Coin(25, True, 100, 150, c.ticks_ms, c.sleep_ms)
     events = []
-    a = fwapp.App(fwapp.config.check_config(good_config()), b, coin, root,
+    a = fwapp.App(config.check_config(good_config()), b, coin, root,
                   lambda e, d: events.append((e, d)))
     a.wdt = machine.WDT(timeout=30000)
     a._wifi()                                      # the loop runs with WiFi up

@@ -4,6 +4,7 @@
 import sys
 
 import app as fwapp
+import config
 import brokertls
 from coin import Coin
 from fwutil import FakeSock, board, clock, scratch, write_json
@@ -217,8 +218,8 @@ class _Net:
 def _tls_app(root, net):
     c = clock()
     ca = _ca(root)
-    b = fwapp.config.check_board(board())
-    cfg = fwapp.config.check_config(good_config(broker="mqtts://cab:pw@broker.example", ca=ca))
+    b = config.check_board(board())
+    cfg = config.check_config(good_config(broker="mqtts://cab:pw@broker.example", ca=ca))
     old = fwapp.simple.socket
     fwapp.simple.socket = net            # the App wraps it, as it wraps the real socket module
     a = fwapp.App(cfg, b, Coin(25, True, 100, 150, c.ticks_ms, c.sleep_ms), root, lambda e, d: None)
@@ -287,8 +288,8 @@ def test_app_hands_umqtt_the_ssl_params_and_times_out_the_tcp_socket():
     ca = _ca(root)
     c = clock()
     write_json(root + "board.json", board())
-    b = fwapp.config.check_board(board())
-    cfg = fwapp.config.check_config(good_config(broker="mqtts://cab:pw@broker.example", ca=ca))
+    b = config.check_board(board())
+    cfg = config.check_config(good_config(broker="mqtts://cab:pw@broker.example", ca=ca))
     a = fwapp.App(cfg, b, Coin(25, True, 100, 150, c.ticks_ms, c.sleep_ms), root, lambda e, d: None)
     cl = a.client
     assert cl.ssl is True and cl.port == 8883

@@ -47,6 +47,7 @@ def clear():
     del watchers[:]
     del wdts[:]
     del resets[:]
+    del timers[:]
     rtc_memory[:] = b""
     cause[0] = PWRON_RESET
     del devices[:]
@@ -312,3 +313,48 @@ class SPI:
         data = bytes(buf)
         self.history.append((now(), d.cs, p._v, len(data)))
         d.write(data, p._v)
+
+
+reset_hooks = []   # fn() run when a Timer callback resets the board (the simulator restarts itself)
+timers = []        # the Timers armed (tests fire them by hand: Timer.fire())
+real_timers = False  # the simulator sets it: armed Timers then fire on a host thread
+
+
+class Timer:
+    """machine.Timer (ESP32: a hardware timer whose callback is scheduled). Armed timers are listed
+    in `timers`; with real_timers they fire on a host thread, where a machine.reset() in the
+    callback runs reset_hooks."""
+    ONE_SHOT = 0
+    PERIODIC = 1
+
+    def __init__(self, id=-1):
+        self._t = None
+        self.period = None
+        self.callback = None
+
+    def init(self, mode=ONE_SHOT, period=1000, callback=None):
+        self.deinit()
+        self.period, self.callback = period, callback
+        timers.append(self)
+        if real_timers:
+            import threading
+            self._t = threading.Timer(period / 1000.0, self._fire_thread)
+            self._t.daemon = True
+            self._t.start()
+
+    def fire(self):
+        self.callback(self)
+
+    def _fire_thread(self):
+        try:
+            self.fire()
+        except ResetCalled:
+            for h in reset_hooks:
+                h()
+
+    def deinit(self):
+        if self._t is not None:
+            self._t.cancel()
+            self._t = None
+        if self in timers:
+            timers.remove(self)

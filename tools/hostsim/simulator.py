@@ -25,8 +25,11 @@ stdout carries only JSON lines, one per event, flushed:
   {"event":"pulse",...,"test":true}               (a test pulse: no credit, seq/session null)
   {"event":"disconnected","cab":ID,"error":"...","t":T}
   {"event":"wifi","cab":ID,"status":201|202,"t":T}   (WiFi down: 201 no access point, 202 wrong password)
-  {"event":"reset","cab":ID,"cause":"watchdog|crash","t":T}  (the simulated board resets: this process
-      starts the firmware again on the same flash, RTC memory kept, as the board would; a "boot" follows)
+  {"event":"reset","cab":ID,"cause":"watchdog|crash|probation","t":T}  (the simulated board resets: this process
+      starts the firmware again on the same flash, RTC memory kept, as the board would; a "boot" follows;
+      probation: an updated firmware got no health probe in time, docs/protocol.md, Over-the-air updates)
+  {"event":"ota","cab":ID,"detail":"install <version>","t":T}  (an over-the-air release installed: a reset
+      follows, and the board boots the new slot of its --state directory, as boot.py does on a board)
   {"event":"stopped","cab":ID,"t":T}
   {"event":"screen","cab":ID,"file":PNG,"frame":N,"t":T}   (with a display and --screen: the PNG was rewritten)
 T is Unix time (float seconds). Human messages go to stderr.
@@ -124,6 +127,8 @@ def run(cab, url, secret, state, profile, board, prefix="arcade", keepalive=30, 
         time.time = lambda: 946684800 + (wall() - start)
     usocket.dns_delay = sim.dns_delay
     sys.implementation._machine = MACHINES[sim.chip or board.get("chip", "esp32")]
+    # what MicroPython's sys.implementation.version says on the board (the OTA status reports it)
+    sys.implementation.version = tuple(int(x) for x in (sim.micropython + ".0").split(".")[:3])
     if sim.wifi_off_file:
         wifi_off = sim.wifi_off_file
         network.ap["fn"] = lambda: network.ap.__setitem__("up", not os.path.exists(wifi_off))
@@ -132,6 +137,11 @@ def run(cab, url, secret, state, profile, board, prefix="arcade", keepalive=30, 
         cause, mem = after.split(" ")
         machine.cause[0] = int(cause)
         machine.rtc_memory[:] = bytes.fromhex(mem) if mem != "-" else b""
+    # boot.py's first step: the slot an over-the-air update installed (otaboot.py), first on the path
+    import otaboot
+    booted = otaboot.select(str(state) + os.sep)
+    fresh = bool(booted["probe"]) or otaboot.rolled
+    sys.modules.pop("otaboot", None)
     import safemode
     from config import mask
 
@@ -203,6 +213,8 @@ def run(cab, url, secret, state, profile, board, prefix="arcade", keepalive=30, 
             line("wifi", {"status": data})
             print("WiFi down: %s" % {201: "no access point", 202: "wrong password"}.get(data, data),
                   file=sys.stderr)
+        elif event == "ota":
+            line("ota", {"detail": data})
         elif event in ("config", "test"):
             line(event, {"result": data[0], "detail": data[1]})
         elif event == "disconnected":
@@ -254,12 +266,14 @@ def run(cab, url, secret, state, profile, board, prefix="arcade", keepalive=30, 
                 line("screen", {"file": str(screen_png), "frame": p.frames})
             panel.on_frame = frame
     machine.watchers.append(watch)
+    machine.reset_hooks.append(lambda: reset(machine.HARD_RESET, "probation"))
+    machine.real_timers = True
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     threading.Thread(target=watchdog, daemon=True).start()
     root = str(state) + os.sep
     try:
-        safemode.boot(root)
+        safemode.boot(root, fresh=fresh)
         rc = safemode.run(root, emit)
     except SystemExit as e:
         rc = e.code or 0

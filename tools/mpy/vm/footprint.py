@@ -182,7 +182,6 @@ def steps():
     base = gc.mem_alloc()
 
     import app as app_mod
-    import config
     from coin import Coin
     collect()
     yield
@@ -194,6 +193,7 @@ def steps():
     if disp is not None:
         b["display"] = disp
         c["screen"] = {"qr": "qr.pbm", "price": "from $0.84 a play", "promo": "2 for 1 until 8pm"}
+    import config           # what app.main() reads the config with, dropped again below
     board = config.check_board(b)
     cfg = config.check_config(c)
     del b, c
@@ -201,6 +201,8 @@ def steps():
                 ticks_ms=clock.ticks_ms, sleep_ms=clock.sleep_ms)
     app = app_mod.App(cfg, board, coin, ROOT, emit=lambda event, data: None)
     del cfg, board
+    config = None           # app.main() drops config.py once the App is built: so does this
+    sys.modules.pop("config", None)
     broker = LoopbackBroker()
     app.client.sock = app_mod.DeadlineSocket(broker, 10)
     if app.screen is not None:
@@ -255,7 +257,7 @@ def steps():
         "mpy": sys.implementation._mpy,
         "version": ".".join(str(v) for v in sys.implementation.version[:3]),
         "modules": [m + (".mpy" if str(getattr(sys.modules[m], "__file__", "")).endswith(".mpy")
-                         else "") for m in mods],
+                         else "") for m in mods if m in sys.modules],
         "credits": CREDITS, "pulses": coin.count, "acks": acks, "journal_saves": app.cabinet.journal.saves,
         "bare": bare, "fakes": base - bare, "baseline": base, "imported": imported, "ready": ready,
         "after_1": after[1], "after_10": after[10], "after_%d" % STEADY_FROM: after[STEADY_FROM],
