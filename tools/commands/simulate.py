@@ -1,32 +1,7 @@
 """arcade simulate: the real cabinet firmware on this host, with simulated pins, against MQTT_URL.
 
-The machinery is tools/hostsim/simulator.py; this module checks the options and the secret.
-
-The firmware in firmware/ runs unchanged on CPython through the fakes in tools/hostsim and the
-pinned umqtt.simple in build/umqtt. Its flash is the --state directory (config.json, board.json,
-state.json), so a restarted simulator remembers what it applied.
-
-MQTT_URL=mqtts://host:port with --ca FILE talks TLS like the board: the CA lands in the flash as
-ca.pem (config "ca"), and the firmware's ussl.py verifies the broker through tools/hostsim/mpssl.py,
-the host's stand-in for MicroPython's ssl module (installed as `ssl` in this process only).
-A broker whose certificate fails verification is a "disconnected" line whose error starts "TLS:";
-the firmware keeps retrying with backoff, as the board would.
-
-stdout carries only JSON lines, one per event, flushed:
-  {"event":"boot","cab":ID,"recovered":bool,"pulses":N,"journal":"fresh|loaded|corrupt ...","ledger":L,"last":S,"t":T}
-  {"event":"connected","cab":ID,"t":T}
-  {"event":"pulse","cab":ID,"n":k,"of":P,"seq":S,"session":ID,"width_ms":W,"t":T}   (T: when the line went active)
-  {"event":"ack","cab":ID,"ledger":L,"seq":S,"result":R,"reason":X,"pulses":N,"last":S,"t":T}  (after PUBACK)
-  {"event":"status","cab":ID,"ledger":L,"last":S,"inhibited":bool,"held":S,"total":N,"cfg":V,"width_ms":W,"gap_ms":G,...,"t":T}
-      (each retained status the firmware published: on connect and on every change)
-  {"event":"held","cab":ID,"seq":S,"t":T}         (a credit held in flash while the inhibit line is active)
-  {"event":"config","cab":ID,"result":"applied|ignored|rejected","detail":V_or_error,"t":T}
-  {"event":"test","cab":ID,"result":"pulsed|rejected","detail":N_or_error,"t":T}
-  {"event":"pulse",...,"test":true}               (a test pulse: no credit, seq/session null)
-  {"event":"disconnected","cab":ID,"error":"...","t":T}
-  {"event":"stopped","cab":ID,"t":T}
-  {"event":"screen","cab":ID,"file":PNG,"frame":N,"t":T}   (with a display and --screen: the PNG was rewritten)
-T is Unix time (float seconds). Human messages go to stderr.
+This module checks the options and the secret; the machinery, TLS and the JSON lines it prints on
+stdout (one per event) are described in tools/hostsim/simulator.py.
 """
 import argparse
 import json
