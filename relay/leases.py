@@ -41,7 +41,10 @@ def default_name():
 
 
 class Leases:
-    """The leases this relay process holds. Used from the dispatcher's worker thread only."""
+    """The leases this relay process holds. Used from the dispatcher's worker thread only (or under a
+    lock of its user's: relay/leadership.py). `table`/`key`: where the rows live; `what`: for logs."""
+    table, key, what = "cabinet_leases", "cabinet_id", "cabinet"
+    after_loss = "this relay publishes nothing more for it"
 
     def __init__(self, name, seconds=DEFAULT_SECONDS, clock=time.monotonic):
         if seconds < 3 * MARGIN:
@@ -84,6 +87,11 @@ class Leases:
             del self._foreign[cab]      # run out: worth asking the database again
         return set(self._foreign)
 
+    def forget(self, cab):
+        """Ask the database at the next acquire() although another holder's lease seemed to run: it
+        may have been handed back early (release_all)."""
+        self._foreign.pop(cab, None)
+
     def next_due(self):
         """The monotonic instant the next lease work is due: a renewal or a retry of a foreign lease."""
         due = [self._renewed_at + self.renew_every] if self._renewed_at is not None and self._held else []
@@ -108,21 +116,21 @@ class Leases:
         start = self.clock()
         with ledger._write() as cur:
             now = self._db_now(ledger, cur)
-            cur.execute("SELECT holder, token, expires_at FROM cabinet_leases WHERE cabinet_id = ?", (cab,))
+            cur.execute("SELECT holder, token, expires_at FROM %s WHERE %s = ?" % (self.table, self.key), (cab,))
             row = cur.fetchone()
             if row is None:
                 token = 1
-                cur.execute("INSERT INTO cabinet_leases (cabinet_id, holder, token, expires_at, taken_at) "
-                            "VALUES (?, ?, ?, ?, ?)", (cab, self.holder, token, now + self.seconds, now))
+                cur.execute("INSERT INTO %s (%s, holder, token, expires_at, taken_at) VALUES (?, ?, ?, ?, ?)"
+                            % (self.table, self.key), (cab, self.holder, token, now + self.seconds, now))
             elif row[0] == self.holder and row[1] == self.token(cab) and row[2] > now:
                 token = row[1]      # ours, expired only locally (margin): renew it
-                cur.execute("UPDATE cabinet_leases SET expires_at = ? WHERE cabinet_id = ? AND token = ?",
+                cur.execute("UPDATE %s SET expires_at = ? WHERE %s = ? AND token = ?" % (self.table, self.key),
                             (now + self.seconds, cab, token))
             elif row[2] <= now:
                 token = int(row[1]) + 1
-                cur.execute("UPDATE cabinet_leases SET holder = ?, token = ?, expires_at = ?, taken_at = ? "
-                            "WHERE cabinet_id = ? AND token = ?", (self.holder, token, now + self.seconds, now,
-                                                                    cab, row[1]))
+                cur.execute("UPDATE %s SET holder = ?, token = ?, expires_at = ?, taken_at = ? WHERE %s = ? "
+                            "AND token = ?" % (self.table, self.key), (self.holder, token, now + self.seconds, now,
+                                                                      cab, row[1]))
             else:
                 self._held.pop(cab, None)
                 self._foreign[cab] = self.clock() + max(0.0, row[2] - now)
@@ -133,7 +141,7 @@ class Leases:
             self._renewed_at = start
         if row is None or row[0] != self.holder:
             self.taken += 1
-            log.info("lease on cabinet %s taken (token %d%s)", cab, token,
+            log.info("lease on %s %s taken (token %d%s)", self.what, cab, token,
                      ", from %s" % row[0] if row is not None else "")
         return True
 
@@ -149,9 +157,9 @@ class Leases:
             with ledger._write() as cur:
                 now = self._db_now(ledger, cur)
                 for cab, (token, _) in sorted(self._held.items()):
-                    cur.execute("UPDATE cabinet_leases SET expires_at = ? WHERE cabinet_id = ? AND holder = ? "
-                                "AND token = ? AND expires_at > ?", (now + self.seconds, cab, self.holder, token,
-                                                                      now))
+                    cur.execute("UPDATE %s SET expires_at = ? WHERE %s = ? AND holder = ? AND token = ? AND "
+                                "expires_at > ?" % (self.table, self.key), (now + self.seconds, cab, self.holder,
+                                                                             token, now))
                     if cur.rowcount != 1:
                         lost.append(cab)
         except Exception:
@@ -174,7 +182,7 @@ class Leases:
     def _lose(self, cab, why):
         self._held.pop(cab, None)
         self.lost += 1
-        log.warning("lease on cabinet %s lost (%s): this relay publishes nothing more for it", cab, why)
+        log.warning("lease on %s %s lost (%s): %s", self.what, cab, why, self.after_loss)
 
     def release_all(self, ledger):
         """A clean stop: hand every lease back at once (another relay takes over without waiting)."""
@@ -183,9 +191,17 @@ class Leases:
         try:
             with ledger._write() as cur:
                 for cab, (token, _) in self._held.items():
-                    cur.execute("UPDATE cabinet_leases SET expires_at = 0 WHERE cabinet_id = ? AND holder = ? "
-                                "AND token = ?", (cab, self.holder, token))
+                    cur.execute("UPDATE %s SET expires_at = 0 WHERE %s = ? AND holder = ? AND token = ?"
+                                % (self.table, self.key), (cab, self.holder, token))
         except Exception:
             log.warning("could not hand back %d lease(s): they run out within %.0f s", len(self._held),
                         self.seconds)
         self._held.clear()
+
+
+class RoleLeases(Leases):
+    """Leases on relay-wide roles, rows of `relay_leases` (migration issue12_leader_lease): the one role
+    is "leader", whose holder reconciles, alerts and refunds (relay/leadership.py). Same rules, bound
+    and fencing as a cabinet's lease."""
+    table, key, what = "relay_leases", "role", "role"
+    after_loss = "this relay runs no relay-wide duty until it holds it again"

@@ -192,6 +192,11 @@ MIGRATIONS.append(("issue16_screen_lines", ["CREATE TABLE screen_lines (cabinet_
 MIGRATIONS.append(("issue12_cabinet_leases", [
     "CREATE TABLE cabinet_leases (cabinet_id TEXT PRIMARY KEY, holder TEXT NOT NULL, token INTEGER NOT NULL, "
     "expires_at REAL NOT NULL, taken_at REAL NOT NULL)"]))
+# issue 12: the leader lease, so the relay-wide duties (reconciliation, alerts, automatic refunds) move to
+# another relay when their holder dies (relay/leadership.py); one row per role, shaped like cabinet_leases.
+MIGRATIONS.append(("issue12_leader_lease", [
+    "CREATE TABLE relay_leases (role TEXT PRIMARY KEY, holder TEXT NOT NULL, token INTEGER NOT NULL, "
+    "expires_at REAL NOT NULL, taken_at REAL NOT NULL)"]))
 
 _CABINET_COLS = ("id, name, secret, enabled, currency, price_cents, bundles, coins_per_credit, next_seq, "
                  "last_seq, online, last_seen, status, created_at")

@@ -242,3 +242,16 @@ def test_issue12_cabinet_leases_upgrade_adds_an_empty_lease_table_that_works(v1_
         assert Leases("r1").acquire(led, cab)
     assert columns(v1_db, "cabinet_leases") == ["cabinet_id", "holder", "token", "expires_at", "taken_at"]
     assert [r[0] for r in rows(v1_db, "SELECT token FROM cabinet_leases")] == [1]
+
+
+def test_issue12_leader_lease_upgrade_adds_an_empty_role_table_that_works(v1_db):
+    """issue12_leader_lease: an upgraded database has the leader lease's table, empty (no relay leads
+    yet), and a relay can take the leader role, then another only after it ran out."""
+    from relay.leases import RoleLeases
+    with open_ledger(v1_db) as led:
+        assert "issue12_leader_lease" in led.migrations()
+        assert RoleLeases("r1").acquire(led, "leader")
+        assert not RoleLeases("r2").acquire(led, "leader")
+    assert columns(v1_db, "relay_leases") == ["role", "holder", "token", "expires_at", "taken_at"]
+    assert [(r[0], r[1].split("/")[0], r[2]) for r in rows(v1_db, "SELECT role, holder, token FROM relay_leases")] \
+        == [("leader", "r1", 1)]
