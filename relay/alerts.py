@@ -193,8 +193,8 @@ class Alerter(Job):
                 else:
                     ledger.drop_incident(key)       # no channel took it: try again next time
         for inc in ledger.open_incidents():
-            if inc["key"] not in current:
-                ledger.close_incident(inc["key"], now=now)
+            # "resolved" is said by the one check whose update closed it (another relay's may race it)
+            if inc["key"] not in current and ledger.close_incident(inc["key"], now=now) is not None:
                 lasted = int(now - inc["opened_at"])
                 text = "resolved after %d min: %s" % (max(1, lasted // 60), inc["message"])
                 self.channels.send("[%s] RESOLVED %s" % (self.name, inc["message"]), "✅ %s: %s" % (self.name, text))
@@ -218,4 +218,4 @@ def start_for_app(app):
         log.info("alerts are off (set ARCADE_ALERT_WEBHOOK and/or ARCADE_SMTP_HOST with ARCADE_ALERT_TO)")
         return None
     app.extensions["arcade"]["alerts"] = alerter
-    return alerter.start()
+    return alerter.start(gate=app.extensions["arcade"].get("gate"))     # the leader lease (relay/leadership.py)

@@ -70,4 +70,4 @@ def start_for_app(app):
     every = float(app.config.get("ARCADE_REFUND_EVERY") or EVERY)
     log.info("automatic refunds: a credit not applied %d s after payment (its signed exp) is refunded %d s after "
              "exp; checked every %.0f s", refund_after, margin, every)
-    return AutoRefunder(app.config, every).start()
+    return AutoRefunder(app.config, every).start(gate=app.extensions["arcade"].get("gate"))   # relay/leadership.py

@@ -1,5 +1,5 @@
 """GET /healthz: 200 {"status": "ok"} when the database is readable and the broker reachable, else 503
-{"status": "not ok"}. Details (database, broker, dispatcher, pending credits) only with
+{"status": "not ok"}. Details (database, broker, dispatcher, leader, pending credits) only with
 `Authorization: Bearer <ARCADE_METRICS_TOKEN>`: the public learns nothing about the inside.
 
 When the dispatcher runs in another process, the broker is probed at most once per PROBE_EVERY
@@ -74,6 +74,8 @@ def healthz():
         out["dispatcher"] = "elsewhere"
         probe = app.extensions["arcade"].setdefault("broker_probe", _BrokerProbe())
         out["broker"] = "ok" if probe.reachable(app.config["MQTT_URL"]) else "down"
+    lead = app.extensions["arcade"].get("leadership")     # relay/leadership.py: runs reconcile, alerts, refunds
+    out["leader"] = bool(lead is not None and lead.leader)
     ok = out["db"] == "ok" and out["broker"] == "ok"
     out["status"] = "ok" if ok else "not ok"
     body = out if authorized(app) else {"status": out["status"]}

@@ -61,6 +61,10 @@ class LedgerCollector:
         buckets = [(repr(b), n) for b, n in zip(APPLIED_BUCKETS, le)] + [("+Inf", count)]
         yield HistogramMetricFamily("arcade_webhook_to_applied_seconds", "From the webhook's record to the "
                                     "cabinet's applied ack", buckets=buckets, sum_value=total)
+        lead = self.app.extensions["arcade"].get("leadership")
+        yield GaugeMetricFamily("arcade_relay_leader", "1 while this process runs the relay-wide duties "
+                                "(reconciliation, alerts, automatic refunds: the leader lease)",
+                                value=1 if lead is not None and lead.leader else 0)
         dispatcher = self.app.extensions["arcade"].get("dispatcher")
         if dispatcher is not None:
             yield GaugeMetricFamily("arcade_broker_connected", "1 while this process's dispatcher is connected "

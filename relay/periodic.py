@@ -13,13 +13,16 @@ class Job:
     `first_now`). An error in one run is logged and the next run comes as usual."""
     thread_name = "arcade-job"
     first_now = True
+    gate = None     # callable(thread name) -> bool, asked before every run; False skips it (relay/leadership.py)
 
     def __init__(self, every):
         self.every = float(every)
         self._stop = threading.Event()
         self._thread = None
 
-    def start(self):
+    def start(self, gate=None):
+        if gate is not None:
+            self.gate = gate
         self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
         self._thread.start()
         return self
@@ -38,6 +41,8 @@ class Job:
 
     def _once(self):
         try:
+            if self.gate is not None and not self.gate(self.thread_name):
+                return
             self.run_once()
         except StorageError as e:
             log.error("%s: database: %s; next run in %.0f s", self.thread_name, e, self.every)

@@ -240,8 +240,8 @@ class Periodic(Job):
 
     thread_name = "arcade-reconcile"
 
-    def start(self):
-        super().start()
+    def start(self, gate=None):
+        super().start(gate)
         log.info("reconciliation with Stripe every %s over the last %s", _age(self.every), _age(self.window))
         return self
 
@@ -277,6 +277,7 @@ def start_for_app(app):
         log.info("reconciliation with Stripe is off (%s)", "no STRIPE_API_KEY" if not app.config.get("STRIPE_API_KEY")
                  else "ARCADE_RECONCILE_EVERY=0")
         return None
-    job = Periodic(app.config, every, window, wake=app.extensions["arcade"]["wake"]).start()
+    job = Periodic(app.config, every, window, wake=app.extensions["arcade"]["wake"])
+    job.start(gate=app.extensions["arcade"].get("gate"))     # the leader lease (relay/leadership.py)
     app.extensions["arcade"]["reconcile"] = job
     return job

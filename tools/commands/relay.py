@@ -12,7 +12,7 @@ import sys
 
 import waitress
 
-from relay import MAX_BODY, alerts, autorefund, create_app, expiry, logs, reconcile
+from relay import MAX_BODY, alerts, autorefund, create_app, expiry, leadership, logs, reconcile
 from relay.config import ConfigError, db_path, mask_url
 from relay.dispatcher import start_for_app
 from relay.backends import is_postgres, redact
@@ -76,33 +76,28 @@ def main(argv=None):
         print("arcade relay: cannot listen on %s:%d: %s (is another relay running? try --port)"
               % (args.host, args.port, e), file=sys.stderr)
         return 2
-    dispatcher = reconciler = alerter = refunder = None
+    dispatcher = lead = None
     try:
         dispatcher = start_for_app(app)
-        # the process holding the database's dispatcher lock also reconciles with Stripe (when
-        # STRIPE_API_KEY is set), alerts and refunds expired credits; with PostgreSQL every relay
-        # dispatches its leased cabinets
-        leader = dispatcher is not None and dispatcher.leader
-        reconciler = reconcile.start_for_app(app) if leader else None
-        alerter = alerts.start_for_app(app) if leader else None     # alerts once per incident (issue 13)
-        refunder = autorefund.start_for_app(app) if leader else None  # credits that expired undelivered
+        # the leader reconciles with Stripe (when STRIPE_API_KEY is set), alerts (once per incident) and
+        # refunds expired credits: SQLite, the dispatcher's process; PostgreSQL (every relay dispatches
+        # its leased cabinets), the holder of the leader lease, which moves (relay/leadership.py)
+        lead = leadership.start_for_app(app, dispatcher, (reconcile.start_for_app, alerts.start_for_app,
+                                                          autorefund.start_for_app))
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
         print("arcade relay: listening on http://%s:%d (POST /stripe/webhook, GET /healthz); broker %s; "
-              "database %s (ledger %s); dispatcher %s"
+              "database %s (ledger %s); dispatcher %s; leader: %s"
               % (args.host, int(server.effective_port), mask_url(app.config["MQTT_URL"]),
                  redact(app.config["ARCADE_DB"]), app.config["ARCADE_LEDGER_ID"][:8],
                  ("running, leases as %s" % dispatcher.leases.name if dispatcher and dispatcher.leases
-                  else "running" if dispatcher else "in another relay process on this database")), flush=True)
+                  else "running" if dispatcher else "in another relay process on this database"),
+                 lead.describe() if lead else "the dispatcher's process"), flush=True)
         server.run()
     finally:
         server.close()
-        if refunder is not None:
-            refunder.stop()
-        if alerter is not None:
-            alerter.stop()
-        if reconciler is not None:
-            reconciler.stop()
+        if lead is not None:
+            lead.stop()
         if dispatcher is not None:
             dispatcher.stop()
         logging.getLogger("arcade.relay").info("stopped")
