@@ -137,12 +137,12 @@ class Leadership:
         log.warning("leader: this relay now holds the leader lease (token %s) and runs %s", self.token,
                     ", ".join(job.thread_name for job in self.jobs) or "no duty (all off)")
 
-    def _stop_duties(self, timeout=0.0):
+    def _stop_duties(self, timeout=0.0, why="lease lost"):
         names = ", ".join(job.thread_name for job in self.jobs)
         for job in self.jobs:
             job.stop(timeout)       # a run under way finishes (each duty is safe twice at once)
         self.jobs = []
-        log.warning("leader: lease lost: this relay stops %s", names)
+        (log.warning if why == "lease lost" else log.info)("leader: %s: this relay stops %s", why, names)
 
     def _wait(self):
         due = self.lease.next_due()
@@ -169,7 +169,7 @@ class Leadership:
             self._thread.join(timeout)
             self._thread = None
         if self.jobs:
-            self._stop_duties(timeout)
+            self._stop_duties(timeout, why="stopping")
         with self._lock:
             self._ledger_do(self.lease.release_all)
 

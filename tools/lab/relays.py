@@ -5,7 +5,8 @@ Each relay has its own name (r1, r2, ...: its broker client id ends with it), it
 working directory, and reaches PostgreSQL through its own TCP proxy (tools/lab/tcpproxy.py), so a
 test can cut one relay off from the database (`partition`) while the others go on. `mqtt_url` is a
 function of the relay's name: each relay logs in to the broker with its own login (the ledger's
-relay_login), as the broker takes the login as the client id.
+relay_login), as the broker takes the login as the client id. In `env`, "{relay}" in a value is
+replaced by the relay's name (a per-relay alert webhook address, say, to tell who sent what).
 """
 import re
 import signal
@@ -57,7 +58,7 @@ class Relays:
         last = None
         for _ in range(20):     # the port may still be held by the killed process's socket for a moment
             relay = stack.Relay(self.workdir / name, _via(self.db_url, self.db_proxies[name].port), self.mqtt_url(name),
-                                self.whsec, port=self.ports[name], extra_env=dict(self.env, ARCADE_RELAY_NAME=name))
+                                self.whsec, port=self.ports[name], extra_env=self.env_for(name))
             try:
                 self.procs[name] = relay.start(timeout)
                 return relay
@@ -66,6 +67,21 @@ class Relays:
                 relay.stop(timeout=5)
                 time.sleep(0.25)
         raise RuntimeError("relay %s did not start: %s" % (name, last))
+
+    def env_for(self, name):
+        env = {key: str(value).replace("{relay}", name) for key, value in self.env.items()}
+        return dict(env, ARCADE_RELAY_NAME=name)
+
+    def leaders(self):
+        """The names of the relays whose /healthz says they hold the leader lease now (paused ones are not asked)."""
+        out = []
+        for name in self.alive():
+            try:
+                if name not in self.stopped and self.procs[name].health().get("leader"):
+                    out.append(name)
+            except OSError:         # killed a moment ago, or not listening yet
+                pass
+        return out
 
     def alive(self):
         return [name for name in self.names if name in self.procs and self.procs[name].alive()]
