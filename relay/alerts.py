@@ -1,6 +1,6 @@
 """Alerts: a webhook (Slack/Discord-compatible JSON) and/or email, once per incident, then "resolved".
 
-Every ARCADE_ALERT_EVERY the relay process that runs the dispatcher looks at what needs a person:
+Every ARCADE_ALERT_EVERY the leader (relay/leadership.py) looks at what needs a person:
 
   offline:<cab>     a cabinet offline longer than ARCADE_OFFLINE_ALERT, inside ARCADE_OPEN_HOURS
   stuck:<cab>       credits unacknowledged longer than ARCADE_STUCK_AFTER

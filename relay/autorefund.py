@@ -1,6 +1,6 @@
 """Automatic refunds of credits a cabinet couldn't take (docs/operations.md, docs/protocol.md: Expiry).
 
-Runs in the relay process that runs the dispatcher, every ARCADE_REFUND_EVERY (30 s) when
+Runs in the leader relay (relay/leadership.py), every ARCADE_REFUND_EVERY (30 s) when
 STRIPE_API_KEY is set and ARCADE_REFUND_AFTER is not 0. A payment is refunded automatically when
 one of these is true, checked again under the database lock when it is held (Ledger.claim_auto_refund):
 
