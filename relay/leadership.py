@@ -32,6 +32,7 @@ import time
 
 from relay import leases
 from relay.ledger import StorageError, open_ledger
+from relay.periodic import Job
 
 log = logging.getLogger("arcade.leadership")
 ROLE = "leader"
@@ -54,23 +55,25 @@ class Fixed:
         self.jobs = []
 
 
-class Leadership:
+class Leadership(Job):
     """Takes and keeps the leader lease in a thread of its own, and runs the duties while it holds it.
 
     `starters`: callables app -> started periodic.Job or None (the duty is off), called at every
     takeover with app.extensions["arcade"]["gate"] set to check(), the fence each duty asks."""
 
+    thread_name = "arcade-leadership"
+    first_now = False       # start() takes the first step itself
+
     def __init__(self, app, starters, name, seconds=leases.DEFAULT_SECONDS, clock=time.monotonic):
         self.app = app
         self.starters = list(starters)
         self.lease = leases.RoleLeases(name, seconds, clock)
+        super().__init__(self.lease.renew_every)
         self.clock = clock
         self.jobs = []
         self.taken = 0              # times this relay took the lease (for logs, /healthz, tests)
         self.skipped = 0            # runs of a duty the fence refused
         self._lock = threading.Lock()   # the lease: this relay's leadership thread and the duties' gates
-        self._stop = threading.Event()
-        self._thread = None
 
     @property
     def leader(self):
@@ -149,25 +152,16 @@ class Leadership:
         every = self.lease.renew_every
         return every if due is None else min(every, max(MIN_WAIT, due - self.clock()))
 
-    def _run(self):
-        while not self._stop.wait(self._wait()):
-            try:
-                self.step()
-            except Exception:
-                log.exception("leader lease: step failed; next try in %.1f s", self.lease.renew_every)
+    def run_once(self):
+        self.step()
 
     def start(self):
         self.step()         # a first answer now, for the start line
-        self._thread = threading.Thread(target=self._run, name="arcade-leadership", daemon=True)
-        self._thread.start()
-        return self
+        return super().start()
 
     def stop(self, timeout=10.0):
         """A clean stop: the duties stop, and the lease is handed back (a standby takes it at once)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        super().stop(timeout)
         if self.jobs:
             self._stop_duties(timeout, why="stopping")
         with self._lock:

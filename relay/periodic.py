@@ -36,8 +36,12 @@ class Job:
     def _run(self):
         if self.first_now:
             self._once()
-        while not self._stop.wait(self.every):
+        while not self._stop.wait(self._wait()):
             self._once()
+
+    def _wait(self):
+        """Seconds until the next run."""
+        return self.every
 
     def _once(self):
         try:
