@@ -4,10 +4,11 @@ holder of the leader lease. SIGKILL the leader: another relay says it leads (/he
 next alert. SIGSTOP the next leader past its lease and resume it: it sends nothing with its stale
 lease, although an alert is there to send (the new leader's alert channel is made to fail, so the
 incident stays unsent until the test lets it through; an unfenced stale leader would deliver it).
+Cut the leader off from PostgreSQL: the other relay leads and alerts.
 
 Each relay posts its alerts to its own path on the test's receiver (ARCADE_ALERT_WEBHOOK=.../{relay}),
-so the receiver, not the relays' own word, says who ran the duty. The takeover time (kill -> another
-relay's /healthz says leader) is printed, never asserted: docs/scale.md reports it.
+so the receiver, not the relays' own word, says who ran the duty. The takeover times (kill or cut ->
+another relay's /healthz says leader) are printed, never asserted: docs/scale.md reports them.
 """
 import json
 import secrets
@@ -98,7 +99,7 @@ def _one_leader(relays, timeout, what):
                             interval=0.05, what=what)
 
 
-def test_leadership_moves_on_a_kill_and_a_paused_leader_runs_no_duty_with_its_stale_lease(world, capsys):
+def test_leadership_moves_on_a_kill_and_a_cut_and_a_paused_leader_runs_no_duty_with_its_stale_lease(world, capsys):
     relays, receiver, db = world
     first = _one_leader(relays, 15, what="one leader among three relays")
     stack.wait_until(lambda: [line for line in relays.procs[first].lines if "leader: this relay" in
@@ -141,6 +142,18 @@ def test_leadership_moves_on_a_kill_and_a_paused_leader_runs_no_duty_with_its_st
     receiver.wait(lambda got: receiver.sent("dp_3"), 15, "alert for dp_3 once its leader's channel works")
     assert receiver.sent("dp_3") == [third]
     assert [r for r, text, refused in receiver.got if r == second and "dp_1" in text] == []   # no repeats
+
+    # 3. Cut the leader off from PostgreSQL: the other relay leads and alerts
+    relays.partition(third)
+    cut_at = time.monotonic()
+    try:
+        assert _one_leader(relays, 10 * LEASE, what="a leader while %s is cut off" % third) == second
+        cut_takeover = time.monotonic() - cut_at
+        _dispute(db, "dp_4")
+        receiver.wait(lambda got: receiver.sent("dp_4"), 15, "alert for dp_4")
+        assert receiver.sent("dp_4") == [second]
+    finally:
+        relays.heal(third)
     with capsys.disabled():
-        print("\nleadership: takeover after SIGKILL (kill -> another relay's /healthz says leader): %.1f s "
-              "(lease %d s)" % (takeover, LEASE))
+        print("\nleadership: takeover (-> another relay's /healthz says leader) after SIGKILL %.1f s, after a cut "
+              "from PostgreSQL %.1f s (lease %d s)" % (takeover, cut_takeover, LEASE))

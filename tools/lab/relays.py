@@ -39,6 +39,7 @@ class Relays:
         self.db_proxies = {}
         self.procs = {}
         self.stopped = set()        # SIGSTOPped now
+        self.cut = set()            # cut off from PostgreSQL now
         self.lb = LoadBalancer(self.workdir / "nginx", [self.ports[name] for name in self.names])
 
     @property
@@ -73,11 +74,12 @@ class Relays:
         return dict(env, ARCADE_RELAY_NAME=name)
 
     def leaders(self):
-        """The names of the relays whose /healthz says they hold the leader lease now (paused ones are not asked)."""
+        """The names of the relays whose /healthz says they hold the leader lease now (paused or cut off
+        ones are not asked: their answer could take the whole timeout)."""
         out = []
         for name in self.alive():
             try:
-                if name not in self.stopped and self.procs[name].health().get("leader"):
+                if name not in self.stopped | self.cut and self.procs[name].health().get("leader"):
                     out.append(name)
             except OSError:         # killed a moment ago, or not listening yet
                 pass
@@ -100,9 +102,11 @@ class Relays:
     def partition(self, name):
         """Cut relay `name` off from PostgreSQL: its links go silent (no FIN), new ones too."""
         self.db_proxies[name].blackhole(new=True)
+        self.cut.add(name)
 
     def heal(self, name):
         self.db_proxies[name].resume()
+        self.cut.discard(name)
 
     def stop(self):
         for name in list(self.stopped):
