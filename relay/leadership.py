@@ -71,7 +71,8 @@ class Leadership(Job):
         super().__init__(self.lease.renew_every)
         self.clock = clock
         self.jobs = []
-        self.taken = 0              # times this relay took the lease (for logs, /healthz, tests)
+        self.running = False        # the duties are started (self.jobs: those not off)
+        self.taken = 0              # times this relay took the lease and started the duties (tests)
         self.skipped = 0            # runs of a duty the fence refused
         self._lock = threading.Lock()   # the lease: this relay's leadership thread and the duties' gates
 
@@ -120,13 +121,14 @@ class Leadership(Job):
                 self.lease.forget(ROLE)                 # ask the database: the holder may have handed it back
                 self._ledger_do(lambda ledger: self.lease.acquire(ledger, ROLE))
             leading = self.lease.valid(ROLE)
-        if leading and not self.jobs:
+        if leading and not self.running:
             self._start_duties()
-        elif not leading and self.jobs:
+        elif not leading and self.running:
             self._stop_duties()
         return leading
 
     def _start_duties(self):
+        self.running = True
         self.taken += 1
         self.app.extensions["arcade"]["gate"] = self.check
         for start in self.starters:
@@ -145,6 +147,7 @@ class Leadership(Job):
         for job in self.jobs:
             job.stop(timeout)       # a run under way finishes (each duty is safe twice at once)
         self.jobs = []
+        self.running = False
         (log.warning if why == "lease lost" else log.info)("leader: %s: this relay stops %s", why, names)
 
     def _wait(self):
@@ -162,7 +165,7 @@ class Leadership(Job):
     def stop(self, timeout=10.0):
         """A clean stop: the duties stop, and the lease is handed back (a standby takes it at once)."""
         super().stop(timeout)
-        if self.jobs:
+        if self.running:
             self._stop_duties(timeout, why="stopping")
         with self._lock:
             self._ledger_do(self.lease.release_all)

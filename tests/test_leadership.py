@@ -112,6 +112,13 @@ def test_the_fence_renews_the_lease_so_a_run_starts_with_all_of_it(ledger_db):
     assert a.leader and a.token == 1
 
 
+def test_with_every_duty_off_the_leader_starts_them_once_not_at_every_step(ledger_db):
+    calls = []
+    a = Leadership(_app(ledger_db), [lambda app: calls.append(1)], "a", 10, Clock())
+    assert a.step() and a.step() and a.step()
+    assert calls == [1] and a.taken == 1 and a.jobs == []
+
+
 def test_a_clean_stop_hands_the_lease_back_and_a_standby_takes_it_at_its_next_step(ledger_db):
     (a, a_duties), (b, _) = _relay(ledger_db, "a", Clock()), _relay(ledger_db, "b", Clock())
     assert a.step() and not b.step()
