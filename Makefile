@@ -4,9 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo demo-web mosquitto postgresql nginx umqtt browser deploytools clean font
+.PHONY: setup test demo demo-web mosquitto postgresql nginx nats umqtt browser deploytools clean font
 
-setup: $(STAMP) umqtt mosquitto postgresql nginx browser deploytools node_modules/.package-lock.json font
+setup: $(STAMP) umqtt mosquitto postgresql nginx nats browser deploytools node_modules/.package-lock.json font
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,6 +30,12 @@ postgresql:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
 	  { echo "installing postgresql (server binaries for the tests' private cluster) with apt..."; \
 	    $$(command -v sudo) apt-get update -q && $$(command -v sudo) apt-get install -y -q postgresql; }
+
+# The NATS-cluster tests start three private nats-server nodes (JetStream + MQTT; tools/lab/nats.py).
+nats:
+	@command -v nats-server >/dev/null 2>&1 || test -x /usr/sbin/nats-server || \
+	  { echo "installing nats-server (the clustered broker's tests) with apt..."; \
+	    $$(command -v sudo) apt-get update -q && $$(command -v sudo) apt-get install -y -q nats-server; }
 
 # The multi-relay tests and `make soak RELAYS=N` put nginx in front of the relays (its own config in a temp dir).
 nginx:

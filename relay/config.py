@@ -14,7 +14,8 @@ from dotenv import dotenv_values
 
 DEFAULTS = {
     "ARCADE_DB": "./arcade.db",
-    "MQTT_URL": "mqtt://127.0.0.1:1883",
+    "MQTT_URL": "mqtt://127.0.0.1:1883",  # several brokers (a cluster's nodes): URLs separated by commas
+    "ARCADE_MQTT_VERSION": "5",       # 5, or 3.1.1 for brokers without MQTT 5 (NATS Server's MQTT listener)
     "STRIPE_WEBHOOK_SECRET": None,
     "STRIPE_API_KEY": None,
     "ARCADE_TOPIC_PREFIX": "arcade",
@@ -159,7 +160,11 @@ def check(values, require_webhook_secret=True):
     prefix = out["ARCADE_TOPIC_PREFIX"]
     if not prefix or any(c in prefix for c in "+#\x00") or prefix.startswith("/") or prefix.endswith("/"):
         raise ConfigError("ARCADE_TOPIC_PREFIX=%r is not a usable MQTT topic prefix: use e.g. 'arcade'" % prefix)
-    parse_mqtt_url(out["MQTT_URL"])  # raises ConfigError with the reason
+    parse_mqtt_urls(out["MQTT_URL"])  # raises ConfigError with the reason
+    out["ARCADE_MQTT_VERSION"] = str(out["ARCADE_MQTT_VERSION"]).strip()
+    if out["ARCADE_MQTT_VERSION"] not in MQTT_VERSIONS:
+        raise ConfigError("ARCADE_MQTT_VERSION=%r: use 5 (the default; credits carry an MQTT message expiry) or "
+                          "3.1.1 (a broker that speaks no MQTT 5, e.g. NATS Server)" % (out["ARCADE_MQTT_VERSION"],))
     if not out["ARCADE_DB"]:
         raise ConfigError("ARCADE_DB is empty: set it to the SQLite database path (default ./arcade.db) or a "
                           "postgresql://user:password@host:port/database URL")
@@ -210,8 +215,34 @@ def _check_pay_settings(out):
                           "demo (e.g. http://127.0.0.1:12111); unset it to talk to Stripe" % base)
 
 
+MQTT_VERSIONS = ("5", "3.1.1")
+MAX_BROKERS = 16
+
+
+def parse_mqtt_urls(value):
+    """MQTT_URL: one URL, or several separated by commas (the nodes of a broker cluster, tried in turn:
+    the dispatcher moves to the next when a connection fails or drops) -> [dict] as parse_mqtt_url.
+    A comma inside a password is written %2C. All must be mqtt:// or all mqtts://."""
+    parts = [p.strip() for p in str(value or "").split(",")]
+    if not any(parts):
+        raise ConfigError("MQTT_URL is empty: use mqtt://user:pass@host:1883 (or several, comma-separated)")
+    if "" in parts:
+        raise ConfigError("MQTT_URL %s has an empty entry: separate the broker URLs with single commas, e.g. "
+                          "mqtt://u:p@node1:1883,mqtt://u:p@node2:1883" % mask_url(value))
+    if len(parts) > MAX_BROKERS:
+        raise ConfigError("MQTT_URL names %d brokers: at most %d" % (len(parts), MAX_BROKERS))
+    targets = [parse_mqtt_url(p) for p in parts]
+    if len({t["tls"] for t in targets}) > 1:
+        raise ConfigError("MQTT_URL %s mixes mqtt:// and mqtts://: use one scheme for every broker"
+                          % mask_url(value))
+    return targets
+
+
 def parse_mqtt_url(url):
-    """mqtt://[user[:password]@]host[:port] (or mqtts://) -> dict(host, port, username, password, tls)."""
+    """mqtt://[user[:password]@]host[:port] (or mqtts://) -> dict(host, port, username, password, tls).
+    Of a comma-separated list (parse_mqtt_urls), the first: what a one-shot tool connects to."""
+    if "," in str(url):
+        return parse_mqtt_urls(url)[0]
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -231,7 +262,9 @@ def parse_mqtt_url(url):
 
 
 def mask_url(url):
-    """The URL with its password replaced by ***, for logs and messages."""
+    """The URL with its password replaced by ***, for logs and messages (each of a comma-separated list)."""
+    if "," in str(url):
+        return ",".join(mask_url(u) for u in str(url).split(","))
     try:
         parts = urlsplit(str(url))
         if parts.password is None:

@@ -30,7 +30,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from relay import backends, expiry, leases, protocol, screenlines
-from relay.config import mask_url, parse_mqtt_url
+from relay.config import mask_url, parse_mqtt_urls
 from relay.ledger import StorageError, open_ledger
 
 log = logging.getLogger("arcade.dispatcher")
@@ -61,6 +61,12 @@ class Dispatcher:
         self.clock = clock          # injectable, so delivery logic can be driven step by step in tests
         self.db_path = settings["ARCADE_DB"]
         self.mqtt_url = settings["MQTT_URL"]
+        # one broker, or a cluster's nodes tried in turn: each (re)connect attempt after the first
+        # goes to the next (a node lost, or refusing us, is left for the next one)
+        self.targets = parse_mqtt_urls(self.mqtt_url)
+        self._target_i = -1
+        # "5" (message expiry on credits) or "3.1.1" (clean_session False: the same persistent session)
+        self.mqtt_version = str(settings.get("ARCADE_MQTT_VERSION") or "5")
         self.prefix = settings["ARCADE_TOPIC_PREFIX"]
         self.ack_timeout = float(settings["ARCADE_ACK_TIMEOUT"])
         self.ack_timeout_max = float(settings["ARCADE_ACK_TIMEOUT_MAX"])
@@ -71,6 +77,7 @@ class Dispatcher:
         self.refund_after, _, self.clock_skew = expiry.settings(settings)   # signed expiry (relay/expiry.py)
         self.wake_event = wake if wake is not None else threading.Event()
         self.connected = False      # the MQTT connection is up (read by /healthz)
+        self.broker = None          # host:port of the broker connected or being tried
         self.ledger_id = None
         self._inbox = collections.deque()
         self._stopping = threading.Event()
@@ -113,13 +120,16 @@ class Dispatcher:
             with open_ledger(self.db_path, self.busy_timeout) as ledger:
                 self.ledger_id = ledger.ledger_id
             self._client = self._make_client()
-            target = parse_mqtt_url(self.mqtt_url)
-            # MQTT 5 (for message expiry on credits): clean_start False + a session that never expires is
-            # v3.1.1's clean_session False, the persistent session the delivery rules rely on
-            session = Properties(PacketTypes.CONNECT)
-            session.SessionExpiryInterval = 0xFFFFFFFF
-            self._client.connect_async(target["host"], target["port"], keepalive=self.keepalive, clean_start=False,
-                                       properties=session)
+            target = self.targets[0]
+            if self.mqtt_version == "5":
+                # MQTT 5 (for message expiry on credits): clean_start False + a session that never expires
+                # is v3.1.1's clean_session False, the persistent session the delivery rules rely on
+                session = Properties(PacketTypes.CONNECT)
+                session.SessionExpiryInterval = 0xFFFFFFFF
+                self._client.connect_async(target["host"], target["port"], keepalive=self.keepalive,
+                                           clean_start=False, properties=session)
+            else:
+                self._client.connect_async(target["host"], target["port"], keepalive=self.keepalive)
             self._client.loop_start()
         except BaseException:
             self._release()
@@ -167,10 +177,15 @@ class Dispatcher:
     # -- paho's network thread: record and wake, nothing else ----------------------------------
 
     def _make_client(self):
-        target = parse_mqtt_url(self.mqtt_url)
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
+        target = self.targets[0]
+        if self.mqtt_version == "5":
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
+        else:
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv311,
+                                 clean_session=False)
         if target["username"] is not None:
             client.username_pw_set(target["username"], target["password"])
+        client.on_pre_connect = self._on_pre_connect
         if target["tls"]:
             client.tls_set()
         client.reconnect_delay_set(min_delay=1, max_delay=4)
@@ -186,6 +201,16 @@ class Dispatcher:
         self._inbox.append(item)
         self.wake_event.set()
 
+    def _on_pre_connect(self, client, userdata):
+        # paho's network thread, before each connection attempt: the first goes to the first broker,
+        # every later one to the next (paho offers no setter while it reconnects: its own fields)
+        self._target_i = (self._target_i + 1) % len(self.targets)
+        target = self.targets[self._target_i]
+        if len(self.targets) > 1:
+            client._host, client._port = target["host"], target["port"]
+            client.username_pw_set(target["username"], target["password"])
+        self.broker = "%s:%d" % (target["host"], target["port"])
+
     def _on_socket_open(self, client, userdata, sock):
         # Credits are tiny and latency matters: don't let Nagle hold one back behind a PUBACK.
         try:
@@ -195,7 +220,7 @@ class Dispatcher:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties):
         if reason_code.is_failure:
-            log.error("broker %s refused the connection: %s", mask_url(self.mqtt_url), reason_code)
+            log.error("broker %s refused the connection: %s", self.broker, reason_code)
             return
         # config too: the broker sends back the retained configs it holds, to compare with the ledger
         client.subscribe([(self._topic("+", "ack"), 1), (self._topic("+", "status"), 1),
@@ -287,7 +312,7 @@ class Dispatcher:
                 self._cfg_sent.clear()      # unacknowledged configs are published again below
                 self._cfg_seen.clear()
                 self._cfg_check_at = self.clock() + CONFIG_CHECK_AFTER
-                log.info("connected to %s (session %s); resuming %d credit(s) in flight", mask_url(self.mqtt_url),
+                log.info("connected to %s (session %s); resuming %d credit(s) in flight", self.broker,
                          "kept" if item[1] else "new", len(self._flights))
                 for flight in self._flights.values():
                     flight.attempts = 0
@@ -370,7 +395,9 @@ class Dispatcher:
                 # of it is anywhere once the broker drops the queued ones
                 flight.next_retry = self.clock() + self.ack_timeout_max
                 return
-            # the broker drops a copy still queued for the cabinet at exp (MQTT 5 message expiry)
+        if exp and self.mqtt_version == "5":
+            # the broker drops a copy still queued for the cabinet at exp (MQTT 5 message expiry; with
+            # 3.1.1 a copy delivered late is refused by the cabinet, which checks the signed exp)
             kw["properties"] = Properties(PacketTypes.PUBLISH)
             kw["properties"].MessageExpiryInterval = left
         info = self._client.publish(self._topic(flight.cab, "credit"), flight.payload, qos=1, **kw)

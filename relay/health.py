@@ -11,7 +11,7 @@ import time
 
 from flask import Blueprint, current_app, jsonify, request
 
-from relay.config import parse_mqtt_url
+from relay.config import parse_mqtt_urls
 from relay.db import get_ledger
 from relay.ledger import StorageError
 
@@ -39,12 +39,14 @@ class _BrokerProbe:
 
 
 def _broker_reachable(url, timeout=1.0):
-    target = parse_mqtt_url(url)
-    try:
-        with socket.create_connection((target["host"], target["port"]), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    """Any of MQTT_URL's brokers (a cluster's nodes) accepts a TCP connection."""
+    for target in parse_mqtt_urls(url):
+        try:
+            with socket.create_connection((target["host"], target["port"]), timeout=timeout):
+                return True
+        except OSError:
+            pass
+    return False
 
 
 def authorized(app):

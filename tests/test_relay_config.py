@@ -34,6 +34,11 @@ def test_missing_webhook_secret_refuses_with_what_to_do():
     ("ARCADE_RELAY_NAME", "r1/../x", "ARCADE_RELAY_NAME"),
     ("ARCADE_RELAY_NAME", "a" * 33, "1-32"),
     ("ARCADE_LEASE_SECONDS", "2", "at least 3"),
+    ("MQTT_URL", "mqtt://u:secretpw@n1:1883,,mqtt://u:secretpw@n2:1883", "empty entry"),
+    ("MQTT_URL", "mqtt://u:secretpw@n1:1883,mqtts://u:secretpw@n2:8883", "mixes"),
+    ("MQTT_URL", "mqtt://u:secretpw@n1:1883,http://u:secretpw@n2", "mqtt://"),
+    ("MQTT_URL", ",".join(["mqtt://u:secretpw@n:1883"] * 17), "at most 16"),
+    ("ARCADE_MQTT_VERSION", "3", "3.1.1"),
 ])
 def test_bad_values_are_named(key, value, message):
     with pytest.raises(config.ConfigError, match=message) as e:
@@ -47,6 +52,20 @@ def test_mqtt_url_parsing_and_masking():
     assert config.parse_mqtt_url("mqtts://h")["port"] == 8883
     assert config.mask_url("mqtt://user:hunter2@host:1883") == "mqtt://user:***@host:1883"
     assert config.mask_url("mqtt://host:1883") == "mqtt://host:1883"
+
+
+def test_several_brokers_in_mqtt_url():
+    """A cluster's nodes, comma-separated: each parsed on its own; a one-shot tool takes the first."""
+    url = "mqtt://r:p%2Cw@n1:4001, mqtt://r:pw2@n2:4002,mqtt://n3"
+    targets = config.parse_mqtt_urls(url)
+    assert [(t["host"], t["port"], t["password"]) for t in targets] == [("n1", 4001, "p,w"), ("n2", 4002, "pw2"),
+                                                                        ("n3", 1883, None)]
+    assert config.parse_mqtt_url(url) == targets[0]
+    assert "pw2" not in config.mask_url(url) and "p%2Cw" not in config.mask_url(url)
+    c = config.load({"STRIPE_WEBHOOK_SECRET": "whsec_x", "MQTT_URL": url, "ARCADE_MQTT_VERSION": "3.1.1"},
+                    dotenv_path=None)
+    assert (c["MQTT_URL"], c["ARCADE_MQTT_VERSION"]) == (url, "3.1.1")
+    assert config.load({"STRIPE_WEBHOOK_SECRET": "whsec_x"}, dotenv_path=None)["ARCADE_MQTT_VERSION"] == "5"
 
 
 CAB = {"currency": "usd", "price_cents": 100, "bundles": [(3, 250)], "coins_per_credit": 2}
