@@ -162,6 +162,8 @@ class App:
         self.wifi_err = 0               # the last reason WiFi was down: 201 no AP, 202 password
         self.client = MQTTClient(cab.encode(), m["host"], m["port"], user, pswd,
                                  cfg["keepalive"], m["ssl"], tls)
+        self.hosts = m.get("hosts")   # a broker cluster's nodes: the next one after each failure
+        self.host_i = 0
         self.up_ms = 0            # uptime from ticks: NTP may set the wall clock after boot
         self.up_at = time.ticks_ms()
         self.sent = None          # the status fields last published (to publish on change)
@@ -378,6 +380,15 @@ class App:
             self.screen.link(True)
         self.emit("connected", None)
 
+    def _next_host(self):
+        # a failed connect or a dropped link: the next node of the list (umqtt.simple resolves
+        # server:port on each connect); TLS checks the name of the node it connects to
+        self.host_i = (self.host_i + 1) % len(self.hosts)
+        c = self.client
+        c.server, c.port = self.hosts[self.host_i]
+        if c.ssl:
+            c.ssl_params["server_hostname"] = c.server
+
     def _close(self):
         if self.led is not None:
             self.led.off()
@@ -466,6 +477,8 @@ class App:
                 self.emit("disconnected", repr(e))
                 if self.screen is not None:
                     self.screen.link(False)
+                if self.hosts:
+                    self._next_host()
             self._close()
             gc.collect()
             self._sleep(backoff)

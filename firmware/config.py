@@ -72,6 +72,26 @@ def parse_broker(url, src="config.json", key="broker"):
     return {"host": host, "port": port, "user": user, "password": password, "ssl": ssl}
 
 
+def parse_brokers(v, src="config.json", key="broker"):
+    """`broker`: one URL, or a list of 1 to 4 (a broker cluster's nodes, tried in turn) with one
+    scheme and one login. The first parsed as parse_broker; with several, "hosts" holds every
+    (host, port) in order (a tuple of tuples: a few dozen bytes, not a dict per node)."""
+    if not isinstance(v, list):
+        return parse_broker(v, src, key)
+    if not 1 <= len(v) <= 4:
+        raise bad(src, key, "a broker URL or a list of 1 to 4 (one per cluster node)", len(v))
+    m = parse_broker(v[0], src, key)
+    if len(v) > 1:
+        hosts = []
+        for u in v:
+            o = parse_broker(u, src, key)
+            if (o["ssl"], o["user"], o["password"]) != (m["ssl"], m["user"], m["password"]):
+                raise bad(src, key, "the same scheme and login in every URL of the list", mask(u))
+            hosts.append((o["host"], o["port"]))
+        m["hosts"] = tuple(hosts)
+    return m
+
+
 def check_id(v, src="config.json", key="cabinet"):
     ok = isinstance(v, str) and 1 <= len(v) <= 32
     if ok:
@@ -102,7 +122,7 @@ def check_config(d, src="config.json"):
                    "characters, no spaces; `arcade cabinet add` prints it)", show=False)
     string(c, src, "wifi_ssid", 1, 32)
     string(c, src, "wifi_password", 0, 64, show=False)
-    c["mqtt"] = parse_broker(c.get("broker"), src)
+    c["mqtt"] = parse_brokers(c.get("broker"), src)
     string(c, src, "board", 1, 64)
     p = c["prefix"]
     if (not isinstance(p, str) or not p or len(p) > 64 or p[0] == "/" or p[-1] == "/"

@@ -49,9 +49,12 @@ def secret_from_db(cab_id, db, what="secret"):
 
 
 def with_login(url, user, password):
-    """`url` with its user and password replaced."""
-    scheme, _, rest = url.partition("://")
-    return "%s://%s:%s@%s" % (scheme, user, password, rest.rpartition("@")[2])
+    """`url` (or each of a comma-separated list: a broker cluster's nodes) with its user and password replaced."""
+    out = []
+    for one in url.split(","):
+        scheme, _, rest = one.strip().partition("://")
+        out.append("%s://%s:%s@%s" % (scheme, user, password, rest.rpartition("@")[2]))
+    return ",".join(out)
 
 
 _STDIN_SECRET = "_ARCADE_SIMULATE_STDIN_SECRET"

@@ -91,7 +91,9 @@ def run(cab, url, secret, state, profile, board, prefix="arcade", keepalive=30, 
     if display is not None:
         custom["display"] = display["block"]
     (state / "board.json").write_text(json.dumps(custom))
-    cfg = {"wifi_ssid": "hostsim", "wifi_password": "", "broker": url, "cabinet": cab,
+    # MQTT_URL with several brokers (a cluster's nodes, comma-separated): config.json's list of them
+    broker = [u.strip() for u in url.split(",")] if "," in url else url
+    cfg = {"wifi_ssid": "hostsim", "wifi_password": "", "broker": broker, "cabinet": cab,
            "secret": secret, "board": Path(profile).stem, "prefix": prefix, "keepalive": keepalive}
     if ca_data is not None:
         (state / "ca.pem").write_bytes(ca_data)
