@@ -78,6 +78,29 @@ def test_writes_config_board_and_nothing_secret_on_screen(env, capsys):
         assert ledger.cabinet_config("galaga-1")["board"] == "esp32-devkitc"
 
 
+def test_several_brokers_become_the_boards_list_with_its_own_login(env, capsys):
+    """A broker cluster's nodes, comma-separated: config.json's `broker` is the list, each URL with the
+    cabinet's own login; the firmware's loader takes it; 5 nodes or mixed schemes are refused."""
+    code, out, err = provision(capsys, env, broker="mqtt://relay:brokerpw@10.0.0.1:4001,mqtt://relay:brokerpw@"
+                                                   "10.0.0.2:4002, mqtt://10.0.0.3")
+    assert code == 0, err
+    d = env["out"] / "galaga-1"
+    cfg = json.loads((d / "config.json").read_text())
+    with open_ledger(env["db"]) as ledger:
+        own_pw = ledger.broker_password("galaga-1")
+    assert cfg["broker"] == ["mqtt://galaga-1:%s@10.0.0.%d:%d" % (own_pw, i, p)
+                             for i, p in ((1, 4001), (2, 4002), (3, 1883))]
+    fw = fw_config()
+    checked = fw.load_config(str(d) + "/", fw.load_board(str(d) + "/"))
+    assert checked["mqtt"]["hosts"] == (("10.0.0.1", 4001), ("10.0.0.2", 4002), ("10.0.0.3", 1883))
+    assert own_pw not in out + err and "brokerpw" not in out + err + (d / "config.json").read_text()
+    for bad, says in ((",".join(["mqtt://10.0.0.%d" % i for i in range(1, 6)]), "1 to 4 brokers"),
+                      ("mqtt://10.0.0.1,mqtts://10.0.0.2", "all mqtt:// or all mqtts://"),
+                      ("mqtt://10.0.0.1,mqtt://127.0.0.1", "the board itself")):
+        code, out, err = provision(capsys, env, broker=bad)
+        assert code != 0 and says in err, (bad, err)
+
+
 def test_tls_broker_with_ca_and_broker_from_the_environment(env, capsys, monkeypatch):
     monkeypatch.setenv("MQTT_URL", "mqtts://cab:pw@broker.example.net")
     monkeypatch.setenv("ARCADE_TOPIC_PREFIX", "arcade-eu")

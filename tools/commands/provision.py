@@ -93,13 +93,21 @@ def provision(cab, board, wifi_ssid, wifi_password, broker, db, out=DEFAULT_OUT,
         raise ProvisionError("no broker: pass --broker mqtt://user:pass@host:1883 (the address the board "
                              "reaches the broker at) or set MQTT_URL")
     fw = fw_config()
-    try:
-        mqtt = fw.parse_broker(broker, "--broker", "broker")
-    except fw.ConfigError as e:
-        raise ProvisionError(str(e))
-    if _loopback(mqtt["host"]):
-        raise ProvisionError("--broker %s points at %s, which on the board is the board itself: use the "
-                             "broker's LAN address or host name" % (mask_url(broker), mqtt["host"]))
+    # several brokers (a cluster's nodes), comma-separated: the board's config.json gets the list
+    nodes = []
+    for one in broker.split(","):
+        try:
+            mqtt = fw.parse_broker(one.strip(), "--broker", "broker")
+        except fw.ConfigError as e:
+            raise ProvisionError(str(e))
+        if _loopback(mqtt["host"]):
+            raise ProvisionError("--broker %s points at %s, which on the board is the board itself: use the "
+                                 "broker's LAN address or host name" % (mask_url(one.strip()), mqtt["host"]))
+        nodes.append(mqtt)
+    if len(nodes) > 4 or len({n["ssl"] for n in nodes}) > 1:
+        raise ProvisionError("--broker %s: a board takes 1 to 4 brokers, all mqtt:// or all mqtts://"
+                             % mask_url(broker))
+    mqtt = nodes[0]
     if ca is not None:
         if not mqtt["ssl"]:
             raise ProvisionError("--ca %s is only used with an mqtts:// broker; %s is plain mqtt://"
@@ -125,8 +133,9 @@ def provision(cab, board, wifi_ssid, wifi_password, broker, db, out=DEFAULT_OUT,
             raise ProvisionError("cabinet %r has no broker login in %s: open it with this version's relay first"
                                  % (cab, db))
         # the cabinet's own login: host and port from --broker/MQTT_URL, never its user and password
-        own = "%s://%s:%s@%s:%d" % ("mqtts" if mqtt["ssl"] else "mqtt", cab, broker_pw,
-                                    "[%s]" % mqtt["host"] if ":" in mqtt["host"] else mqtt["host"], mqtt["port"])
+        own = ["%s://%s:%s@%s:%d" % ("mqtts" if n["ssl"] else "mqtt", cab, broker_pw,
+                                     "[%s]" % n["host"] if ":" in n["host"] else n["host"], n["port"]) for n in nodes]
+        own = own[0] if len(own) == 1 else own
         # always a new secret: the board's flash is readable, and a replaced or re-provisioned board
         # must not share a key with the old one (whose captured credits would verify on it)
         secret = secrets.token_hex(32)
@@ -175,7 +184,7 @@ def provision(cab, board, wifi_ssid, wifi_password, broker, db, out=DEFAULT_OUT,
         finally:
             shutil.rmtree(stage, ignore_errors=True)
         ledger.set_board(cab, profile["name"])
-    return target, own
+    return target, own if isinstance(own, str) else ",".join(own)
 
 
 def main(argv=None):
@@ -190,7 +199,8 @@ def main(argv=None):
                    help="WiFi password ('' for an open network; '-' reads it from standard input, "
                         "keeping it out of the shell history)")
     p.add_argument("--broker", metavar="URL",
-                   help="mqtt://user:pass@host:1883 or mqtts://... as the board reaches it (default: MQTT_URL)")
+                   help="mqtt://user:pass@host:1883 or mqtts://... as the board reaches it, or several comma-separated (a "
+                        "broker cluster's nodes, tried in turn) (default: MQTT_URL)")
     p.add_argument("--ca", metavar="FILE", help="CA certificate (PEM or DER) of an mqtts:// broker")
     p.add_argument("--prefix", default=None, help="topic prefix (default: ARCADE_TOPIC_PREFIX or arcade)")
     p.add_argument("--keepalive", type=int, default=30, metavar="S", help="MQTT keepalive (default %(default)s)")
