@@ -25,7 +25,10 @@ from tools.lab.nats import NatsCluster
 WHSEC = "whsec_nats_" + secrets.token_hex(8)
 ACK_WAIT = "2s"             # JetStream redelivers an unacknowledged QoS 1 message after this
 ENV = {"ARCADE_MQTT_VERSION": "3.1.1", "ARCADE_ACK_TIMEOUT": "1", "ARCADE_ACK_TIMEOUT_MAX": "2",
-       "ARCADE_RESCAN": "0.5", "ARCADE_MQTT_KEEPALIVE": "2", "ARCADE_RECONCILE_EVERY": "0"}
+       "ARCADE_RESCAN": "0.5", "ARCADE_MQTT_KEEPALIVE": "10", "ARCADE_RECONCILE_EVERY": "0"}
+# A node killed by SIGKILL is noticed at once (its sockets close); the keepalive (and the firmware's socket
+# timeout, min(keepalive, 10) s) must outlast a JetStream leader election, which blocks a publish for 4-8 s
+KEEPALIVE = 10
 CABS = ["cab-a", "cab-b"]
 # each cabinet starts on another node; the relay on the third
 ORDER = {"cab-a": ["n2", "n3", "n1"], "cab-b": ["n3", "n1", "n2"], "relay": ["n1", "n2", "n3"]}
@@ -46,7 +49,7 @@ class World:
         self.sims = {}
         for cab in CABS:
             urls = ",".join(self.cluster.cabinet_urls(cab, ORDER[cab]))
-            self.sims[cab] = stack.Cabinet(tmp_path, cab, self.secrets[cab], urls, keepalive=2,
+            self.sims[cab] = stack.Cabinet(tmp_path, cab, self.secrets[cab], urls, keepalive=KEEPALIVE,
                                            extra_args=["--pulse-ms", "20", "--gap-ms", "20"]).start()
         for sim in self.sims.values():
             sim.wait_connected(30)
