@@ -147,6 +147,23 @@ def test_credit_is_published_at_once_on_wake_and_acked(world):
     assert cab.pulses == 6
 
 
+def test_several_brokers_over_mqtt_3_1_1_the_next_one_after_a_failed_connect(world):
+    """MQTT_URL with a dead broker first: the dispatcher moves on to the next and delivers over MQTT
+    3.1.1 (ARCADE_MQTT_VERSION, for brokers without MQTT 5 such as NATS) with a persistent session."""
+    from tools.lab.broker import free_port
+    cab = world["cabinet"]()
+    dead = "mqtt://127.0.0.1:%d" % free_port()
+    d = world["start"](MQTT_URL="%s,%s" % (dead, world["broker"].url), ARCADE_MQTT_VERSION="3.1.1",
+                       ARCADE_RESCAN=300)
+    assert d._client.protocol == mqtt.MQTTv311 and d.broker == "127.0.0.1:%d" % world["broker"].port
+    ledger = world["ledger"]
+    session = pay(ledger, credits=1)
+    d.wake()
+    raw, credit = cab.wait(lambda r: r)[0]
+    assert protocol.verify_credit(credit, world["secret"]) and credit["session"] == session
+    wait_until(lambda: state(ledger, session) == "applied", 10, what="applied")
+
+
 def test_one_credit_in_flight_per_cabinet(world):
     ledger = world["ledger"]
     cab = world["cabinet"](auto=False)
