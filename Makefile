@@ -96,6 +96,6 @@ fuzz: $(STAMP) umqtt node_modules/.package-lock.json
 .PHONY: bench soak
 bench: $(STAMP) umqtt mosquitto
 	$(BIN)/arcade bench
-# make soak BACKEND=sqlite|postgresql RELAYS=N (N > 1: PostgreSQL, nginx in front)
-soak: $(STAMP) umqtt mosquitto postgresql nginx
-	$(BIN)/arcade soak --payments 1000 --cabinets 20 --seed $(or $(SEED),4242) --backend $(or $(BACKEND),sqlite) --relays $(or $(RELAYS),1)
+# make soak BACKEND=sqlite|postgresql RELAYS=N (N > 1: PostgreSQL, nginx in front) BROKER=mosquitto|nats-cluster
+soak: $(STAMP) umqtt mosquitto postgresql nginx nats
+	$(BIN)/arcade soak --payments 1000 --cabinets 20 --seed $(or $(SEED),4242) --backend $(or $(BACKEND),sqlite) --relays $(or $(RELAYS),1) --broker $(or $(BROKER),mosquitto)

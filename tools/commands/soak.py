@@ -24,6 +24,9 @@ def main(argv=None):
                    help="after settling, seconds without a pulse before the books close (default %(default)s)")
     p.add_argument("--relays", type=int, default=1, metavar="N",
                    help="relay processes behind nginx (N > 1 needs --backend postgresql; default %(default)s)")
+    p.add_argument("--broker", default="mosquitto", choices=lab.BROKERS,
+                   help="one private mosquitto, or a 3-node NATS Server cluster (JetStream + MQTT; fault 2 "
+                        "kills a node) (default %(default)s)")
     p.add_argument("--json", action="store_true", help="print the result as JSON too")
     args = p.parse_args(argv)
     try:
@@ -39,8 +42,8 @@ def main(argv=None):
         p.error("--payments, --cabinets and --rate must be positive")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10 ** 6)
     soak = lab.Soak(args.dir, args.payments, args.cabinets, seed, args.rate, gap, args.pulse_ms, args.gap_ms, kinds,
-                    backend=args.backend, quiet=args.quiet, relays=args.relays)
-    if 5 in kinds and soak.proxy_cls is None:
+                    backend=args.backend, quiet=args.quiet, relays=args.relays, broker=args.broker)
+    if 5 in kinds and soak.proxy_cls is None and args.broker == "mosquitto":
         print("arcade soak: fault 5 needs tools/lab/tcpproxy.py; running faults %s" % soak.kinds, file=sys.stderr)
     try:
         result = soak.run()

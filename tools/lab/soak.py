@@ -30,8 +30,12 @@ Settling waits (bounded) until the pins show what was paid and the ledger is fin
 quiet window (QUIET s, longer than the relay's longest redelivery interval) for a late pulse.
 BACKEND: the ledger on SQLite (a file) or PostgreSQL (a private cluster, fsync on). RELAYS=N (N > 1,
 PostgreSQL only): N relays behind nginx (tools/lab/relays.py), each cabinet dispatched by the relay
-holding its lease; fault 1 then SIGKILLs one of them. Prints every figure; exit status 0 only when the
-books balance.
+holding its lease; fault 1 then SIGKILLs one of them. BROKER=nats-cluster: a 3-node NATS Server
+cluster (tools/lab/nats.py; MQTT 3.1.1, sessions in JetStream on all nodes) instead of mosquitto, the
+relay and each cabinet given the three nodes (in another order per cabinet); fault 2 then SIGKILLs a
+node and restarts it, fault 3 kills and restarts a node while the cabinet is away (its session stays:
+the cluster's), fault 5 is left out (its proxies stand in front of one broker port). Prints every
+figure; exit status 0 only when the books balance.
 """
 import random
 import secrets
@@ -47,6 +51,7 @@ from tools.lab import stack
 from tools.lab import stripe_events
 from tools.lab.bench import Http
 from tools.lab.broker import Mosquitto
+from tools.lab.nats import NatsCluster
 from tools.lab.postgres import Postgres
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,6 +66,7 @@ RELAY_ENV = {"ARCADE_ACK_TIMEOUT": "1", "ARCADE_ACK_TIMEOUT_MAX": "4", "ARCADE_R
 # after settling, this long without a pulse: more than the longest redelivery interval plus a redial
 QUIET = float(RELAY_ENV["ARCADE_ACK_TIMEOUT_MAX"]) + 3 * KEEPALIVE
 BACKENDS = ("sqlite", "postgresql")
+BROKERS = ("mosquitto", "nats-cluster")
 LEASE = 5           # seconds: ARCADE_LEASE_SECONDS of the relays in a RELAYS=N soak
 
 
@@ -74,9 +80,11 @@ def _proxy_class():
 
 class Soak:
     def __init__(self, work, payments, cabinets, seed, rate, fault_gap, pulse_ms=20, gap_ms=20, kinds=None,
-                 log=None, backend="sqlite", quiet=QUIET, relays=1):
+                 log=None, backend="sqlite", quiet=QUIET, relays=1, broker="mosquitto"):
         if backend not in BACKENDS:
             raise ValueError("backend %r: use one of %s" % (backend, ", ".join(BACKENDS)))
+        if broker not in BROKERS:
+            raise ValueError("broker %r: use one of %s" % (broker, ", ".join(BROKERS)))
         if relays > 1 and backend != "postgresql":
             raise ValueError("%d relays need BACKEND=postgresql (with SQLite one relay dispatches)" % relays)
         self.n_relays = relays
@@ -92,7 +100,14 @@ class Soak:
         self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.pulse_args = ["--pulse-ms", str(pulse_ms), "--gap-ms", str(gap_ms)]
         self.proxy_cls = _proxy_class()
+        self.broker_kind = broker
+        self.cluster = NatsCluster(self.work / "nats") if broker == "nats-cluster" else None
+        if self.cluster is not None:
+            self.proxy_cls = None       # fault 5's proxies front one broker port, not a cluster's three
         self.kinds = [k for k in (kinds or sorted(KINDS)) if k != 5 or self.proxy_cls is not None]
+        self.relay_env = dict(RELAY_ENV, ARCADE_MQTT_VERSION="3.1.1") if self.cluster is not None else RELAY_ENV
+        if self.cluster is not None:    # past JetStream's own redelivery of an unacknowledged QoS 1 message
+            quiet = max(quiet, float(self.cluster.ack_wait.rstrip("s")) + 2)
         self.whsec = "whsec_soak_" + secrets.token_hex(16)
         self.backend, self.quiet = backend, quiet
         self.postgres = None
@@ -119,6 +134,11 @@ class Soak:
 
     def url_for(self, who):
         """Where `who` (the relay or a cabinet) reaches the broker, with its own login."""
+        if self.cluster is not None:    # every node; each cabinet starts on another one
+            if who == "relay":
+                return self.cluster.url_list(*self.cluster.logins["relay"])
+            i = self.cabs.index(who) % len(self.cluster.names)
+            return ",".join(self.cluster.cabinet_urls(who, self.cluster.names[i:] + self.cluster.names[:i]))
         proxy = self.proxies.get(who)
         port = proxy.port if proxy is not None else None
         if who == "relay":
@@ -133,17 +153,16 @@ class Soak:
         if self.n_relays > 1:
             if self.relays is None:
                 from tools.lab.relays import Relays
-                env = dict(RELAY_ENV, ARCADE_LEASE_SECONDS=str(LEASE))
-                self.relays = Relays(self.work / "relays", self.db, lambda name: self.broker.url_for(
-                    *self.relay_logins[name], port=self.proxies["relay"].port if "relay" in self.proxies else None),
-                    self.whsec, self.n_relays, env).start()
+                env = dict(self.relay_env, ARCADE_LEASE_SECONDS=str(LEASE))
+                self.relays = Relays(self.work / "relays", self.db, self.relay_url, self.whsec, self.n_relays,
+                                     env).start()
             for name in self.relays.names:
                 if not self.relays.procs[name].alive():
                     self.relays.start_one(name)
             return
         for attempt in range(20):
             relay = stack.Relay(self.work, self.db, self.url_for("relay"), self.whsec, port=self.relay_port,
-                                extra_env=RELAY_ENV)
+                                extra_env=self.relay_env)
             try:
                 self.relay = relay.start()
                 return
@@ -151,6 +170,13 @@ class Soak:
                 relay.stop(timeout=5)
                 time.sleep(0.25)
         raise RuntimeError("the relay did not restart on port %d" % self.relay_port)
+
+    def relay_url(self, name):
+        """Relay `name`'s MQTT_URL (RELAYS=N): its own login, through fault 5's proxy when there is one."""
+        if self.cluster is not None:
+            return self.cluster.url_list(*self.relay_logins[name])
+        return self.broker.url_for(*self.relay_logins[name],
+                                   port=self.proxies["relay"].port if "relay" in self.proxies else None)
 
     def start_sim(self, cab):
         sim = stack.Cabinet(self.work, cab, self.secret[cab], self.url_for(cab), keepalive=KEEPALIVE,
@@ -178,7 +204,12 @@ class Soak:
             self.relay_logins = {"r%d" % (i + 1): ledger.relay_login("r%d" % (i + 1))
                                  for i in range(self.n_relays)} if self.n_relays > 1 else {}
             self.broker.logins = ledger.broker_logins()
-        self.broker.start()
+        if self.cluster is not None:
+            self.log("soak: starting a 3-node NATS cluster (JetStream, MQTT listeners)")
+            self.cluster.logins = self.broker.logins
+            self.cluster.start()
+        else:
+            self.broker.start()
         if self.proxy_cls is not None and 5 in self.kinds:
             for who in ["relay"] + self.cabs:
                 self.proxies[who] = self.proxy_cls(self.broker.port).start()
@@ -200,6 +231,8 @@ class Soak:
         for proxy in self.proxies.values():
             proxy.stop()
         self.broker.stop()
+        if self.cluster is not None:
+            self.cluster.stop()
         if self.postgres is not None:
             from relay.backends import close_pools
             close_pools()
@@ -267,6 +300,12 @@ class Soak:
             time.sleep(rng.uniform(0, 0.5))
             self.start_relay()
             return "relay SIGKILLed and restarted"
+        if kind == 2 and self.cluster is not None:
+            node = rng.choice(self.cluster.names)
+            self.cluster.kill(node)
+            time.sleep(rng.uniform(0, 1.0))
+            self.restart_node(node)
+            return "NATS node %s SIGKILLed and restarted" % node
         if kind == 2:
             keep = rng.random() < 0.5
             self.restart_broker(keep, pause=rng.uniform(0, 1.0))
@@ -281,6 +320,13 @@ class Soak:
             finally:
                 http.close()
             time.sleep(rng.uniform(0.2, 1.0))
+            if self.cluster is not None:
+                node = rng.choice(self.cluster.names)
+                self.cluster.kill(node)
+                time.sleep(rng.uniform(0.2, 1.0))
+                self.start_sim(cab).wait_connected(30)
+                self.restart_node(node)
+                return "%s offline, NATS node %s SIGKILLed meanwhile, back with its flash" % (cab, node)
             self.restart_broker(False)
             time.sleep(rng.uniform(0.2, 1.0))
             self.start_sim(cab).wait_connected(30)
@@ -329,9 +375,18 @@ class Soak:
         self.broker.start()
         self.broker_saved = persistence
 
+    def restart_node(self, node):
+        """A killed NATS node back, and caught up before the next fault (two nodes down is no quorum)."""
+        self.cluster.restart(node, timeout=60)
+        self.cluster.wait_current(60)
+
     def recover_all(self):
         """Bring back whatever a fault left down (an operator's restart)."""
-        if self.broker.proc is None or self.broker.proc.poll() is not None:
+        if self.cluster is not None:
+            for node in self.cluster.names:
+                if not self.cluster.alive(node):
+                    self.restart_node(node)
+        elif self.broker.proc is None or self.broker.proc.poll() is not None:
             self.restart_broker(self.broker.persistence)
         if self.relays is not None or self.relay is None or not self.relay.alive():
             self.start_relay()
@@ -458,9 +513,10 @@ class Soak:
 
     def run(self, settle_timeout=120):
         t0 = time.monotonic()
-        self.log("soak: %d payments over %d cabinets, ledger on %s, seed %d, faults %s%s" % (
-            self.n_payments, len(self.cabs), self.backend, self.seed, ",".join(str(k) for k in self.kinds),
-            "" if 5 in self.kinds or self.proxy_cls else " (5 needs tools/lab/tcpproxy.py)"))
+        self.log("soak: %d payments over %d cabinets, ledger on %s, broker %s, seed %d, faults %s%s" % (
+            self.n_payments, len(self.cabs), self.backend, self.broker_kind, self.seed,
+            ",".join(str(k) for k in self.kinds), "" if 5 in self.kinds or self.proxy_cls else
+            " (5 needs tools/lab/tcpproxy.py)" if self.cluster is None else " (no 5 with a cluster)"))
         try:
             self.setup()
             self.sending.set()
@@ -477,7 +533,8 @@ class Soak:
         finally:
             self.teardown()
         failed_faults = [f for f in self.fault_log if f["failed"]]
-        result.update({"seed": self.seed, "backend": self.backend, "quiet_s": self.quiet, "relays": self.n_relays,
+        result.update({"seed": self.seed, "backend": self.backend, "broker": self.broker_kind, "quiet_s": self.quiet,
+                       "relays": self.n_relays,
                        "payments": len(self.sent), "cabinets": len(self.cabs), "faults_failed": len(failed_faults),
                        "accepted": len(self.sent) - len(self.unaccepted), "unaccepted": len(self.unaccepted),
                        "events_redelivered": self.redelivered, "faults": dict(self.faults),
@@ -494,9 +551,9 @@ class Soak:
 def summary(r):
     faults = ", ".join("%s %d" % (KINDS[k], r["faults"].get(KINDS[k], 0)) for k in sorted(KINDS))
     return "\n".join([
-        "seed %d: %d payments over %d cabinets, ledger on %s, %d relay(s), in %.0f s (%d events delivered twice)"
-        % (r["seed"], r["payments"], r["cabinets"], r["backend"], r.get("relays", 1), r["seconds"],
-           r["events_redelivered"]),
+        "seed %d: %d payments over %d cabinets, ledger on %s, broker %s, %d relay(s), in %.0f s (%d events "
+        "delivered twice)" % (r["seed"], r["payments"], r["cabinets"], r["backend"], r.get("broker", "mosquitto"),
+                              r.get("relays", 1), r["seconds"], r["events_redelivered"]),
         "faults: %s; failed to inject %d" % (faults, r["faults_failed"]),
         "ledger states of the soak's payments: %s" % ", ".join("%s %d" % kv for kv in sorted(r["states"].items())),
         "pulses: paid for %d (the soak's own price table), on the pins %d, of which %d cut mid-pulse (counted "
