@@ -82,25 +82,26 @@ class NatsCluster:
     def mqtt_port(self, node):
         return self.ports[node]["mqtt"]
 
-    def urls(self, user=None, password=None, order=None):
-        """One mqtt:// URL per node (with a login if given), in `order` (node names) or n1, n2, n3."""
+    def urls(self, user=None, password=None, order=None, via=None):
+        """One mqtt:// URL per node (with a login if given), in `order` (node names) or n1, n2, n3;
+        `via`: {node: port} another way in to that node (a fault proxy in front of its MQTT port)."""
         out = []
         for node in order or self.names:
-            port = self.mqtt_port(node)
+            port = (via or {}).get(node) or self.mqtt_port(node)
             out.append(mosquitto_conf.relay_url(user, password, "127.0.0.1", port) if user
                        else "mqtt://127.0.0.1:%d" % port)
         return out
 
-    def url_list(self, user=None, password=None, order=None):
+    def url_list(self, user=None, password=None, order=None, via=None):
         """MQTT_URL for the relay: the nodes' URLs, comma-separated."""
-        return ",".join(self.urls(user, password, order))
+        return ",".join(self.urls(user, password, order, via))
 
     @property
     def relay_url(self):
         return self.url_list(*self.logins["relay"])
 
-    def cabinet_urls(self, cab, order=None):
-        return self.urls(cab, dict(self.logins["cabinets"])[cab], order)
+    def cabinet_urls(self, cab, order=None, via=None):
+        return self.urls(cab, dict(self.logins["cabinets"])[cab], order, via)
 
     def node_of_port(self, port):
         return next(n for n in self.names if self.ports[n]["mqtt"] == port)

@@ -34,8 +34,10 @@ holding its lease; fault 1 then SIGKILLs one of them. BROKER=nats-cluster: a 3-n
 cluster (tools/lab/nats.py; MQTT 3.1.1, sessions in JetStream on all nodes) instead of mosquitto, the
 relay and each cabinet given the three nodes (in another order per cabinet); fault 2 then SIGKILLs a
 node and restarts it, fault 3 kills and restarts a node while the cabinet is away (its session stays:
-the cluster's), fault 5 is left out (its proxies stand in front of one broker port). Prints every
-figure; exit status 0 only when the books balance.
+the cluster's), and fault 5 gives each cabinet and each relay one proxy per node (its list of nodes
+points at its own proxies) and blackholes the proxy of the node that end is connected to right now:
+it has to notice and redial another node, whose takeover of its session ends the half-open one.
+Prints every figure; exit status 0 only when the books balance.
 """
 import random
 import secrets
@@ -102,8 +104,6 @@ class Soak:
         self.proxy_cls = _proxy_class()
         self.broker_kind = broker
         self.cluster = NatsCluster(self.work / "nats") if broker == "nats-cluster" else None
-        if self.cluster is not None:
-            self.proxy_cls = None       # fault 5's proxies front one broker port, not a cluster's three
         self.kinds = [k for k in (kinds or sorted(KINDS)) if k != 5 or self.proxy_cls is not None]
         self.relay_env = dict(RELAY_ENV, ARCADE_MQTT_VERSION="3.1.1") if self.cluster is not None else RELAY_ENV
         if self.cluster is not None:    # past JetStream's own redelivery of an unacknowledged QoS 1 message
@@ -115,7 +115,7 @@ class Soak:
         self.cabs = ["soak-%02d" % i for i in range(cabinets)]
         self.secret, self.coins = {}, {}
         self.sims, self.history = {}, defaultdict(list)   # history: pulse/boot lines of finished runs
-        self.proxies = {}
+        self.proxies = {}            # who -> its fault-5 proxy (mosquitto), or {node: proxy} (a cluster)
         self.broker = Mosquitto(self.work / "mosquitto", persistence=True, autosave_interval=1)
         self.broker_saved = True     # the data dir holds a state the broker may load
         self.relay = None
@@ -134,11 +134,12 @@ class Soak:
 
     def url_for(self, who):
         """Where `who` (the relay or a cabinet) reaches the broker, with its own login."""
-        if self.cluster is not None:    # every node; each cabinet starts on another one
+        if self.cluster is not None:    # every node (through its proxies); each cabinet starts on another one
+            via = self.proxy_ports(who)
             if who == "relay":
-                return self.cluster.url_list(*self.cluster.logins["relay"])
+                return self.cluster.url_list(*self.cluster.logins["relay"], via=via)
             i = self.cabs.index(who) % len(self.cluster.names)
-            return ",".join(self.cluster.cabinet_urls(who, self.cluster.names[i:] + self.cluster.names[:i]))
+            return ",".join(self.cluster.cabinet_urls(who, self.cluster.names[i:] + self.cluster.names[:i], via))
         proxy = self.proxies.get(who)
         port = proxy.port if proxy is not None else None
         if who == "relay":
@@ -173,10 +174,26 @@ class Soak:
 
     def relay_url(self, name):
         """Relay `name`'s MQTT_URL (RELAYS=N): its own login, through fault 5's proxy when there is one."""
-        if self.cluster is not None:
-            return self.cluster.url_list(*self.relay_logins[name])
+        if self.cluster is not None:    # a proxy per node for each relay: fault 5 blackholes one relay's link
+            return self.cluster.url_list(*self.relay_logins[name], via=self.proxy_ports(name))
         return self.broker.url_for(*self.relay_logins[name],
                                    port=self.proxies["relay"].port if "relay" in self.proxies else None)
+
+    def proxy_ports(self, who):
+        """{node: port} of `who`'s proxies in front of the cluster's nodes (None without fault 5)."""
+        proxies = self.proxies.get(who)
+        return {node: proxy.port for node, proxy in proxies.items()} if proxies else None
+
+    def all_proxies(self):
+        for proxy in self.proxies.values():
+            yield from (proxy.values() if isinstance(proxy, dict) else (proxy,))
+
+    def link_owners(self):
+        """Whose link fault 5 may blackhole: the relay (each relay of a cluster soak) and every cabinet."""
+        relays = ["relay"]
+        if self.cluster is not None and self.n_relays > 1:
+            relays = list(self.relay_logins)
+        return relays + self.cabs
 
     def start_sim(self, cab):
         sim = stack.Cabinet(self.work, cab, self.secret[cab], self.url_for(cab), keepalive=KEEPALIVE,
@@ -211,8 +228,12 @@ class Soak:
         else:
             self.broker.start()
         if self.proxy_cls is not None and 5 in self.kinds:
-            for who in ["relay"] + self.cabs:
-                self.proxies[who] = self.proxy_cls(self.broker.port).start()
+            for who in self.link_owners():
+                if self.cluster is not None:    # one proxy per node: the list `who` rotates through
+                    self.proxies[who] = {node: self.proxy_cls(self.cluster.mqtt_port(node)).start()
+                                         for node in self.cluster.names}
+                else:
+                    self.proxies[who] = self.proxy_cls(self.broker.port).start()
         self.start_relay()
         for cab in self.cabs:
             self.start_sim(cab)
@@ -228,7 +249,7 @@ class Soak:
             self.relay.stop()
         if self.relays is not None:
             self.relays.stop()
-        for proxy in self.proxies.values():
+        for proxy in self.all_proxies():
             proxy.stop()
         self.broker.stop()
         if self.cluster is not None:
@@ -351,6 +372,9 @@ class Soak:
             self.start_sim(cab).wait_connected(30)
             return "%s SIGKILLed after %d pulse(s) of a train of %d%s" % (
                 cab, got, self.owed[sid][1], ", the line active" if cut_on_line else "")
+        if kind == 5 and self.cluster is not None:
+            return self.halfopen_cluster(rng.choice([w for w in self.link_owners() if w not in self.cabs
+                                                     or w in self.sims]))
         if kind == 5:
             who = rng.choice(["relay"] + [c for c in self.cabs if c in self.sims])
             proxy = self.proxies[who]
@@ -364,6 +388,29 @@ class Soak:
                 proxy.resume()
             return "%s link blackholed; redialled after %.1f s" % (who, noticed)
         raise ValueError(kind)
+
+    def halfopen_cluster(self, who):
+        """Blackhole the link `who` uses right now (the proxy of the node it is connected to), keep its
+        other nodes reachable, and wait until it notices and redials (the next node of its list)."""
+        proxies = self.proxies[who]
+
+        def current():      # the node whose proxy holds `who`'s newest open link
+            live = [(max((t for t, ev, *_ in p.events if ev == "open"), default=0), node)
+                    for node, p in proxies.items() if p.open_links()]
+            return max(live)[1] if live else None
+        node = stack.wait_until(current, 20, 0.05, "%s connected through a proxy" % who)
+        proxy = proxies[node]
+        before = {n: p.opened for n, p in proxies.items()}
+        t0 = time.monotonic()
+        proxy.blackhole()
+        try:
+            redial = stack.wait_until(lambda: [n for n, p in proxies.items() if p.opened > before[n]],
+                                      6 * KEEPALIVE + 10, 0.05, "a redial after the blackhole")
+            noticed = time.monotonic() - t0
+        finally:
+            proxy.resume()
+        return "%s link to NATS node %s blackholed; redialled (%s) after %.1f s" % (
+            who, node, ",".join(redial), noticed)
 
     def restart_broker(self, persistence, pause=0.0):
         self.broker.stop()
@@ -395,7 +442,7 @@ class Soak:
                 if cab in self.sims:
                     self.retire_sim(cab)
                 self.start_sim(cab)
-        for proxy in self.proxies.values():
+        for proxy in self.all_proxies():
             proxy.resume()
 
     def faulter(self):
@@ -516,7 +563,7 @@ class Soak:
         self.log("soak: %d payments over %d cabinets, ledger on %s, broker %s, seed %d, faults %s%s" % (
             self.n_payments, len(self.cabs), self.backend, self.broker_kind, self.seed,
             ",".join(str(k) for k in self.kinds), "" if 5 in self.kinds or self.proxy_cls else
-            " (5 needs tools/lab/tcpproxy.py)" if self.cluster is None else " (no 5 with a cluster)"))
+            " (5 needs tools/lab/tcpproxy.py)"))
         try:
             self.setup()
             self.sending.set()
