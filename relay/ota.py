@@ -98,6 +98,7 @@ class Pusher:
 
         from relay import protocol
         from relay.config import mask_url, parse_mqtt_url
+        from relay.testpulse import connect_any
         self.protocol = protocol
         self.cab, self.secret, self.timeout, self.log = cab, secret, timeout, log
         self.topic = "%s/%s/ota" % (prefix, cab)
@@ -116,7 +117,7 @@ class Pusher:
         c.on_connect = lambda cl, u, f, rc, p: cl.subscribe("%s/%s/status" % (prefix, cab), 1)
         c.on_subscribe = lambda *a: subscribed.set()
         try:
-            c.connect(target["host"], target["port"], 30)
+            connect_any(c, mqtt_url)        # each broker of the list in turn
         except OSError as e:
             raise PushError("cannot reach the broker at %s: %s" % (mask_url(mqtt_url), e))
         c.loop_start()

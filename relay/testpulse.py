@@ -1,5 +1,6 @@
 """Test pulses from the console: a signed test message (docs/protocol.md, Test pulse) published QoS 1;
-and `make_client`, a short-lived paho client for MQTT_URL (also `arcade cabinet test-pulse`'s).
+and `make_client`, a short-lived paho client for MQTT_URL, with `connect_any`, which tries each
+broker of the list in turn (also `arcade cabinet test-pulse`'s and `arcade ota push`'s).
 
 Refused when the ledger says the cabinet is offline: the broker would hold the message and the
 cabinet would put coins in whenever it reconnects. The cabinet reports the result in its status
@@ -11,7 +12,7 @@ import threading
 import paho.mqtt.client as mqtt
 
 from relay import protocol
-from relay.config import mask_url, parse_mqtt_url
+from relay.config import mask_url, parse_mqtt_url, parse_mqtt_urls
 
 TIMEOUT = 10.0
 
@@ -28,13 +29,29 @@ def make_client(url, name):
     return client, target
 
 
+def connect_any(client, url, keepalive=30):
+    """Connect `client` (paho, not connected yet) to the first of MQTT_URL's brokers (a cluster's nodes)
+    that takes the connection, each in turn with its own login; returns that one's target. When none
+    does, the OSError of the last one (each attempt is bounded by paho's connect timeout)."""
+    error = None
+    for target in parse_mqtt_urls(url):
+        if target["username"] is not None:
+            client.username_pw_set(target["username"], target["password"])
+        try:
+            client.connect(target["host"], target["port"], keepalive=keepalive)
+            return target
+        except OSError as e:
+            error = e
+    raise error
+
+
 def send(ledger, cfg, cab, pulses):
     """(ok, text for the operator)."""
     if not cab["online"]:
         return False, ("%s is offline: a test pulse would wait at the broker and put coins in whenever it "
                        "reconnects. Nothing sent." % cab["id"])
     url = cfg["MQTT_URL"]
-    client, target = make_client(url, "console")
+    client, _ = make_client(url, "console")
     done = threading.Event()
     result = {}
 
@@ -49,7 +66,7 @@ def send(ledger, cfg, cab, pulses):
 
     client.on_connect, client.on_publish = on_connect, on_publish
     try:
-        client.connect(target["host"], target["port"], keepalive=30)
+        connect_any(client, url)
     except OSError as e:
         return False, "Cannot reach the broker %s: %s. Nothing sent." % (mask_url(url), e)
     client.loop_start()

@@ -374,6 +374,48 @@ def test_test_pulse_to_an_offline_cabinet_is_not_sent(relay, cabinet, capsys, on
     assert sub.messages == []
 
 
+def _dead_url():
+    """An mqtt:// URL where nothing listens (a cluster node that is down)."""
+    from tools.lab.broker import free_port
+    return "mqtt://127.0.0.1:%d" % free_port()
+
+
+def test_test_pulse_tries_the_next_broker_when_the_first_is_down(relay, cabinet, capsys, monkeypatch):
+    cab = cabinet()
+    monkeypatch.setenv("MQTT_URL", "%s,%s" % (_dead_url(), relay["broker"].url))
+    code, out, err = run(capsys, "cabinet", "test-pulse", "cab1", "--wait", "10")
+    assert code == 0, err
+    assert [reason for reason, _ in cab.tests] == [""]
+    # every broker down: said, nothing issued
+    monkeypatch.setenv("MQTT_URL", "%s,%s" % (_dead_url(), _dead_url()))
+    n = snapshot(relay["path"])[0]["test_n"]
+    code, out, err = run(capsys, "cabinet", "test-pulse", "cab1", "--wait", "5")
+    assert code != 0 and "cannot reach the broker" in err
+    assert snapshot(relay["path"])[0]["test_n"] == n and len(cab.tests) == 1
+
+
+def test_ota_push_and_the_console_try_the_next_broker_when_the_first_is_down(relay, cabinet):
+    from relay import ota, testpulse
+    cabinet()
+    url = "%s,%s" % (_dead_url(), relay["broker"].url)
+    sub = relay["subscribe"]("arcade/cab1/ota")
+    pusher = ota.Pusher(url, "arcade", "cab1", relay["secret"], timeout=10, log=lambda *a: None)
+    try:
+        pusher.send("q")
+    finally:
+        pusher.close()
+    sub.wait(lambda p, r: p == b"q\n", what="the OTA query through the second broker")
+    with pytest.raises(ota.PushError, match="cannot reach the broker"):
+        ota.Pusher("%s,%s" % (_dead_url(), _dead_url()), "arcade", "cab1", relay["secret"], timeout=5)
+    # the console's test pulse (relay/testpulse.py)
+    test_sub = relay["subscribe"]("arcade/cab1/test")
+    with open_ledger(relay["path"]) as ledger:
+        cab = ledger.get_cabinet("cab1")
+        ok, text = testpulse.send(ledger, {"MQTT_URL": url, "ARCADE_TOPIC_PREFIX": "arcade"}, dict(cab, online=True), 1)
+    assert ok, text
+    test_sub.wait(lambda p, r: b'"t":"test"' in p.replace(b" ", b""), what="the console's test pulse")
+
+
 @pytest.mark.parametrize("argv, shown", [
     (["nope"], "no cabinet 'nope'"),
     (["cab1", "--pulses", "0"], "--pulses 0 must be from 1 to 10"),

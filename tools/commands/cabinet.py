@@ -229,7 +229,7 @@ def cmd_test_pulse(args):
 
     from relay import config, protocol
     from relay.config import ConfigError, mask_url
-    from relay.testpulse import make_client
+    from relay.testpulse import connect_any, make_client
 
     if not 1 <= args.pulses <= 10:
         return _fail("--pulses %d must be from 1 to 10" % args.pulses)
@@ -273,12 +273,12 @@ def cmd_test_pulse(args):
                         seen["retained"] = status
                     cond.notify_all()
 
-        client, target = make_client(url, "test-pulse")
+        client, _ = make_client(url, "test-pulse")
         client.on_connect, client.on_subscribe = on_connect, on_subscribe
         client.on_publish, client.on_message = on_publish, on_message
         topic = "%s/%s/" % (prefix, args.id)
         try:
-            client.connect(target["host"], target["port"], keepalive=30)
+            connect_any(client, url)     # each broker of the list in turn
         except OSError as e:
             return _fail("cannot reach the broker %s: %s" % (mask_url(url), e))
         client.loop_start()
