@@ -1,4 +1,5 @@
 """A short soak (real relay, mosquitto, simulated cabinets, every fault kind) and the books checker."""
+import re
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,22 @@ def test_short_soak_every_fault_kind_books_balance(tmp_path):
     assert r["accepted"] == r["payments"] >= 60
     assert r["pulses_on_pin"] == r["expected_pulses"] > 0 and r["good_marked_bad"] == 0
     assert r["balanced"]
+
+
+def test_short_nats_cluster_soak_half_open_links_move_to_another_node(tmp_path):
+    """The NATS cluster's half-open fault: each end reaches every node through its own proxy; the one
+    it is on goes silent, and it must notice and redial another node. Books balance."""
+    soak = Soak(tmp_path / "soak", payments=24, cabinets=3, seed=20261130, rate=4.0, fault_gap=(0.5, 1.0),
+                log=lambda msg: None, quiet=4.0, broker="nats-cluster", kinds=[5], nats_ack_wait="2s")
+    r = soak.run(settle_timeout=60)
+    halfopens = [f for f in r["fault_log"] if f["kind"] == 5]
+    assert halfopens and r["faults_failed"] == 0, r["fault_log"]
+    for f in halfopens:     # "<who> link to NATS node nX blackholed; redialled (nY) after ..."
+        node, redial = re.search(r"node (n\d) blackholed; redialled \(([n\d,]+)\)", f["what"]).groups()
+        assert node not in redial.split(","), f
+    assert r["settled"] and r["not_final"] == 0 and r["unaccepted"] == 0, r["states"]
+    assert (r["lost"], r["doubled"], r["out_of_order"]) == (0, 0, 0), r["per_cabinet"]
+    assert r["pulses_on_pin"] == r["expected_pulses"] > 0 and r["balanced"]
 
 
 def _books(tmp_path, pins, states=None, owed=None):

@@ -82,7 +82,7 @@ def _proxy_class():
 
 class Soak:
     def __init__(self, work, payments, cabinets, seed, rate, fault_gap, pulse_ms=20, gap_ms=20, kinds=None,
-                 log=None, backend="sqlite", quiet=QUIET, relays=1, broker="mosquitto"):
+                 log=None, backend="sqlite", quiet=QUIET, relays=1, broker="mosquitto", nats_ack_wait=None):
         if backend not in BACKENDS:
             raise ValueError("backend %r: use one of %s" % (backend, ", ".join(BACKENDS)))
         if broker not in BROKERS:
@@ -103,7 +103,9 @@ class Soak:
         self.pulse_args = ["--pulse-ms", str(pulse_ms), "--gap-ms", str(gap_ms)]
         self.proxy_cls = _proxy_class()
         self.broker_kind = broker
-        self.cluster = NatsCluster(self.work / "nats") if broker == "nats-cluster" else None
+        self.cluster = None
+        if broker == "nats-cluster":    # nats_ack_wait ("2s"): a short test's shorter JetStream redelivery
+            self.cluster = NatsCluster(self.work / "nats", **({"ack_wait": nats_ack_wait} if nats_ack_wait else {}))
         self.kinds = [k for k in (kinds or sorted(KINDS)) if k != 5 or self.proxy_cls is not None]
         self.relay_env = dict(RELAY_ENV, ARCADE_MQTT_VERSION="3.1.1") if self.cluster is not None else RELAY_ENV
         if self.cluster is not None:    # past JetStream's own redelivery of an unacknowledged QoS 1 message
