@@ -192,6 +192,12 @@ BROKEN = [
     ("broker-down", lambda w, s: (dict(s, MQTT_URL="mqtt://arcade.relay:x@127.0.0.1:%d" % free_port()), {}, None),
      "broker login", "cannot connect to 127.0.0.1"),
     ("broker-anonymous", None, "broker login", "lets a client in without a password"),
+    ("cluster-node-down", lambda w, s: (dict(s, MQTT_URL="%s,mqtt://arcade.relay:x@127.0.0.1:%d"
+                                             % (s["MQTT_URL"], free_port())), {}, None),
+     "broker login", "(node 2 of 2): cannot connect to 127.0.0.1"),
+    ("cluster-node-wrong-password", lambda w, s: (dict(s, MQTT_URL="%s,mqtt://arcade.relay:wrong@127.0.0.1:%d"
+                                                       % (s["MQTT_URL"], w["port"])), {}, None),
+     "broker login", "(node 2 of 2) refused the relay's login"),
     ("cabinet-uses-relay-login", lambda w, s: (s, {"provisioned": provisioned_with(
         w, [("galaga-1", "arcade.relay", "whatever")])}, None), "cabinet isolation", "logs into the broker as the relay"),
     ("cabinet-reads-everything", lambda w, s: (s, {"provisioned": provisioned_with(
@@ -270,6 +276,18 @@ def test_each_broken_check_says_what_and_how_to_fix(world, tmp_path, case, chang
     text = "\n".join(lines)
     assert failures >= 1 and "fix: " + mine[0].fix in text
     assert_no_secret(text, world)
+
+
+def test_every_node_of_a_cluster_is_checked(world):
+    # MQTT_URL lists a cluster's nodes: each must take the relay's login (here the same broker twice)
+    s = settings(world)
+    s = dict(s, MQTT_URL="%s,%s" % (s["MQTT_URL"], s["MQTT_URL"]))
+    checks = {c.name: c for c in Doctor(s, env_path=world["env"], provisioned=world["prov"], offline=True,
+                                        use_timedatectl=False).run()}
+    assert checks["broker login"].status == "ok", checks["broker login"]
+    assert "all 2 nodes of" in checks["broker login"].detail
+    assert checks["cabinet isolation"].status == "ok", checks["cabinet isolation"]
+    assert_no_secret(checks["broker login"].detail, world)
 
 
 def test_a_database_this_user_cannot_write(world, monkeypatch):

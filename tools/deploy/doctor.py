@@ -19,7 +19,7 @@ from collections import namedtuple
 from urllib.parse import urlsplit
 
 from relay import backends
-from relay.config import ConfigError, mask_url, parse_mqtt_url
+from relay.config import ConfigError, mask_url, parse_mqtt_url, parse_mqtt_urls
 from relay.ledger import LedgerError, StorageError, inspect_database
 from tools.deploy import kit
 
@@ -177,7 +177,7 @@ class Doctor:
         name = "broker login"
         url = self.cfg.get("MQTT_URL") or ""
         try:
-            target = parse_mqtt_url(url)
+            targets = parse_mqtt_urls(url)
         except ConfigError as e:
             return [fail(name, str(e), "set MQTT_URL=mqtt://arcade-relay:PASSWORD@127.0.0.1:1883")]
         takeover = self.clientid_is_username()
@@ -185,22 +185,30 @@ class Doctor:
             return [skip(name, "%s has use_username_as_clientid: a login as the relay (or a cabinet) would take over "
                          "its session, so the login checks are not run; check the relay's log for 'connected'"
                          % takeover), skip("cabinet isolation", "not probed, for the same reason")]
-        got = mqtt_try(target, timeout=self.timeout)
-        if got["error"]:
-            return [fail(name, "%s: %s" % (mask_url(url), got["error"]),
-                         "start the broker (systemctl start mosquitto; journalctl -u mosquitto says why it stopped)")]
-        if not got["connected"]:
-            return [fail(name, "%s refused the relay's login: %s" % (mask_url(url), got["refused"]),
-                         "the password in MQTT_URL and the broker's password_file differ: run `arcade init --force` "
-                         "with the same --public-url (it keeps the secrets and rewrites mosquitto.passwd), then "
-                         "systemctl reload mosquitto")]
-        anon = mqtt_try(dict(target, username=None, password=None), timeout=self.timeout)
-        if anon["connected"]:
-            return [fail(name, "%s lets a client in without a password" % mask_url(url),
-                         "allow_anonymous false and a password_file in the broker's configuration (the mosquitto.conf "
-                         "`arcade init` wrote, linked into /etc/mosquitto/conf.d/), then systemctl restart mosquitto")]
-        return [ok(name, "%s accepts the relay's login, refuses anonymous" % mask_url(url)),
-                self.cabinet_isolation(target)]
+        # every node of a cluster (MQTT_URL lists them): a dead or misconfigured one is where the
+        # relay and the cabinets go when the node they are on fails
+        for i, target in enumerate(targets):
+            node = mask_url(_url_of(target)) + (" (node %d of %d)" % (i + 1, len(targets)) if len(targets) > 1 else "")
+            got = mqtt_try(target, timeout=self.timeout)
+            if got["error"]:
+                return [fail(name, "%s: %s" % (node, got["error"]),
+                             "start the broker (systemctl start mosquitto; journalctl -u mosquitto says why it "
+                             "stopped), or take the node out of MQTT_URL")]
+            if not got["connected"]:
+                return [fail(name, "%s refused the relay's login: %s" % (node, got["refused"]),
+                             "the password in MQTT_URL and the broker's password_file differ: run `arcade init "
+                             "--force` with the same --public-url (it keeps the secrets and rewrites "
+                             "mosquitto.passwd), then systemctl reload mosquitto")]
+            anon = mqtt_try(dict(target, username=None, password=None), timeout=self.timeout)
+            if anon["connected"]:
+                return [fail(name, "%s lets a client in without a password" % node,
+                             "allow_anonymous false and a password_file in the broker's configuration (the "
+                             "mosquitto.conf `arcade init` wrote, linked into /etc/mosquitto/conf.d/), then "
+                             "systemctl restart mosquitto")]
+        where = mask_url(url) if len(targets) == 1 else "all %d nodes of %s" % (len(targets), mask_url(url))
+        return [ok(name, "%s accept%s the relay's login, refuse%s anonymous"
+                   % ((where,) + (("s", "s") if len(targets) == 1 else ("", "")))),
+                self.cabinet_isolation(targets[0])]
 
     def clientid_is_username(self):
         """The broker configuration file that makes a login's user name its client id, if one is readable
@@ -392,6 +400,14 @@ class Doctor:
                         "when it fills" % (free_mb, folder, self.min_free_mb),
                         "free space (journalctl --vacuum-size=100M; old backups) or grow the disk")
         return ok(name, "%d MB free on %s" % (free_mb, folder))
+
+
+def _url_of(target):
+    """A parsed broker target written back as a URL (for messages, through mask_url)."""
+    login = ""
+    if target["username"] is not None:
+        login = target["username"] + (":" + target["password"] if target["password"] is not None else "") + "@"
+    return "%s://%s%s:%d" % ("mqtts" if target["tls"] else "mqtt", login, target["host"], target["port"])
 
 
 def _whoami():
