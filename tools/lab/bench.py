@@ -37,6 +37,7 @@ from tools.lab import stack
 from tools.lab import stripe_events
 from tools.lab.broker import Mosquitto, wait_port
 from tools.lab.postgres import Postgres, load_sqlite_dump
+from tools.lab.relays import Relays
 
 ROOT = Path(__file__).resolve().parents[2]
 PRICE = 100
@@ -204,6 +205,34 @@ class Naive(stack.Proc):
             raise RuntimeError("the naive relay did not start (log: %s)" % self.log_path)
         return self
 
+    def wait_ready(self):
+        time.sleep(0.5)  # the naive relay has no health check; paho connects in the background
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+
+class OneRelay(stack.Relay):
+    """`arcade relay` as a bench design: ready when its dispatcher is connected to the broker."""
+
+    def wait_ready(self):
+        stack.wait_until(lambda: self.health().get("broker") == "ok", 20, what="relay connected to the broker")
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+
+class RelayGroup(Relays):
+    """N relays on one PostgreSQL database behind nginx (tools/lab/relays.py) as a bench design."""
+
+    def wait_ready(self):
+        for name in self.names:
+            relay = self.procs[name]
+            stack.wait_until(lambda: relay.health().get("broker") == "ok", 30,
+                             what="relay %s connected to the broker" % name)
+
 
 class Bench:
     def __init__(self, args):
@@ -257,32 +286,25 @@ class Bench:
         if self.postgres is not None:
             self.postgres.remove()
 
-    def postgres_copy(self):
-        """A PostgreSQL ledger holding the SQLite ledger as it is now (same cabinets, secrets, counters)."""
+    def postgres_url(self):
+        """A PostgreSQL ledger holding the SQLite ledger as it is now (same cabinets, secrets, counters),
+        made once: the 3-relay design goes on with the database the 1-relay design left (its sequence
+        counters continue, so the cabinets accept its credits)."""
         if self.postgres is None:
-            say("[relay-postgresql] starting a private PostgreSQL (initdb in a temp dir, fsync on)")
+            say("[postgresql] starting a private PostgreSQL (initdb in a temp dir, fsync on)")
             self.postgres = Postgres(fsync=True).start()
-        name = "bench_%d" % int(time.time() * 1000)
-        url = self.postgres.create_database(name)
-        src = sqlite3.connect(str(self.db))
-        try:
-            load_sqlite_dump(url, "\n".join(src.iterdump()))
-        finally:
-            src.close()
-        return url
+            url = self.postgres.create_database("bench")
+            src = sqlite3.connect(str(self.db))
+            try:
+                load_sqlite_dump(url, "\n".join(src.iterdump()))
+            finally:
+                src.close()
+            self.pg_url = url
+        return self.pg_url
 
     def design(self, name):
-        if name == "relay":
-            return stack.Relay(self.work, str(self.db), self.broker.url, self.whsec)
-        if name == "relay-postgresql":
-            return stack.Relay(self.work / "postgresql", self.postgres_copy(), self.broker.url, self.whsec)
-        return Naive(self.work, self.cabfile, self.broker.url, self.whsec)
-
-    def wait_ready(self, name, proc):
-        if name.startswith("relay"):
-            stack.wait_until(lambda: proc.health().get("broker") == "ok", 20, what="relay connected to the broker")
-        else:
-            time.sleep(0.5)  # the naive relay has no health check; paho connects in the background
+        spec = DESIGNS[name]
+        return spec["start"](self)
 
     # -- figures -------------------------------------------------------------------------
 
@@ -410,34 +432,60 @@ class Bench:
         return (first - t_up_wall) if first else None, len(sids), lost, t_up - t_down
 
     def run_design(self, name):
+        """Start design `name`, warm it up, then take its figures `--repeat` times (one process run).
+        Returns {"reps": [figures of each repetition], "summary": {figure: median/min/max/n}, ...}."""
         a = self.args
+        spec = DESIGNS[name]
+        load_before = os.getloadavg()
         proc = self.design(name).start()
+        reps = []
         try:
-            self.wait_ready(name, proc)
-            say("[%s] latency: %d payments over %d cabinets" % (name, a.payments, len(self.cabs)))
-            edge, resp = self.latency(proc.webhook_url, a.payments)
-            say("[%s] throughput: %d webhooks, %d keep-alive senders" % (name, a.webhooks, a.senders))
-            rate, ok, elapsed = self.throughput(proc.webhook_url, a.webhooks, a.senders)
-            say("[%s] reconnect: %d payments queued while a cabinet is stopped" % (name, a.queued))
-            rec, rec_got = self.reconnect(proc.webhook_url, a.queued)
-            say("[%s] broker restart" % name)
-            res, res_sent, res_lost, down = self.broker_restart(proc.webhook_url)
-            if name.startswith("relay"):
-                stack.wait_until(lambda: proc.health().get("broker") == "ok", 20, what="relay reconnected")
-            mem = rss(proc.proc.pid)
+            proc.wait_ready()
+            self.warm_up(name, proc.webhook_url)
+            for rep in range(a.repeat):
+                fig = {}
+                say("[%s] %d/%d latency: %d payments over %d cabinets" % (name, rep + 1, a.repeat, a.payments,
+                                                                           len(self.cabs)))
+                edge, resp = self.latency(proc.webhook_url, a.payments)
+                fig.update({"edge_p50_ms": ms(pct(edge, 50)), "edge_p95_ms": ms(pct(edge, 95)),
+                            "edge_p99_ms": ms(pct(edge, 99)), "response_p50_ms": ms(pct(resp, 50)),
+                            "response_p99_ms": ms(pct(resp, 99))})
+                say("[%s] %d/%d throughput: %d webhooks, %d keep-alive senders" % (name, rep + 1, a.repeat, a.webhooks,
+                                                                                  a.senders))
+                rate, ok, elapsed = self.throughput(proc.webhook_url, a.webhooks, a.senders)
+                if ok != a.webhooks:
+                    raise RuntimeError("%s: only %d of %d webhooks answered 2xx" % (name, ok, a.webhooks))
+                fig["webhooks_per_s"] = round(rate, 1)
+                if spec["faults"]:
+                    say("[%s] %d/%d reconnect: %d payments queued while a cabinet is stopped" % (name, rep + 1, a.repeat,
+                                                                                                 a.queued))
+                    rec, rec_got = self.reconnect(proc.webhook_url, a.queued)
+                    say("[%s] %d/%d broker restart" % (name, rep + 1, a.repeat))
+                    res, res_sent, res_lost, down = self.broker_restart(proc.webhook_url)
+                    fig.update({"reconnect_to_last_pulse_ms": ms(rec), "reconnect_delivered": rec_got,
+                                "broker_restart_to_credit_ms": ms(res), "broker_restart_sent": res_sent,
+                                "broker_restart_lost": res_lost})
+                    proc.wait_ready()
+                reps.append(fig)
+            mem = rss(proc.pid) if spec["faults"] else {}
         finally:
             proc.stop()
-        return {
-            "edge_ms": {"p50": ms(pct(edge, 50)), "p95": ms(pct(edge, 95)), "p99": ms(pct(edge, 99)),
-                        "max": ms(max(edge)), "n": len(edge)},
-            "webhook_response_ms": {"p50": ms(pct(resp, 50)), "p99": ms(pct(resp, 99))},
-            "webhooks_per_s": round(rate, 1), "throughput_ok": ok, "throughput_s": round(elapsed, 2),
-            "reconnect_to_last_pulse_ms": ms(rec),
-            "reconnect_pulse_floor_ms": (a.queued - 1) * ((a.pulse_ms or 100) + (a.gap_ms or 150)), "reconnect_delivered": rec_got, "reconnect_queued": a.queued,
-            "broker_restart_to_credit_ms": ms(res), "broker_restart_sent": res_sent,
-            "broker_restart_lost": res_lost, "broker_down_ms": ms(down),
-            "rss_mib": round(mem.get("VmRSS", 0), 1), "hwm_mib": round(mem.get("VmHWM", 0), 1),
-        }
+        out = {"label": spec["label"], "reps": reps, "summary": summarize(reps),
+               "loadavg": [round(x, 2) for x in load_before + os.getloadavg()]}
+        if spec["faults"]:
+            out.update({"reconnect_queued": a.queued,
+                        "reconnect_pulse_floor_ms": (a.queued - 1) * ((a.pulse_ms or 100) + (a.gap_ms or 150)),
+                        "rss_mib": round(mem.get("VmRSS", 0), 1), "hwm_mib": round(mem.get("VmHWM", 0), 1)})
+        return out
+
+    def warm_up(self, name, url):
+        """Untimed: a few payments to the cabinets and a burst to the sinks (imports, caches, connections)."""
+        n = self.args.warmup
+        if n <= 0:
+            return
+        say("[%s] warm-up: %d payments, %d webhooks" % (name, len(self.cabs), n))
+        self.latency(url, len(self.cabs))
+        self.throughput(url, n, min(self.args.senders, n))
 
     def growth(self, sizes, n):
         db = self.work / "growth.db"
@@ -492,60 +540,262 @@ def ratio(a, b):
     return round(a / b, 2)
 
 
-ROWS = [
-    ("webhook -> first coin edge p50 (ms)", ("edge_ms", "p50")),
-    ("webhook -> first coin edge p95 (ms)", ("edge_ms", "p95")),
-    ("webhook -> first coin edge p99 (ms)", ("edge_ms", "p99")),
-    ("webhook response p50 (ms)", ("webhook_response_ms", "p50")),
-    ("webhook response p99 (ms)", ("webhook_response_ms", "p99")),
-    ("verified webhooks/s (keep-alive)", ("webhooks_per_s",)),
-    ("cabinet reconnect -> last queued pulse (ms)", ("reconnect_to_last_pulse_ms",)),
-    ("  of which coin timing alone, (K-1)(width+gap)", ("reconnect_pulse_floor_ms",)),
-    ("queued payments pulsed after reconnect", ("reconnect_delivered",)),
-    ("broker restart -> next credit pulsed (ms)", ("broker_restart_to_credit_ms",)),
-    ("payments lost around the broker restart", ("broker_restart_lost",)),
-    ("relay RSS (MiB)", ("rss_mib",)),
-    ("relay peak RSS (MiB)", ("hwm_mib",)),
+# -- the designs -------------------------------------------------------------------------------
+# name -> label (docs), what starts it, whether the fault figures (reconnect, broker restart, RSS)
+# are taken. Run in the order given; the PostgreSQL ones copy the SQLite ledger as the SQLite relay
+# left it, so run "relay" before them.
+# Hook (issue 12): the NATS-cluster row goes here as "relay-nats-cluster" (tools/lab/nats.py: the
+# relays and the cabinets on a 3-node cluster instead of self.broker), plus its label in ENGINE_ROWS.
+
+# each returns the design not yet started; run_design starts and stops it
+def _start_relay(bench):
+    return OneRelay(bench.work / "relay", str(bench.db), bench.broker.url, bench.whsec)
+
+
+def _start_naive(bench):
+    return Naive(bench.work, bench.cabfile, bench.broker.url, bench.whsec)
+
+
+def _start_relay_pg(bench):
+    return OneRelay(bench.work / "relay-postgresql", bench.postgres_url(), bench.broker.url, bench.whsec)
+
+
+def _start_relays_pg(bench, n=3):
+    return RelayGroup(bench.work / ("relays-postgresql-%d" % n), bench.postgres_url(), lambda name: bench.broker.url,
+                      bench.whsec, n)
+
+
+DESIGNS = {
+    "relay": {"label": "relay, SQLite ledger", "start": _start_relay, "faults": True},
+    "naive": {"label": "naive design (no ledger)", "start": _start_naive, "faults": True},
+    "relay-postgresql": {"label": "relay, PostgreSQL ledger, 1 relay", "start": _start_relay_pg, "faults": False},
+    "relay-postgresql-3": {"label": "PostgreSQL ledger, 3 relays behind nginx", "start": _start_relays_pg,
+                           "faults": False},
+}
+
+
+# -- summaries ---------------------------------------------------------------------------------
+
+def median(values):
+    s = sorted(values)
+    n = len(s)
+    if not n:
+        return None
+    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2.0
+
+
+def summarize(reps):
+    """figure -> {median, min, max, n} over the repetitions (figures that were None are left out)."""
+    out = {}
+    for key in sorted({k for r in reps for k in r}):
+        values = [r[key] for r in reps if r.get(key) is not None]
+        if values:
+            out[key] = {"median": round(median(values), 2), "min": min(values), "max": max(values), "n": len(values)}
+    return out
+
+
+def machine():
+    """Where the figures were taken: cores, CPU model, load average, Python and kernel."""
+    model = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"cores": os.cpu_count(), "model": model, "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+            "python": sys.version.split()[0], "kernel": os.uname().release}
+
+
+def git_commit():
+    """(commit, dirty) of the work tree the bench ran from; (None, None) outside git."""
+    import subprocess
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+    if head.returncode != 0:
+        return None, None
+    return head.stdout.strip(), bool(dirty.stdout.strip())
+
+
+# -- the profile ------------------------------------------------------------------------------
+
+def profile_webhook(n, top=30):
+    """pyinstrument over `n` sequential verified webhooks through the relay's Flask app, in this process
+    (Flask's test client: no HTTP server, no dispatcher), on a fresh SQLite ledger with synchronous=FULL.
+    Returns {"webhooks", "ms_per_webhook", "lines"}: the call tree's top lines, times in seconds."""
+    import tempfile
+    try:
+        from pyinstrument import Profiler
+    except ImportError:
+        raise RuntimeError("pyinstrument is not installed: run `make setup` (or pip install -e '.[bench]')")
+    from relay import create_app
+    from relay.ledger import open_ledger
+    with tempfile.TemporaryDirectory(prefix="arcade-profile-") as tmp:
+        db = os.path.join(tmp, "arcade.db")
+        with open_ledger(db) as ledger:
+            ledger.add_cabinet("sink-p", price_cents=PRICE)
+        whsec = "whsec_profile_" + secrets.token_hex(8)
+        app = create_app({"ARCADE_DB": db, "STRIPE_WEBHOOK_SECRET": whsec, "MQTT_URL": "mqtt://127.0.0.1:1",
+                          "ARCADE_PUBLIC_URL": "http://127.0.0.1"})
+        client = app.test_client()
+        jobs = []
+        for _ in range(n + 20):
+            body = new_payment("sink-p")[1]
+            jobs.append((body, stripe_events.signature_header(body, whsec)))
+        for body, header in jobs[:20]:      # warm-up
+            client.post("/stripe/webhook", data=body, headers={"Stripe-Signature": header})
+        profiler = Profiler(interval=0.0005)
+        t0 = time.perf_counter()
+        profiler.start()
+        for body, header in jobs[20:]:
+            r = client.post("/stripe/webhook", data=body, headers={"Stripe-Signature": header,
+                                                                    "Content-Type": "application/json"})
+            if r.status_code != 200:
+                raise RuntimeError("profile: the webhook answered %s" % r.status_code)
+        profiler.stop()
+        elapsed = time.perf_counter() - t0
+        text = profiler.output_text(unicode=False, color=False, show_all=False, short_mode=False)
+    lines = [ln.rstrip() for ln in text.splitlines()]
+    # the call tree only (pyinstrument's banner holds the date and the script path)
+    first = next((i for i, ln in enumerate(lines) if "FlaskClient.post" in ln or "profile_webhook" in ln), 0)
+    tree = [ln for ln in lines[first:] if ln.strip()]
+    return {"webhooks": n, "ms_per_webhook": round(elapsed / n * 1000.0, 3), "lines": tree[:top]}
+
+
+# -- tables: printed, and the docs/benchmarks.md region generated from the JSON ----------------
+
+# (label, figure key, unit, what "better" means is not needed: the ratio is relay / naive)
+MAIN_ROWS = [
+    ("webhook → first coin edge p50", "edge_p50_ms", "ms"),
+    ("webhook → first coin edge p95", "edge_p95_ms", "ms"),
+    ("webhook → first coin edge p99", "edge_p99_ms", "ms"),
+    ("webhook response p50", "response_p50_ms", "ms"),
+    ("webhook response p99", "response_p99_ms", "ms"),
+    ("verified webhooks/s (%(senders)s keep-alive senders)", "webhooks_per_s", "/s"),
+    ("cabinet reconnect → last of %(queued)s queued pulses", "reconnect_to_last_pulse_ms", "ms"),
+    ("queued payments pulsed after reconnect", "reconnect_delivered", "of_queued"),
+    ("broker restart → next credit pulsed", "broker_restart_to_credit_ms", "ms"),
+    ("payments lost around the broker restart", "broker_restart_lost", "of_sent"),
 ]
 
+# the engines table: one row per design that ran (the NATS-cluster design adds itself here)
+ENGINE_ROWS = ["relay", "relay-postgresql", "relay-postgresql-3", "relay-nats-cluster", "naive"]
 
-def get(d, path):
-    for k in path:
-        d = d.get(k) if isinstance(d, dict) else None
-    return d
+BEGIN = "<!-- bench:begin: generated by `arcade bench --write-docs` from docs/bench/latest.json; do not edit -->"
+END = "<!-- bench:end -->"
 
 
-def _cell(result, design, path):
-    value = get(result.get(design) or {}, path)
-    if path == ("reconnect_delivered",) and value is not None:
-        return "%s/%s" % (value, result[design]["reconnect_queued"])
-    if path == ("broker_restart_lost",) and value is not None:
-        return "%s/%s" % (value, result[design]["broker_restart_sent"])
-    return value
+def _num(v, unit):
+    if v is None:
+        return "—"
+    if isinstance(v, float) and v.is_integer() and unit not in ("ms",):
+        v = int(v)
+    if unit == "/s":
+        return "{:,.0f}".format(v)
+    if isinstance(v, float) and v >= 100:
+        return "{:,.0f}".format(v)
+    if isinstance(v, float) or unit == "ms":
+        return "%.2f" % v
+    return str(v)
+
+
+def cell(design, key, unit):
+    """'4.32 ms (4.10–4.61)': the median and the spread (min–max) over the repetitions."""
+    fig = (design or {}).get("summary", {}).get(key)
+    if fig is None:
+        return "—"
+    if unit == "of_queued":
+        return "%s/%s (%s–%s)" % (_num(fig["median"], ""), design.get("reconnect_queued"), fig["min"], fig["max"])
+    if unit == "of_sent":
+        sent = design.get("summary", {}).get("broker_restart_sent", {}).get("median")
+        return "%s/%s (%s–%s)" % (_num(fig["median"], ""), _num(sent, ""), fig["min"], fig["max"])
+    suffix = " ms" if unit == "ms" else ""
+    return "%s%s (%s–%s)" % (_num(fig["median"], unit), suffix, _num(fig["min"], unit), _num(fig["max"], unit))
+
+
+def ratio_cell(a, b, key):
+    fa = (a or {}).get("summary", {}).get(key)
+    fb = (b or {}).get("summary", {}).get(key)
+    r = ratio(fa and fa["median"], fb and fb["median"])
+    return "—" if r is None else "%.2f×" % r
+
+
+def render(result):
+    """The Markdown the docs show for one bench JSON: a pure function of the file."""
+    d = result["designs"]
+    m = result["machine"]
+    o = result["options"]
+    commit = (result.get("commit") or "unknown")[:10] + (" (+ uncommitted changes)" if result.get("dirty") else "")
+    out = ["%s UTC, commit %s, `%s`, %.0f s." % (result["time"].replace("T", " ")[:16], commit,
+                                                  result.get("command", "arcade bench"), result["elapsed_s"]),
+           "Machine: %s cores (%s), Python %s; load average %s at the start, %s at the end (other jobs share it:"
+           " compare the ratios, taken in the same run)." % (m["cores"], m.get("model") or "unknown model",
+                                                              m.get("python"), " / ".join("%.2f" % x for x in m["loadavg_start"]),
+                                                              " / ".join("%.2f" % x for x in m.get("loadavg_end", []))),
+           "Each figure: the median of %d repetitions after a warm-up, and (min–max) over them; %d payments for"
+           " latency, %d webhooks for throughput, %d simulated cabinets."
+           % (o["repeat"], o["payments"], o["webhooks"], o["cabinets"]), ""]
+    if "relay" in d and "naive" in d:
+        out += ["| figure | relay | naive | ratio |", "|---|---|---|---|"]
+        for label, key, unit in MAIN_ROWS:
+            plain = unit in ("ms", "/s")
+            out.append("| %s | %s | %s | %s |" % (label % o, cell(d["relay"], key, unit), cell(d["naive"], key, unit),
+                                                 ratio_cell(d["relay"], d["naive"], key) if plain else "—"))
+        out.append("| relay RSS / peak (at the end) | %s / %s MiB | %s / %s MiB | — |"
+                   % (d["relay"].get("rss_mib"), d["relay"].get("hwm_mib"), d["naive"].get("rss_mib"),
+                      d["naive"].get("hwm_mib")))
+        out.append("")
+    rows = [name for name in ENGINE_ROWS if name in d] + sorted(n for n in d if n not in ENGINE_ROWS)
+    if len(rows) > 1:
+        out += ["Ledger engines and relays (ratios to the naive design in the same run):", "",
+                "| design | verified webhooks/s | ratio | webhook → first edge p50 | ratio | p99 | ratio |",
+                "|---|---|---|---|---|---|---|"]
+        for name in rows:
+            x = d[name]
+            out.append("| %s | %s | %s | %s | %s | %s | %s |" % (
+                x.get("label", name), cell(x, "webhooks_per_s", "/s"), ratio_cell(x, d.get("naive"), "webhooks_per_s"),
+                cell(x, "edge_p50_ms", "ms"), ratio_cell(x, d.get("naive"), "edge_p50_ms"),
+                cell(x, "edge_p99_ms", "ms"), ratio_cell(x, d.get("naive"), "edge_p99_ms")))
+        out.append("")
+    if result.get("growth"):
+        out += ["Webhook latency as the ledger grows (relay, SQLite):", "",
+                "| ledger | database | webhook p50 | webhook p99 |", "|---|---|---|---|"]
+        for g in result["growth"]:
+            out.append("| {:,} payments | {} MiB | {:.2f} ms | {:.2f} ms |".format(g["ledger_payments"], g["db_mib"],
+                                                                               g["p50_ms"], g["p99_ms"]))
+        out.append("")
+    prof = result.get("profile")
+    if prof:
+        out += ["Profile of the webhook path (pyinstrument, %d sequential webhooks through the relay's Flask app"
+                " in one process, no HTTP server; %.2f ms a webhook; seconds, top lines):" % (prof["webhooks"],
+                                                                                           prof["ms_per_webhook"]),
+                "", "```"] + prof["lines"] + ["```", ""]
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def docs_region(text):
+    """The generated part of docs/benchmarks.md (between the markers), or None without them."""
+    if BEGIN not in text or END not in text:
+        return None
+    return text.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n") + "\n"
+
+
+def write_docs(result, docs_path):
+    """Replace the marked region of docs/benchmarks.md with render(result)."""
+    text = Path(docs_path).read_text()
+    if docs_region(text) is None:
+        raise RuntimeError("%s has no %s ... %s region" % (docs_path, BEGIN, END))
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    Path(docs_path).write_text(head + BEGIN + "\n" + render(result) + END + tail)
 
 
 def table(result):
-    """relay and naive with their ratio; relay on PostgreSQL and its ratio to naive when it ran."""
-    pg = "relay-postgresql" in result
-    head = ("figure", "relay", "naive", "ratio") + (("relay-pg", "pg/naive") if pg else ())
-    lines = [("%-46s %12s %12s %8s" + (" %12s %8s" if pg else "")) % head]
-    for label, path in ROWS:
-        cells = [_cell(result, d, path) for d in ("relay", "naive", "relay-postgresql")]
-        if path == ("reconnect_pulse_floor_ms",):
-            cells[1] = None
-        plain = path not in (("reconnect_pulse_floor_ms",), ("reconnect_delivered",), ("broker_restart_lost",))
-        r = ratio(cells[0], cells[1]) if plain else None
-        rp = ratio(cells[2], cells[1]) if plain else None
-        row = [label] + ["-" if c is None else c for c in cells[:2]] + ["-" if r is None else "%.2fx" % r]
-        fmt = "%-46s %12s %12s %8s"
-        if pg:
-            row += ["-" if cells[2] is None else cells[2], "-" if rp is None else "%.2fx" % rp]
-            fmt += " %12s %8s"
-        lines.append(fmt % tuple(row))
-    lines.append("")
-    lines.append("relay webhook latency as the ledger grows:")
-    for g in result.get("growth", []):
-        lines.append("  %9d payments (%6.1f MiB): p50 %6.2f ms  p99 %6.2f ms  (n=%d)"
-                     % (g["ledger_payments"], g["db_mib"], g["p50_ms"], g["p99_ms"], g["n"]))
-    return "\n".join(lines)
-
+    """The figures as printed at the end of a run (the same Markdown as the docs)."""
+    return render(result)
