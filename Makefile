@@ -10,7 +10,7 @@ setup: $(STAMP) umqtt mosquitto postgresql nginx nats browser deploytools node_m
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,bench]'
 	@touch $@
 
 umqtt: $(STAMP)
@@ -94,8 +94,8 @@ fuzz: $(STAMP) umqtt node_modules/.package-lock.json
 
 # Numbers, not tests: relay vs naive design (docs/benchmarks.md); soak under random faults (docs/reliability.md)
 .PHONY: bench soak
-bench: $(STAMP) umqtt mosquitto
-	$(BIN)/arcade bench
+bench: $(STAMP) umqtt mosquitto postgresql nginx
+	$(BIN)/arcade bench $(ARGS)
 # make soak BACKEND=sqlite|postgresql RELAYS=N (N > 1: PostgreSQL, nginx in front) BROKER=mosquitto|nats-cluster
 soak: $(STAMP) umqtt mosquitto postgresql nginx nats
 	$(BIN)/arcade soak --payments 1000 --cabinets 20 --seed $(or $(SEED),4242) --backend $(or $(BACKEND),sqlite) --relays $(or $(RELAYS),1) --broker $(or $(BROKER),mosquitto)
