@@ -1,22 +1,47 @@
-"""The ledger for the current request (like flaskr's db.py): opened on first use, closed at teardown."""
+"""The ledger for the current request (like flaskr's db.py): opened on first use.
+
+With SQLite each web worker thread keeps its ledger (its connection) open from one request to the next:
+opening one runs PRAGMAs and the schema check, and closing the last connection checkpoints the WAL,
+which together cost more than the webhook's own transaction. A ledger left in a transaction or after
+an unhandled error is closed at teardown and opened afresh. PostgreSQL ledgers borrow a connection
+from the pool per request and give it back at teardown, as before.
+"""
+import threading
+
 from flask import current_app, g
 
+from relay.backends import is_postgres
 from relay.ledger import open_ledger
 
 
 def get_ledger():
     if "ledger" not in g:
-        g.ledger = open_ledger(current_app.config["ARCADE_DB"], current_app.config["ARCADE_DB_BUSY_TIMEOUT"])
+        db, timeout = current_app.config["ARCADE_DB"], current_app.config["ARCADE_DB_BUSY_TIMEOUT"]
+        kept = current_app.extensions.get("arcade_ledgers")
+        if kept is None or is_postgres(db):
+            g.ledger = open_ledger(db, timeout)
+        else:
+            ledger = getattr(kept, "ledger", None)
+            if ledger is None or ledger.path != str(db):
+                ledger = kept.ledger = open_ledger(db, timeout)
+            g.ledger, g.ledger_kept = ledger, True
     return g.ledger
 
 
 def close_ledger(e=None):
     ledger = g.pop("ledger", None)
-    if ledger is not None:
-        ledger.close()
+    kept = g.pop("ledger_kept", False)
+    if ledger is None:
+        return
+    if kept and e is None and not ledger.in_transaction:
+        return          # this thread's next request uses it again
+    if kept:
+        current_app.extensions["arcade_ledgers"].ledger = None
+    ledger.close()
 
 
 def init_app(app):
+    app.extensions["arcade_ledgers"] = threading.local()   # SQLite: one open ledger per worker thread
     app.teardown_appcontext(close_ledger)
     # Create the database (and its ledger id) now, so a bad path stops the relay at start-up.
     with open_ledger(app.config["ARCADE_DB"], app.config["ARCADE_DB_BUSY_TIMEOUT"]) as ledger:

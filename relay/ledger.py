@@ -31,6 +31,7 @@ import os
 import re
 import secrets
 import sqlite3
+import threading
 import time
 from contextlib import contextmanager
 
@@ -318,6 +319,97 @@ def open_ledger(path, busy_timeout_ms=5000):
     return Ledger(path, busy_timeout_ms)
 
 
+class _CommitGroup:
+    """Group commit for the webhooks of one process on one SQLite database.
+
+    A caller queues its work; if no caller is committing, it leads: it takes everything queued, runs
+    each work in a savepoint of one BEGIN IMMEDIATE transaction on its own connection, commits (one
+    fsync for the lot) and hands each caller its result or its error. Whoever queued meanwhile waits
+    for that commit to end; then the first of them leads the next batch with everything queued by then.
+    Nobody answers before the commit that holds its own row has returned, and an idle relay commits a
+    lone webhook at once (no timer). A failure of the transaction itself (BEGIN, COMMIT, a statement
+    error that ends the transaction) fails every work in the batch: nothing of theirs was committed."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._queue = []
+        self._leading = False
+
+    def run(self, ledger, work):
+        item = _Work(work)
+        with self._lock:
+            self._queue.append(item)
+            if not self._leading:
+                self._leading = item.lead = True
+        if not item.lead:
+            item.done.wait()            # set by the leader of its batch, or to make it lead the next one
+        if item.lead:
+            with self._lock:
+                batch, self._queue = self._queue, []
+            try:
+                self._commit(ledger, batch)
+            finally:
+                for other in batch:
+                    if other is not item:
+                        other.done.set()
+                with self._lock:
+                    if self._queue:
+                        self._queue[0].lead = True
+                        self._queue[0].done.set()
+                    else:
+                        self._leading = False
+        if item.error is not None:
+            raise item.error
+        return item.result
+
+    @staticmethod
+    def _commit(ledger, batch):
+        db = ledger._db
+        cur = db.cursor()
+        try:
+            ledger.dialect.begin(cur)
+            for item in batch:
+                cur.execute("SAVEPOINT arcade_work")
+                try:
+                    item.result = item.work(cur)
+                except Exception as e:
+                    if not db.in_transaction:
+                        raise           # the engine ended the whole transaction: the batch fails
+                    cur.execute("ROLLBACK TO arcade_work")
+                    item.error = e
+                cur.execute("RELEASE arcade_work")
+            cur.execute("COMMIT")
+        except BaseException as e:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            for item in batch:
+                if item.error is None:
+                    item.result, item.error = None, e
+            if not isinstance(e, Exception):
+                raise
+        finally:
+            cur.close()
+
+
+class _Work:
+    __slots__ = ("work", "done", "lead", "result", "error")
+
+    def __init__(self, work):
+        self.work, self.done, self.lead, self.result, self.error = work, threading.Event(), False, None, None
+
+
+_groups = {}
+_groups_lock = threading.Lock()
+
+
+def _commit_group(path):
+    with _groups_lock:
+        group = _groups.get(path)
+        if group is None:
+            group = _groups[path] = _CommitGroup()
+        return group
+
+
 class Ledger:
     def __init__(self, path, busy_timeout_ms=5000):
         self.path = str(path)
@@ -347,6 +439,10 @@ class Ledger:
     def close(self):
         self._db.close()
 
+    @property
+    def in_transaction(self):
+        return self._db.in_transaction
+
     def __enter__(self):
         return self
 
@@ -369,6 +465,16 @@ class Ledger:
             raise
         finally:
             cur.close()
+
+    def _grouped(self, work):
+        """work(cur) in a write transaction, answered once that transaction is durable. On SQLite,
+        concurrent callers in this process share one transaction and so one commit (one fsync, with
+        synchronous=FULL): group commit (_CommitGroup). Each work runs in its own savepoint, so it
+        succeeds or fails alone, exactly as in a transaction of its own. PostgreSQL: _write()."""
+        if self.dialect.name != "sqlite":
+            with self._write() as cur:
+                return work(cur)
+        return _commit_group(self.path).run(self, work)
 
     def _rows(self, sql, args=()):
         cur = self._db.execute(sql, args)
@@ -638,7 +744,8 @@ class Ledger:
         """
         if outcome not in ("credit", "pending", "invalid", "failed", "expired"):
             raise ValueError("unknown outcome %r" % (outcome,))
-        with self._write() as cur:
+
+        def record(cur):
             now = time.time()  # taken under the lock, so times follow commit (and seq) order
             cur.execute("INSERT INTO events (event_id, session_id, type, outcome, received_at) "
                         "VALUES (?, ?, ?, '', ?) ON CONFLICT (event_id) DO NOTHING",
@@ -678,6 +785,8 @@ class Ledger:
                 result = state
             cur.execute("UPDATE events SET outcome = ? WHERE event_id = ?", (result, event_id))
             return result
+
+        return self._grouped(record)
 
     # -- payments: reading -------------------------------------------------------------------
 
@@ -720,11 +829,15 @@ class Ledger:
         (claim_refund) wins and it is not returned, and a refund after sees it was published. So a
         refunded credit is never published, and a published one is never refunded as undelivered.
         The same write fixes its signed expiry, `expiry(row)` (Unix seconds, 0 for none; relay/expiry.py)."""
-        rows = self._rows("SELECT p.session_id, p.cabinet_id, p.seq, p.credits, p.pulses, p.issued_ts, p.state, "
-                          "p.queued_at, p.published_at, p.exp, c.secret FROM payments p "
-                          "JOIN (SELECT cabinet_id, MIN(seq) AS seq FROM payments WHERE state IN ('queued', 'sent') "
-                          "GROUP BY cabinet_id) h ON h.cabinet_id = p.cabinet_id AND h.seq = p.seq "
-                          "JOIN cabinets c ON c.id = p.cabinet_id ORDER BY p.cabinet_id")
+        # per cabinet, one lookup in the payments_pending index (not a scan of every pending credit:
+        # cabinets that are offline may hold thousands)
+        rows = self._rows("WITH h AS MATERIALIZED (SELECT c.id AS cabinet_id, c.secret AS secret, "
+                          "(SELECT MIN(q.seq) FROM payments q WHERE q.cabinet_id = c.id AND q.state IN ('queued', 'sent')) "
+                          "AS seq FROM cabinets c) "
+                          "SELECT p.session_id, p.cabinet_id, p.seq, p.credits, p.pulses, p.issued_ts, p.state, "
+                          "p.queued_at, p.published_at, p.exp, h.secret FROM h "
+                          "JOIN payments p ON p.cabinet_id = h.cabinet_id AND p.seq = h.seq "
+                          "WHERE h.seq IS NOT NULL AND p.state IN ('queued', 'sent') ORDER BY p.cabinet_id")
         rows = [row for row in rows if row["cabinet_id"] not in exclude]
         fresh = [row for row in rows if row["published_at"] is None]
         if fresh:

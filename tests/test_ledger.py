@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from relay.ledger import CabinetExists, LedgerError, UnknownCabinet, open_ledger
+from relay.ledger import CabinetExists, LedgerError, StorageError, UnknownCabinet, open_ledger
 
 
 @pytest.fixture
@@ -126,6 +126,70 @@ def test_concurrent_writers_on_separate_connections_get_distinct_increasing_seqs
     by_time = sorted(rows, key=lambda r: (r["queued_at"], r["seq"]))
     assert [r["seq"] for r in by_time] == sorted(r["seq"] for r in by_time), "seq not increasing with commit order"
     assert ledger.get_cabinet("cab1")["next_seq"] == 41
+
+
+def test_concurrent_webhooks_sharing_a_commit_each_succeed_or_fail_alone(ledger):
+    """Group commit (SQLite): concurrent record_checkout calls may share one transaction; each runs in
+    its own savepoint, so a failing one (unknown cabinet) or a duplicate event leaves the others whole."""
+    ledger.add_cabinet("cab1")
+    barrier = threading.Barrier(12)
+    out, errors = {}, {}
+
+    def writer(k):
+        barrier.wait(30)
+        with open_ledger(ledger.path) as mine:
+            try:
+                if k % 4 == 3:
+                    out[k] = credit(mine, "bad%d" % k, cab="nope")
+                elif k % 4 == 2:
+                    out[k] = credit(mine, "dup")        # the same event id from three threads
+                else:
+                    out[k] = credit(mine, k)
+            except UnknownCabinet as e:
+                errors[k] = e
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(errors) == [3, 7, 11]
+    assert sorted(out[k] for k in (2, 6, 10)) == ["duplicate_event", "duplicate_event", "queued"]
+    assert all(out[k] == "queued" for k in (0, 1, 4, 5, 8, 9))
+    assert all(ledger.get_payment("cs_bad%d" % k) is None for k in (3, 7, 11))
+    rows = ledger.list_payments(limit=100)
+    assert sorted(r["seq"] for r in rows) == list(range(1, 8)), "one seq per recorded credit, no gap"
+    assert ledger.get_cabinet("cab1")["next_seq"] == 8
+
+
+def test_a_shared_commit_that_fails_fails_every_webhook_in_it_and_a_retry_records_them(tmp_path):
+    db = str(tmp_path / "arcade.db")
+    with open_ledger(db) as ledger:
+        ledger.add_cabinet("cab1")
+    locker = sqlite3.connect(db, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")           # another program holds the write lock past the busy timeout
+    errors = []
+
+    def writer(k):
+        with open_ledger(db, busy_timeout_ms=200) as mine:
+            try:
+                credit(mine, k)
+            except StorageError as e:
+                errors.append(e)
+
+    try:
+        threads = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    assert len(errors) == 4
+    with open_ledger(db) as ledger:
+        assert ledger.list_payments() == []
+        assert [credit(ledger, k) for k in range(4)] == ["queued"] * 4, "nothing of the failed commit was kept"
 
 
 def test_a_failed_transaction_changes_nothing(ledger):
