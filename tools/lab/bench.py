@@ -113,6 +113,19 @@ def pct(values, p):
     return s[k]
 
 
+def cpu_seconds(pids):
+    """User + system CPU seconds used so far by the processes `pids` (all their threads), from /proc."""
+    total = 0
+    for pid in pids:
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])     # utime, stime (fields 14 and 15 of stat)
+    return total / float(os.sysconf("SC_CLK_TCK"))
+
+
 def rss(pid):
     """VmRSS and VmHWM of a process in MiB, from /proc/<pid>/status."""
     out = {}
@@ -212,6 +225,10 @@ class Naive(stack.Proc):
     def pid(self):
         return self.proc.pid
 
+    @property
+    def pids(self):
+        return [self.proc.pid]
+
 
 class OneRelay(stack.Relay):
     """`arcade relay` as a bench design: ready when its dispatcher is connected to the broker."""
@@ -223,6 +240,10 @@ class OneRelay(stack.Relay):
     def pid(self):
         return self.proc.pid
 
+    @property
+    def pids(self):
+        return [self.proc.pid]
+
 
 class RelayGroup(Relays):
     """N relays on one PostgreSQL database behind nginx (tools/lab/relays.py) as a bench design."""
@@ -232,6 +253,10 @@ class RelayGroup(Relays):
             relay = self.procs[name]
             stack.wait_until(lambda: relay.health().get("broker") == "ok", 30,
                              what="relay %s connected to the broker" % name)
+
+    @property
+    def pids(self):
+        return [relay.proc.pid for relay in self.procs.values()]
 
 
 class Bench:
@@ -452,10 +477,15 @@ class Bench:
                             "response_p99_ms": ms(pct(resp, 99))})
                 say("[%s] %d/%d throughput: %d webhooks, %d keep-alive senders" % (name, rep + 1, a.repeat, a.webhooks,
                                                                                   a.senders))
+                cpu, mine = cpu_seconds(proc.pids), time.process_time()
                 rate, ok, elapsed = self.throughput(proc.webhook_url, a.webhooks, a.senders)
+                cpu, mine = cpu_seconds(proc.pids) - cpu, time.process_time() - mine
                 if ok != a.webhooks:
                     raise RuntimeError("%s: only %d of %d webhooks answered 2xx" % (name, ok, a.webhooks))
                 fig["webhooks_per_s"] = round(rate, 1)
+                # the server's own CPU per webhook (all its threads: web, dispatcher, paho) during the run
+                fig["server_cpu_ms_per_webhook"] = round(cpu / ok * 1000.0, 3)
+                fig["sender_cpu_ms_per_webhook"] = round(mine / ok * 1000.0, 3)    # this process: the senders
                 if spec["faults"]:
                     say("[%s] %d/%d reconnect: %d payments queued while a cabinet is stopped" % (name, rep + 1, a.repeat,
                                                                                                  a.queued))
@@ -678,6 +708,8 @@ MAIN_ROWS = [
     ("webhook response p50", "response_p50_ms", "ms"),
     ("webhook response p99", "response_p99_ms", "ms"),
     ("verified webhooks/s (%(senders)s keep-alive senders)", "webhooks_per_s", "/s"),
+    ("server CPU per webhook in that run (all its threads)", "server_cpu_ms_per_webhook", "ms"),
+    ("the senders' CPU per webhook in that run (the bench)", "sender_cpu_ms_per_webhook", "ms"),
     ("cabinet reconnect → last of %(queued)s queued pulses", "reconnect_to_last_pulse_ms", "ms"),
     ("queued payments pulsed after reconnect", "reconnect_delivered", "of_queued"),
     ("broker restart → next credit pulsed", "broker_restart_to_credit_ms", "ms"),
@@ -754,13 +786,13 @@ def render(result):
     rows = [name for name in ENGINE_ROWS if name in d] + sorted(n for n in d if n not in ENGINE_ROWS)
     if len(rows) > 1:
         out += ["Ledger engines and relays (ratios to the naive design in the same run):", "",
-                "| design | verified webhooks/s | ratio | webhook → first edge p50 | ratio | p99 | ratio |",
-                "|---|---|---|---|---|---|---|"]
+                "| design | verified webhooks/s | ratio | server CPU per webhook | webhook → first edge p50 | ratio "
+                "| p99 | ratio |", "|---|---|---|---|---|---|---|---|"]
         for name in rows:
             x = d[name]
-            out.append("| %s | %s | %s | %s | %s | %s | %s |" % (
+            out.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
                 x.get("label", name), cell(x, "webhooks_per_s", "/s"), ratio_cell(x, d.get("naive"), "webhooks_per_s"),
-                cell(x, "edge_p50_ms", "ms"), ratio_cell(x, d.get("naive"), "edge_p50_ms"),
+                cell(x, "server_cpu_ms_per_webhook", "ms"), cell(x, "edge_p50_ms", "ms"), ratio_cell(x, d.get("naive"), "edge_p50_ms"),
                 cell(x, "edge_p99_ms", "ms"), ratio_cell(x, d.get("naive"), "edge_p99_ms")))
         out.append("")
     if result.get("growth"):
