@@ -160,6 +160,11 @@ class Dispatcher:
     def wake(self):
         self.wake_event.set()
 
+    def in_flight(self, cab):
+        """Has this dispatcher a credit of `cab` in flight? Then a new one waits for its ack, whose step
+        puts the next in flight: a webhook committed before asking needs no wake-up of its own."""
+        return cab in self._flights
+
     @property
     def client_id(self):
         if self.leases is not None:     # one per relay process: each keeps its own broker session

@@ -147,7 +147,13 @@ def stripe_webhook():
     ledger = get_ledger()  # a storage failure from here on answers 503 (see create_app)
     result, verdict = fulfil(ledger, event_id, event_type, session, refuse=_mode_mismatch(event))
     if result == "queued":
-        current_app.extensions["arcade"]["wake"].set()
+        # the dispatcher publishes it now, unless the cabinet has a credit in flight here: then the
+        # ack's step sends this one (asked after the commit, so that step reads it); a wake-up per
+        # webhook for a busy cabinet is a ledger scan for nothing
+        arcade = current_app.extensions["arcade"]
+        dispatcher = arcade.get("dispatcher")
+        if dispatcher is None or not dispatcher.in_flight(verdict["cabinet_id"]):
+            arcade["wake"].set()
     log.info("webhook %s %s session %s cabinet %s: %s%s", event_id, event_type, session_id,
              verdict["cabinet_id"], result, " (%s)" % verdict["reason"] if verdict["reason"] else "")
     return jsonify(received=True, result=result, session=session_id), 200

@@ -64,6 +64,21 @@ def test_paid_checkout_is_recorded_with_a_sequenced_credit(client, ledger, app):
     assert app.extensions["arcade"]["wake"].is_set(), "the dispatcher was not woken"
 
 
+def test_a_credit_for_a_cabinet_with_one_in_flight_wakes_no_dispatcher_step_and_is_still_queued(client, ledger, app):
+    """The dispatcher's ack step sends the next credit of a busy cabinet: the webhook skips the wake-up
+    (a ledger scan for nothing); an idle cabinet's credit wakes it."""
+    class Busy:
+        def in_flight(self, cab):
+            return cab == "cab1"
+
+    wake = app.extensions["arcade"]["wake"]
+    app.extensions["arcade"]["dispatcher"] = Busy()
+    busy = paid()
+    assert post(client, busy).json["result"] == "queued" and not wake.is_set()
+    assert ledger.get_payment(busy["data"]["object"]["id"])["state"] == "queued"
+    assert post(client, paid(cab="cab2", amount=50)).json["result"] == "queued" and wake.is_set()
+
+
 # --- refused before anything is recorded: 400 ---------------------------------------------------
 
 def _stale(client, evt):
