@@ -116,3 +116,64 @@ def test_killed_after_commit_delivers_on_restart(relays):
                                amount=100, currency="usd", credits=1, pulses=1)
         relays["start"]("two")
         stack.wait_until(lambda: ledger.get_payment("cs_test_k")["state"] == "sent", 20, what="sent on restart")
+
+
+def _children(pid):
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open("/proc/%s/stat" % name) as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(name))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+def test_workers_serve_webhooks_from_several_processes_and_one_dispatcher_delivers_them(tmp_path, broker):
+    """--workers 3: two forked web workers on the relay's socket; whichever process takes a webhook, the
+    parent's dispatcher is woken and every credit pulses once; SIGTERM stops the workers too."""
+    from tools.lab import stripe_events
+    from tools.lab.bench import Http
+    whsec = "whsec_workers_test"
+    db = str(tmp_path / "arcade.db")
+    with open_ledger(db) as ledger:
+        secret = ledger.add_cabinet("cab1", price_cents=100)
+    # no re-reading of the database for 10 min: only the wake-ups (the workers' through the pipe) deliver
+    relay = stack.Relay(tmp_path, db, broker.url, whsec, extra_env={"ARCADE_RESCAN": "600"},
+                        extra_args=["--workers", "3"]).start()
+    cab = stack.Cabinet(tmp_path, "cab1", secret, broker.url, extra_args=["--pulse-ms", "20", "--gap-ms", "20"])
+    workers = []
+    try:
+        stack.wait_until(lambda: len(_children(relay.proc.pid)) == 2, 20, what="two web workers")
+        workers = _children(relay.proc.pid)
+        cab.start().wait_connected(30)
+        paid = []
+        for _ in range(12):
+            http = Http(relay.webhook_url)        # a new connection each time: spread over the processes
+            session = stripe_events.checkout_session("cab1", 100, client_reference_id="cab1")
+            body = stripe_events.encode(stripe_events.event(session))
+            try:
+                assert http.post(body, stripe_events.signature_header(body, whsec)) == 200
+            finally:
+                http.close()
+            paid.append(session["id"])
+            # idle again: the next credit needs a wake-up of its own (without one, the next periodic step
+            # of the dispatcher, up to 30 s away, would send it)
+            cab.wait_pulses(len(paid), timeout=10)
+        pulses = [p["session"] for p in cab.pulses()]
+        assert sorted(pulses) == sorted(paid), "each paid credit pulsed exactly once"
+    finally:
+        cab.stop()
+        relay.stop()
+    assert relay.proc.returncode == 0
+    assert workers and not [pid for pid in workers if os.path.exists("/proc/%d" % pid)], "a worker outlived the relay"
+    log = relay.log_path.read_text()
+    assert "Traceback" not in log
+
+
+def test_workers_must_be_at_least_one(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "tools.cli", "relay", "--workers", "0"], capture_output=True,
+                          text=True, env=relay_env(tmp_path), timeout=60)
+    assert done.returncode == 2 and "--workers 0" in done.stderr

@@ -5,10 +5,12 @@ it cleanly: the web server stops taking requests, the dispatcher disconnects fro
 (keeping its session), and the database is closed.
 """
 import argparse
+import atexit
 import logging
 import os
 import signal
 import sys
+import threading
 
 import waitress
 
@@ -17,10 +19,28 @@ from relay.config import ConfigError, db_path, mask_url
 from relay.dispatcher import start_for_app
 from relay.backends import is_postgres, redact
 from relay.ledger import StorageError, exposed_files
+from tools.commands import webworkers
 
 
 def _stop(signum, frame):
     raise SystemExit(0)  # waitress's run() catches it and returns; cleanup follows in main()
+
+
+def _server(app, args, listen):
+    return waitress.create_server(app, threads=args.threads, ident="arcade-relay", max_request_body_size=MAX_BODY,
+                                  max_request_header_size=64 * 1024, **listen)
+
+
+def _worker(args, listen, wake):
+    """A web worker process (--workers): its own app on the shared socket, no dispatcher."""
+    signal.signal(signal.SIGTERM, _stop)
+    app = create_app()
+    app.extensions["arcade"]["wake"] = wake
+    server = _server(app, args, listen)
+    try:
+        server.run()
+    finally:
+        server.close()
 
 
 def main(argv=None):
@@ -32,16 +52,28 @@ def main(argv=None):
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default %(default)s; 0 = any free)")
     p.add_argument("--threads", type=int, default=8, help="web worker threads (default %(default)s)")
+    p.add_argument("--workers", type=int, default=1, help="web worker processes (default %(default)s); above 1, "
+                   "N-1 more serve the same socket and the dispatcher stays in this one (tools/commands/webworkers.py)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = p.parse_args(argv)
-    if args.threads < 1:
-        p.error("--threads %d: give at least 1" % args.threads)
+    if args.threads < 1 or args.workers < 1:
+        p.error("--threads %d --workers %d: give at least 1" % (args.threads, args.workers))
     try:
         logs.setup(args.log_level)      # ARCADE_LOG_FORMAT=json: one JSON object a line
     except ValueError as e:
         print("arcade relay: %s" % e, file=sys.stderr)
         return 2
     os.umask(0o077)   # the database, its -wal/-shm and anything else this process writes: owner only
+    listen, wake_fd = dict(host=args.host, port=args.port), None
+    if args.workers > 1:     # forked before anything opens a database connection or starts a thread
+        try:
+            sock = webworkers.listen(args.host, args.port)
+        except OSError as e:
+            print("arcade relay: cannot listen on %s:%d: %s" % (args.host, args.port, e), file=sys.stderr)
+            return 2
+        listen = dict(sockets=[sock])
+        pids, wake_fd = webworkers.start(args.workers - 1, lambda wake: _worker(args, listen, wake))
+        atexit.register(webworkers.stop, pids)
     try:
         app = create_app()
     except ConfigError as e:
@@ -69,9 +101,7 @@ def main(argv=None):
     try:
         # waitress refuses a larger body from its Content-Length (or as chunks arrive) with 413,
         # before the application sees it or it is buffered whole.
-        server = waitress.create_server(app, host=args.host, port=args.port, threads=args.threads,
-                                        ident="arcade-relay", max_request_body_size=MAX_BODY,
-                                        max_request_header_size=64 * 1024)
+        server = _server(app, args, listen)
     except OSError as e:
         print("arcade relay: cannot listen on %s:%d: %s (is another relay running? try --port)"
               % (args.host, args.port, e), file=sys.stderr)
@@ -79,6 +109,8 @@ def main(argv=None):
     dispatcher = lead = None
     try:
         dispatcher = start_for_app(app)
+        if wake_fd is not None:     # the workers' committed credits wake this process's dispatcher
+            webworkers.relay_wakes(wake_fd, app.extensions["arcade"]["wake"], threading.Event())
         # the leader reconciles with Stripe (when STRIPE_API_KEY is set), alerts (once per incident) and
         # refunds expired credits: SQLite, the dispatcher's process; PostgreSQL (every relay dispatches
         # its leased cabinets), the holder of the leader lease, which moves (relay/leadership.py)

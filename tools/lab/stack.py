@@ -115,7 +115,7 @@ class WebhookEndpoint:
 class Relay(WebhookEndpoint, Proc):
     """`arcade relay` on a free port."""
 
-    def __init__(self, workdir, db, mqtt_url, webhook_secret, port=None, extra_env=None):
+    def __init__(self, workdir, db, mqtt_url, webhook_secret, port=None, extra_env=None, extra_args=()):
         self.port = port or free_port()
         # a token for /healthz's details (the public sees only ok / not ok) and a public address on loopback
         self.metrics_token = (extra_env or {}).get("ARCADE_METRICS_TOKEN") or secrets.token_hex(16)
@@ -123,7 +123,7 @@ class Relay(WebhookEndpoint, Proc):
                     "ARCADE_PUBLIC_URL": "http://127.0.0.1:%d" % self.port, **(extra_env or {}),
                     "ARCADE_METRICS_TOKEN": self.metrics_token})
         argv = [sys.executable, "-m", "tools.cli", "relay", "--host", "127.0.0.1", "--port", str(self.port)]
-        super().__init__(argv, env, Path(workdir) / "relay.log", "relay")
+        super().__init__(argv + list(extra_args), env, Path(workdir) / "relay.log", "relay")
 
     def start(self, timeout=20.0):
         super().start()
