@@ -19,7 +19,7 @@ from relay.config import ConfigError, db_path, mask_url
 from relay.dispatcher import start_for_app
 from relay.backends import is_postgres, redact
 from relay.ledger import StorageError, exposed_files
-from tools.commands import webworkers
+from relay import webworkers
 
 
 def _stop(signum, frame):
@@ -53,7 +53,7 @@ def main(argv=None):
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default %(default)s; 0 = any free)")
     p.add_argument("--threads", type=int, default=8, help="web worker threads (default %(default)s)")
     p.add_argument("--workers", type=int, default=1, help="web worker processes (default %(default)s); above 1, "
-                   "N-1 more serve the same socket and the dispatcher stays in this one (tools/commands/webworkers.py)")
+                   "N-1 more serve the same socket and the dispatcher stays in this one (relay/webworkers.py)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = p.parse_args(argv)
     if args.threads < 1 or args.workers < 1:

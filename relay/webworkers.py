@@ -7,7 +7,7 @@ connection to one of the processes. A worker runs no dispatcher: a committed cre
 parent's through a pipe (one byte, non-blocking; a full pipe already holds a wake-up). The workers
 die with the parent (PR_SET_PDEATHSIG), also when it is SIGKILLed, and stop on its SIGTERM.
 
-Not a helper of the webhook path itself: relay/ knows nothing of this module.
+Used by tools/commands/relay.py only; the webhook path does not import it.
 """
 import ctypes
 import os
