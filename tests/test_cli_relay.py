@@ -118,24 +118,11 @@ def test_killed_after_commit_delivers_on_restart(relays):
         stack.wait_until(lambda: ledger.get_payment("cs_test_k")["state"] == "sent", 20, what="sent on restart")
 
 
-def _children(pid):
-    out = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open("/proc/%s/stat" % name) as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        out.append(int(name))
-            except (OSError, ValueError, IndexError):
-                pass
-    return out
-
-
 def test_workers_serve_webhooks_from_several_processes_and_one_dispatcher_delivers_them(tmp_path, broker):
     """--workers 3: two forked web workers on the relay's socket; whichever process takes a webhook, the
     parent's dispatcher is woken and every credit pulses once; SIGTERM stops the workers too."""
     from tools.lab import stripe_events
-    from tools.lab.bench import Http
+    from tools.lab.bench import Http, children
     whsec = "whsec_workers_test"
     db = str(tmp_path / "arcade.db")
     with open_ledger(db) as ledger:
@@ -146,8 +133,8 @@ def test_workers_serve_webhooks_from_several_processes_and_one_dispatcher_delive
     cab = stack.Cabinet(tmp_path, "cab1", secret, broker.url, extra_args=["--pulse-ms", "20", "--gap-ms", "20"])
     workers = []
     try:
-        stack.wait_until(lambda: len(_children(relay.proc.pid)) == 2, 20, what="two web workers")
-        workers = _children(relay.proc.pid)
+        stack.wait_until(lambda: len(children(relay.proc.pid)) == 2, 20, what="two web workers")
+        workers = children(relay.proc.pid)
         cab.start().wait_connected(30)
         paid = []
         for _ in range(12):
