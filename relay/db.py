@@ -1,10 +1,12 @@
 """The ledger for the current request (like flaskr's db.py): opened on first use.
 
-With SQLite each web worker thread keeps its ledger (its connection) open from one request to the next:
-opening one runs PRAGMAs and the schema check, and closing the last connection checkpoints the WAL,
-which together cost more than the webhook's own transaction. A ledger left in a transaction or after
-an unhandled error is closed at teardown and opened afresh. PostgreSQL ledgers borrow a connection
-from the pool per request and give it back at teardown, as before.
+In a server process (keep_connections(app), called by `arcade relay`) each web worker thread keeps its
+SQLite ledger (its connection) open from one request to the next: opening one runs PRAGMAs and the
+schema check, and closing the last connection checkpoints the WAL, which together cost more than the
+webhook's own transaction. A ledger left in a transaction or after an unhandled error is closed at
+teardown and opened afresh. Otherwise (tests, one-off apps: many apps in one process) a ledger is
+opened per request and closed at teardown; PostgreSQL ledgers always borrow a pooled connection per
+request.
 """
 import threading
 
@@ -40,8 +42,13 @@ def close_ledger(e=None):
     ledger.close()
 
 
+def keep_connections(app):
+    """SQLite: one open ledger per web thread of this app, for the life of the process (a server's
+    threads are few and fixed)."""
+    app.extensions["arcade_ledgers"] = threading.local()
+
+
 def init_app(app):
-    app.extensions["arcade_ledgers"] = threading.local()   # SQLite: one open ledger per worker thread
     app.teardown_appcontext(close_ledger)
     # Create the database (and its ledger id) now, so a bad path stops the relay at start-up.
     with open_ledger(app.config["ARCADE_DB"], app.config["ARCADE_DB_BUSY_TIMEOUT"]) as ledger:

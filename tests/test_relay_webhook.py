@@ -79,6 +79,26 @@ def test_a_credit_for_a_cabinet_with_one_in_flight_wakes_no_dispatcher_step_and_
     assert post(client, paid(cab="cab2", amount=50)).json["result"] == "queued" and wake.is_set()
 
 
+def test_a_server_app_keeps_one_sqlite_connection_per_thread_and_a_plain_app_opens_one_per_request(app, monkeypatch):
+    from relay import db as relay_db
+    opened = []
+    real = relay_db.open_ledger
+
+    def counting(*a, **kw):
+        opened.append(a[0])
+        return real(*a, **kw)
+
+    monkeypatch.setattr(relay_db, "open_ledger", counting)
+    client = app.test_client()
+    for _ in range(3):
+        assert post(client, paid()).json["result"] == "queued"
+    assert len(opened) == 3, "a plain app (tests, one-off tools) opens and closes a ledger per request"
+    relay_db.keep_connections(app)          # what `arcade relay` does
+    for _ in range(3):
+        assert post(client, paid()).json["result"] == "queued"
+    assert len(opened) == 4, "a server app's thread opens its ledger once and keeps it"
+
+
 # --- refused before anything is recorded: 400 ---------------------------------------------------
 
 def _stale(client, evt):

@@ -14,7 +14,7 @@ import threading
 
 import waitress
 
-from relay import MAX_BODY, alerts, autorefund, create_app, expiry, leadership, logs, reconcile
+from relay import MAX_BODY, db, alerts, autorefund, create_app, expiry, leadership, logs, reconcile
 from relay.config import ConfigError, db_path, mask_url
 from relay.dispatcher import start_for_app
 from relay.backends import is_postgres, redact
@@ -27,6 +27,7 @@ def _stop(signum, frame):
 
 
 def _server(app, args, listen):
+    db.keep_connections(app)    # each web thread keeps its SQLite connection (relay/db.py)
     return waitress.create_server(app, threads=args.threads, ident="arcade-relay", max_request_body_size=MAX_BODY,
                                   max_request_header_size=64 * 1024, **listen)
 

@@ -686,6 +686,7 @@ def profile_webhook(n, top=30):
     except ImportError:
         raise RuntimeError("pyinstrument is not installed: run `make setup` (or pip install -e '.[bench]')")
     from relay import create_app
+    from relay import db as db_module
     from relay.ledger import open_ledger
     with tempfile.TemporaryDirectory(prefix="arcade-profile-") as tmp:
         db = os.path.join(tmp, "arcade.db")
@@ -694,6 +695,7 @@ def profile_webhook(n, top=30):
         whsec = "whsec_profile_" + secrets.token_hex(8)
         app = create_app({"ARCADE_DB": db, "STRIPE_WEBHOOK_SECRET": whsec, "MQTT_URL": "mqtt://127.0.0.1:1",
                           "ARCADE_PUBLIC_URL": "http://127.0.0.1"})
+        db_module.keep_connections(app)        # as `arcade relay` serves it
         client = app.test_client()
         jobs = []
         for _ in range(n + 20):
