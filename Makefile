@@ -94,7 +94,7 @@ fuzz: $(STAMP) umqtt node_modules/.package-lock.json
 
 # Numbers, not tests: relay vs naive design (docs/benchmarks.md); soak under random faults (docs/reliability.md)
 .PHONY: bench soak
-bench: $(STAMP) umqtt mosquitto postgresql nginx
+bench: $(STAMP) umqtt mosquitto postgresql nginx nats
 	$(BIN)/arcade bench $(ARGS)
 # make soak BACKEND=sqlite|postgresql RELAYS=N (N > 1: PostgreSQL, nginx in front) BROKER=mosquitto|nats-cluster
 soak: $(STAMP) umqtt mosquitto postgresql nginx nats

@@ -81,7 +81,7 @@ def test_tiny_bench_run_reports_every_figure(tmp_path, capsys):
     out = tmp_path / "bench.json"
     rc = bench_cmd.main(["--payments", "4", "--cabinets", "2", "--webhooks", "20", "--senders", "2", "--queued", "2",
                          "--repeat", "2", "--warmup", "10", "--profile", "20",
-                         "--designs", "relay,naive,relay-postgresql-3",
+                         "--designs", "relay,naive,relay-postgresql-3,relay-nats-cluster",
                          "--ledger-sizes", "200", "--growth-webhooks", "5", "--pulse-ms", "20", "--gap-ms", "20",
                          "--dir", str(tmp_path / "work"), "--out", str(out)])
     assert rc == 0
@@ -89,7 +89,7 @@ def test_tiny_bench_run_reports_every_figure(tmp_path, capsys):
     assert result["machine"]["cores"] >= 1 and len(result["machine"]["loadavg_start"]) == 3
     assert result["time"] and result["options"]["repeat"] == 2
     assert result["commit"] is None or len(result["commit"]) == 40
-    for name in ("relay", "naive", "relay-postgresql-3"):
+    for name in ("relay", "naive", "relay-postgresql-3", "relay-nats-cluster"):
         d = result["designs"][name]
         assert len(d["reps"]) == 2
         s = d["summary"]
@@ -104,4 +104,4 @@ def test_tiny_bench_run_reports_every_figure(tmp_path, capsys):
     assert result["growth"][0]["ledger_payments"] >= 200
     assert any("stripe_webhook" in line for line in result["profile"]["lines"])
     printed = capsys.readouterr().out
-    assert "webhook → first coin edge p50" in printed and "3 relays behind nginx" in printed
+    assert "webhook → first coin edge p50" in printed and "3 relays behind nginx" in printed and "NATS cluster" in printed

@@ -39,7 +39,7 @@ def main(argv=None):
                    help="webhooks profiled with pyinstrument, in process (default %(default)s; 0: no profile)")
     p.add_argument("--pulse-ms", type=int, default=None, help="coin pulse width (default: the board's, 100)")
     p.add_argument("--gap-ms", type=int, default=None, help="gap between pulses (default: the board's, 150)")
-    p.add_argument("--designs", default="relay,relay-workers,naive,relay-postgresql,relay-postgresql-3",
+    p.add_argument("--designs", default="relay,relay-workers,naive,relay-postgresql,relay-postgresql-3,relay-nats-cluster",
                    help="which designs to run, in order: %s (default %%(default)s)" % ", ".join(lab.DESIGNS))
     p.add_argument("--dir", default=str(lab.ROOT / "build" / "bench"), help="work folder (logs, databases)")
     p.add_argument("--out", default=None, help="write the figures as JSON here (default DIR/bench.json)")

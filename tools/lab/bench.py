@@ -36,6 +36,7 @@ from urllib.parse import urlsplit
 from tools.lab import stack
 from tools.lab import stripe_events
 from tools.lab.broker import Mosquitto, wait_port
+from tools.lab.nats import NatsCluster
 from tools.lab.postgres import Postgres, load_sqlite_dump
 from tools.lab.relays import Relays
 
@@ -588,8 +589,8 @@ def ratio(a, b):
 # name -> label (docs), what starts it, whether the fault figures (reconnect, broker restart, RSS)
 # are taken. Run in the order given; the PostgreSQL ones copy the SQLite ledger as the SQLite relay
 # left it, so run "relay" before them.
-# Hook (issue 12): the NATS-cluster row goes here as "relay-nats-cluster" (tools/lab/nats.py: the
-# relays and the cabinets on a 3-node cluster instead of self.broker), plus its label in ENGINE_ROWS.
+# "relay-nats-cluster" moves the cabinets (same flash) from the bench's mosquitto to a 3-node NATS
+# cluster for its run and back afterwards.
 
 # each returns the design not yet started; run_design starts and stops it
 def _start_relay(bench):
@@ -609,6 +610,68 @@ def _start_relay_pg(bench):
     return OneRelay(bench.work / "relay-postgresql", bench.postgres_url(), bench.broker.url, bench.whsec)
 
 
+class NatsDesign:
+    """The relay (SQLite ledger, MQTT 3.1.1) and the bench's cabinets on a private 3-node NATS cluster
+    with JetStream (tools/lab/nats.py: each login its own NATS user, the $MQTT streams on all three
+    nodes) instead of the bench's mosquitto: the cabinets move there with their flash for this run and
+    back afterwards. The broker-restart and reconnect figures are mosquitto's (a node's loss is in
+    docs/scale.md)."""
+
+    def __init__(self, bench):
+        self.bench = bench
+        self.cluster = self.relay = None
+
+    def start(self):
+        from relay.ledger import open_ledger
+        b = self.bench
+        with open_ledger(str(b.db)) as ledger:
+            logins = ledger.broker_logins()
+        say("[relay-nats-cluster] starting a 3-node NATS cluster (JetStream, MQTT listeners)")
+        self.cluster = NatsCluster(b.work / "nats", logins=logins).start()
+        try:
+            self._move(lambda cab: ",".join(self.cluster.cabinet_urls(cab)))
+            self.relay = OneRelay(b.work / "relay-nats", str(b.db), self.cluster.url_list(*logins["relay"]), b.whsec,
+                                  extra_env={"ARCADE_MQTT_VERSION": "3.1.1"}).start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _move(self, url_of):
+        b = self.bench
+        for cab in b.cabs:
+            b.sims[cab].stop()
+        for cab in b.cabs:
+            b.sims[cab] = stack.Cabinet(b.work, cab, b.secrets[cab], url_of(cab), keepalive=30,
+                                        extra_args=b.sim_args()).start()
+        for cab in b.cabs:
+            b.sims[cab].wait_connected(30)
+
+    def stop(self):
+        if self.relay is not None:
+            self.relay.stop()
+            self.relay = None
+        if self.cluster is not None:
+            self._move(lambda cab: self.bench.broker.url)     # back on mosquitto for the designs after
+            self.cluster.stop()
+            self.cluster = None
+
+    def wait_ready(self):
+        self.relay.wait_ready()
+
+    @property
+    def webhook_url(self):
+        return self.relay.webhook_url
+
+    @property
+    def pid(self):
+        return self.relay.pid
+
+    @property
+    def pids(self):
+        return self.relay.pids
+
+
 def _start_relays_pg(bench, n=3):
     return RelayGroup(bench.work / ("relays-postgresql-%d" % n), bench.postgres_url(), lambda name: bench.broker.url,
                       bench.whsec, n)
@@ -621,6 +684,8 @@ DESIGNS = {
     "naive": {"label": "naive design (no ledger)", "start": _start_naive, "faults": True},
     "relay-postgresql": {"label": "relay, PostgreSQL ledger, 1 relay", "start": _start_relay_pg, "faults": False},
     "relay-postgresql-3": {"label": "PostgreSQL ledger, 3 relays behind nginx", "start": _start_relays_pg,
+                           "faults": False},
+    "relay-nats-cluster": {"label": "relay, SQLite ledger, 3-node NATS cluster (MQTT 3.1.1)", "start": NatsDesign,
                            "faults": False},
 }
 
