@@ -102,13 +102,16 @@ class Dispatcher:
         if backends.is_postgres(self.db_path):
             self.leases = leases.Leases(settings.get("ARCADE_RELAY_NAME") or leases.default_name(),
                                         float(settings.get("ARCADE_LEASE_SECONDS") or leases.DEFAULT_SECONDS), clock)
-        self.leader = False         # holds the database's dispatcher lock (runs reconciliation, alerts)
+        # holds the database's dispatcher lock: with SQLite the relay-wide duties (reconciliation,
+        # alerts, refunds) run in this process; with PostgreSQL the leader lease decides where they
+        # run, and it moves (relay/leadership.py)
+        self.leader = False
 
     # -- life cycle ---------------------------------------------------------------------------
 
     def start(self):
         """Take the database's dispatcher lock and start. False if another process holds it (SQLite;
-        with PostgreSQL every relay starts, and the lock's holder is the `leader`)."""
+        with PostgreSQL every relay starts; relay/leadership.py decides which one runs the duties)."""
         lock = backends.take_dispatcher_lock(self.db_path)
         self.leader = lock is not None
         if lock is None and self.leases is None:
