@@ -77,16 +77,7 @@ class World:
 
     def books(self):
         """Per cabinet: pulses for sessions paid (once each), none doubled, none for a session not paid."""
-        out = {}
-        for cab in CABS:
-            pins = self.sims[cab].pulses()
-            by_session = {}
-            for p in pins:
-                by_session[p["session"]] = by_session.get(p["session"], 0) + 1
-            out[cab] = {"paid": len(self.paid[cab]), "pulses": len(pins),
-                        "lost": sorted(s for s in self.paid[cab] if s not in by_session),
-                        "doubled": sorted(s for s, n in by_session.items() if n > 1 or s not in self.paid[cab])}
-        return out
+        return {cab: stack.session_books(self.paid[cab], self.sims[cab].pulses()) for cab in CABS}
 
     def close(self):
         if self.http is not None:

@@ -199,6 +199,18 @@ class Cabinet(Proc):
                              [x for x in ls if x.get("event") == "pulse"], timeout, "%d pulses" % n)
 
 
+def session_books(paid, pins):
+    """One cabinet's books from its pin, trusting neither ledger nor journal: `paid` = the sessions the
+    caller paid for (one credit, one coin each), `pins` = its pulse lines. Lost: paid, never pulsed;
+    doubled: pulsed twice, or pulsed for a session nobody paid this cabinet for."""
+    by_session = {}
+    for p in pins:
+        by_session[p["session"]] = by_session.get(p["session"], 0) + 1
+    return {"paid": len(paid), "pulses": len(pins),
+            "lost": sorted(s for s in paid if s not in by_session),
+            "doubled": sorted(s for s, n in by_session.items() if n > 1 or s not in paid)}
+
+
 def wait_until(predicate, timeout=20.0, interval=0.05, what="condition"):
     """Poll a condition with a deadline (for state that lives in another process's database)."""
     deadline = time.monotonic() + timeout
