@@ -66,15 +66,32 @@ def open_backend(db, busy_timeout_ms=5000):
     return SQLite.open(str(db), busy_timeout_ms)
 
 
+# SQLite's writers in this process, per database file: they queue on this lock before BEGIN
+# IMMEDIATE, so one waits exactly until the other commits, where SQLite's own busy handler would
+# poll in sleeps of 1, 2, 5, 10... ms (a webhook behind a dispatcher's fsync lost milliseconds).
+# Other processes (web workers, tools) still meet in SQLite's lock and its busy timeout.
+_sqlite_writers = {}
+_sqlite_writers_lock = threading.Lock()
+
+
+def _writer_lock(path):
+    with _sqlite_writers_lock:
+        lock = _sqlite_writers.get(path)
+        if lock is None:
+            lock = _sqlite_writers[path] = threading.RLock()
+        return lock
+
+
 class SQLite:
     name = "sqlite"
 
-    def __init__(self, busy_timeout_ms):
+    def __init__(self, busy_timeout_ms, path=None):
         self.busy_timeout_ms = int(busy_timeout_ms)
+        self._writers = _writer_lock(path)
 
     @classmethod
     def open(cls, path, busy_timeout_ms):
-        dialect = cls(busy_timeout_ms)
+        dialect = cls(busy_timeout_ms, path)
         # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT) in Ledger._write().
         db = sqlite3.connect(path, timeout=busy_timeout_ms / 1000.0, isolation_level=None, factory=_SqliteConnection)
         try:
@@ -87,7 +104,19 @@ class SQLite:
         return db, dialect
 
     def begin(self, cur):
-        cur.execute("BEGIN IMMEDIATE")
+        """BEGIN IMMEDIATE, after this process's other writers on the file (end() lets the next in)."""
+        if not self._writers.acquire(timeout=self.busy_timeout_ms / 1000.0):
+            raise sqlite3.OperationalError("database is locked: another writer of this process held it for "
+                                           "%d ms (the busy timeout)" % self.busy_timeout_ms)
+        try:
+            cur.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._writers.release()
+            raise
+
+    def end(self):
+        """The transaction begin() opened has ended (committed or rolled back)."""
+        self._writers.release()
 
     def schema_cached(self, db):
         return None
@@ -314,6 +343,9 @@ class PostgreSQL:
         # One round trip: simple-query protocol (no parameters) runs the three statements in turn.
         cur._cur.execute("BEGIN; SET LOCAL lock_timeout = %d; SELECT pg_advisory_xact_lock(%d)"
                          % (self.busy_timeout_ms, WRITE_LOCK))
+
+    def end(self):
+        pass        # the advisory lock ends with the transaction
 
     def schema_cached(self, db):
         """The ledger id when this process has already created/migrated this database's schema."""

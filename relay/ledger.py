@@ -366,8 +366,10 @@ class _CommitGroup:
     def _commit(ledger, batch):
         db = ledger._db
         cur = db.cursor()
+        begun = False
         try:
             ledger.dialect.begin(cur)
+            begun = True
             for item in batch:
                 cur.execute("SAVEPOINT arcade_work")
                 try:
@@ -389,6 +391,8 @@ class _CommitGroup:
                 raise
         finally:
             cur.close()
+            if begun:
+                ledger.dialect.end()
 
 
 class _Work:
@@ -465,6 +469,7 @@ class Ledger:
             raise
         finally:
             cur.close()
+            self.dialect.end()
 
     def _grouped(self, work):
         """work(cur) in a write transaction, answered once that transaction is durable. On SQLite,
@@ -644,33 +649,41 @@ class Ledger:
         rows = self._rows("SELECT epoch FROM cabinet_epochs WHERE cabinet_id = ?", (cabinet_id,))
         return rows[0]["epoch"] if rows else ""
 
-    def set_cabinet_epoch(self, cabinet_id, epoch, boot=None, n=None, now=None):
+    def set_cabinet_epoch(self, cabinet_id, epoch, boot=None, n=None, now=None, status=None):
         """Record what the cabinet said about its journal: `epoch`, with the (boot, n) seal of a status
         (None: from an ack, no seal). Returns "new" (another epoch than the current one: the old one is
         retired), "fresh" (same epoch, a higher seal or none), or "stale" (a retired epoch, or a seal not
-        above the last one accepted: a replay), in one transaction."""
+        above the last one accepted: a replay), in one transaction. `status`: the keyword arguments of
+        record_status for the status that said it, recorded in that same transaction unless stale."""
         now = time.time() if now is None else now
         with self._write() as cur:
-            cur.execute("SELECT epoch, boot, n, retired FROM cabinet_epochs WHERE cabinet_id = ?", (cabinet_id,))
-            row = cur.fetchone()
-            retired = json.loads(row[3]) if row else []
-            if epoch in retired:
-                return "stale"
-            if row is not None and row[0] == epoch:
-                if boot is None:
-                    return "fresh"
-                if (boot, n) <= (row[1], row[2]):
-                    return "stale"
-                cur.execute("UPDATE cabinet_epochs SET boot = ?, n = ?, seen_at = ? WHERE cabinet_id = ?",
-                            (boot, n, now, cabinet_id))
+            verdict = self._set_epoch(cur, cabinet_id, epoch, boot, n, now)
+            if status is not None and verdict != "stale":
+                self._update_status(cur, cabinet_id, **status)
+            return verdict
+
+    @staticmethod
+    def _set_epoch(cur, cabinet_id, epoch, boot, n, now):
+        cur.execute("SELECT epoch, boot, n, retired FROM cabinet_epochs WHERE cabinet_id = ?", (cabinet_id,))
+        row = cur.fetchone()
+        retired = json.loads(row[3]) if row else []
+        if epoch in retired:
+            return "stale"
+        if row is not None and row[0] == epoch:
+            if boot is None:
                 return "fresh"
-            if row is not None and row[0]:
-                retired = (retired + [row[0]])[-RETIRED_EPOCHS:]
-            cur.execute("INSERT INTO cabinet_epochs (cabinet_id, epoch, boot, n, retired, seen_at) VALUES "
-                        "(?, ?, ?, ?, ?, ?) ON CONFLICT (cabinet_id) DO UPDATE SET epoch = excluded.epoch, "
-                        "boot = excluded.boot, n = excluded.n, retired = excluded.retired, seen_at = excluded.seen_at",
-                        (cabinet_id, epoch, boot or 0, n or 0, json.dumps(retired), now))
-            return "new"
+            if (boot, n) <= (row[1], row[2]):
+                return "stale"
+            cur.execute("UPDATE cabinet_epochs SET boot = ?, n = ?, seen_at = ? WHERE cabinet_id = ?",
+                        (boot, n, now, cabinet_id))
+            return "fresh"
+        if row is not None and row[0]:
+            retired = (retired + [row[0]])[-RETIRED_EPOCHS:]
+        cur.execute("INSERT INTO cabinet_epochs (cabinet_id, epoch, boot, n, retired, seen_at) VALUES "
+                    "(?, ?, ?, ?, ?, ?) ON CONFLICT (cabinet_id) DO UPDATE SET epoch = excluded.epoch, "
+                    "boot = excluded.boot, n = excluded.n, retired = excluded.retired, seen_at = excluded.seen_at",
+                    (cabinet_id, epoch, boot or 0, n or 0, json.dumps(retired), now))
+        return "new"
 
     def rekey_cabinet(self, cabinet_id, secret=None, now=None):
         """A new HMAC secret for the cabinet (`arcade provision` makes one for every board it writes):
@@ -722,18 +735,24 @@ class Ledger:
             if cur.rowcount != 1:
                 raise UnknownCabinet("no cabinet %r: see `arcade cabinet list`" % (id,))
 
-    def record_status(self, id, online, status=None, seen_at=None):
-        """The cabinet's retained status (or any sign of life): online flag, last seen, status JSON."""
+    def record_status(self, id, online, status=None, seen_at=None, clock_set=None):
+        """The cabinet's retained status (or any sign of life): online flag, last seen, status JSON, and,
+        from a live one, whether its clock is set (set_cabinet_clock; None: unchanged), in one write."""
         with self._write() as cur:
-            cur.execute("UPDATE cabinets SET online = ?, last_seen = ?, status = COALESCE(?, status) WHERE id = ?",
-                        (1 if online else 0, seen_at or time.time(),
-                         json.dumps(status) if status is not None else None, id))
-            return cur.rowcount == 1
+            return self._update_status(cur, id, online, status, seen_at, clock_set)
+
+    @staticmethod
+    def _update_status(cur, id, online, status=None, seen_at=None, clock_set=None):
+        cur.execute("UPDATE cabinets SET online = ?, last_seen = ?, status = COALESCE(?, status), "
+                    "clock_set = COALESCE(?, clock_set) WHERE id = ?",
+                    (1 if online else 0, seen_at or time.time(), json.dumps(status) if status is not None else None,
+                     None if clock_set is None else (1 if clock_set else 0), id))
+        return cur.rowcount == 1
 
     # -- payments: the webhook side ----------------------------------------------------------
 
     def record_checkout(self, event_id, event_type, session_id, outcome, cabinet_id=None, amount=None,
-                        currency=None, credits=0, pulses=0, reason=""):
+                        currency=None, credits=0, pulses=0, reason="", publish_first=None):
         """Record one Stripe event about one Checkout Session, idempotently, in one transaction.
 
         outcome: "credit" (queue a credit of `credits`/`pulses` for `cabinet_id`, allocating its seq),
@@ -741,6 +760,13 @@ class Ledger:
         Returns what happened: "queued", "pending", "invalid", "failed", "expired", "duplicate_event"
         (this event id was seen before) or "duplicate_session" (the session already has an outcome
         this event cannot change). Only a "pending" session can still change.
+
+        publish_first: a dict from a dispatcher of this process that can publish the credit the moment
+        it is committed (Dispatcher.first_publish). When the new credit is its cabinet's only
+        unacknowledged one, the same transaction marks it published with its signed exp, as
+        next_deliveries would (`publish_first["expiry"](queued_at, clock_set)`), and puts the row to
+        publish (next_deliveries' columns and the cabinet's epoch) in `publish_first["row"]`, to be
+        used only once this call has returned: committed, durable.
         """
         if outcome not in ("credit", "pending", "invalid", "failed", "expired"):
             raise ValueError("unknown outcome %r" % (outcome,))
@@ -783,10 +809,30 @@ class Ledger:
                                 (cabinet_id, state, reason, credits, pulses, amount, currency, seq, issued,
                                  event_type, now, paid_at, queued_at, done_at, session_id))
                 result = state
+                if publish_first is not None and state == "queued":
+                    publish_first["row"] = self._mark_first(cur, publish_first["expiry"], session_id, cabinet_id,
+                                                            seq, credits, pulses, issued, now)
             cur.execute("UPDATE events SET outcome = ? WHERE event_id = ?", (result, event_id))
             return result
 
         return self._grouped(record)
+
+    @staticmethod
+    def _mark_first(cur, expiry, session_id, cabinet_id, seq, credits, pulses, issued, now):
+        """record_checkout's publish_first: None when an older credit of the cabinet is unacknowledged
+        (it goes first: the dispatcher sends this one after its ack)."""
+        cur.execute("SELECT 1 FROM payments WHERE cabinet_id = ? AND state IN ('queued', 'sent') AND seq < ? LIMIT 1",
+                    (cabinet_id, seq))
+        if cur.fetchone() is not None:
+            return None
+        cur.execute("SELECT c.secret, c.clock_set, (SELECT e.epoch FROM cabinet_epochs e WHERE e.cabinet_id = c.id) "
+                    "FROM cabinets c WHERE c.id = ?", (cabinet_id,))
+        secret, clock_set, epoch = cur.fetchone()
+        exp = int(expiry(now, bool(clock_set)))
+        cur.execute("UPDATE payments SET published_at = ?, exp = ? WHERE session_id = ?", (now, exp, session_id))
+        return {"session_id": session_id, "cabinet_id": cabinet_id, "seq": seq, "credits": credits, "pulses": pulses,
+                "issued_ts": issued, "state": "queued", "queued_at": now, "published_at": now, "exp": exp,
+                "secret": secret, "epoch": epoch or ""}
 
     # -- payments: reading -------------------------------------------------------------------
 

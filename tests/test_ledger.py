@@ -274,3 +274,91 @@ def test_another_programs_hold_on_the_write_lock_keeps_writers_off(ledger_db):
     finally:
         locker.execute(release)
         locker.close()
+
+
+def exp_of(ledger, session):
+    return ledger._rows("SELECT exp FROM payments WHERE session_id = ?", (session,))[0]["exp"]
+
+
+def test_publish_first_marks_only_the_cabinets_lowest_pending_credit_in_the_same_transaction(ledger):
+    """record_checkout's publish_first (a dispatcher of this process about to publish the credit itself):
+    the only unacknowledged credit of its cabinet is marked published with the exp the caller computes
+    from the cabinet's clock, and its row handed back; a credit behind another is left to the dispatcher."""
+    ledger.add_cabinet("cab1")
+    seen = []
+
+    def expiry(queued_at, clock_set):
+        seen.append(clock_set)
+        return int(queued_at) + 60 if clock_set else 0
+
+    first = {"expiry": expiry}
+    assert ledger.record_checkout("evt_1", "checkout.session.completed", "cs_1", "credit", cabinet_id="cab1",
+                                  amount=100, currency="usd", credits=1, pulses=1, publish_first=first) == "queued"
+    row, pay = first["row"], ledger.get_payment("cs_1")
+    assert seen == [False] and row["exp"] == exp_of(ledger, "cs_1") == 0 and pay["published_at"] == row["published_at"]
+    assert (row["session_id"], row["seq"], row["pulses"], row["epoch"]) == ("cs_1", pay["seq"], 1, "")
+    assert row["secret"] == ledger.get_cabinet("cab1")["secret"]
+    second = {"expiry": expiry}
+    assert ledger.record_checkout("evt_2", "checkout.session.completed", "cs_2", "credit", cabinet_id="cab1",
+                                  amount=100, currency="usd", credits=1, pulses=1, publish_first=second) == "queued"
+    assert second["row"] is None and ledger.get_payment("cs_2")["published_at"] is None
+    # the first acked: the next credit is the only pending one again; a set clock gives it an exp
+    assert ledger.record_ack("cs_1", pay["seq"], "applied", ack_pulses=1, ack_last=pay["seq"])
+    ledger.record_status("cab1", True, clock_set=True)
+    ledger.set_cabinet_epoch("cab1", "0123456789abcdef")
+    third = {"expiry": expiry}
+    assert ledger.record_checkout("evt_3", "checkout.session.completed", "cs_3", "credit", cabinet_id="cab1",
+                                  amount=100, currency="usd", credits=1, pulses=1, publish_first=third) == "queued"
+    assert third["row"] is None, "cs_2 is still unacknowledged and goes first"
+    # a duplicate event or an invalid payment is no credit: nothing marked, no row
+    dup = {"expiry": expiry}
+    assert ledger.record_checkout("evt_1", "checkout.session.completed", "cs_1", "credit", cabinet_id="cab1",
+                                  amount=100, currency="usd", credits=1, pulses=1,
+                                  publish_first=dup) == "duplicate_event"
+    assert "row" not in dup
+    assert ledger.record_ack("cs_2", ledger.get_payment("cs_2")["seq"], "applied")
+    ledger.record_ack("cs_3", ledger.get_payment("cs_3")["seq"], "applied")
+    fourth = {"expiry": expiry}
+    ledger.record_checkout("evt_4", "checkout.session.completed", "cs_4", "credit", cabinet_id="cab1",
+                           amount=100, currency="usd", credits=1, pulses=1, publish_first=fourth)
+    pay = ledger.get_payment("cs_4")
+    assert fourth["row"]["epoch"] == "0123456789abcdef" and fourth["row"]["exp"] == exp_of(ledger, "cs_4") == int(
+        pay["queued_at"]) + 60
+
+
+def test_writers_of_one_process_queue_for_each_other_and_the_wait_is_bounded(tmp_path):
+    """SQLite writers in one process wait on a lock of their own (relay/backends.py) instead of SQLite's
+    sleeping busy handler: the second writer goes the moment the first commits; one held past the busy
+    timeout fails the other with a storage error, which changes nothing."""
+    db = str(tmp_path / "w.db")
+    with open_ledger(db) as led:
+        led.add_cabinet("cab1")
+    inside, release, done = threading.Event(), threading.Event(), []
+
+    def hold():
+        with open_ledger(db, 5000) as holder, holder._write() as cur:
+            cur.execute("UPDATE cabinets SET name = 'held' WHERE id = 'cab1'")
+            inside.set()
+            release.wait(10)
+
+    def patient():
+        with open_ledger(db, 10000) as led:
+            done.append(led.set_enabled("cab1", False))
+
+    t = threading.Thread(target=hold)
+    t.start()
+    try:
+        assert inside.wait(10)
+        with open_ledger(db, 300) as waiter:
+            with pytest.raises(sqlite3.OperationalError, match="busy timeout"):
+                waiter.set_enabled("cab1", False)       # waits 300 ms for the other writer, then gives up
+            assert waiter.get_cabinet("cab1")["enabled"], "the refused write changed nothing"
+        w = threading.Thread(target=patient)
+        w.start()
+    finally:
+        release.set()
+        t.join(10)
+    w.join(10)
+    with open_ledger(db) as led:
+        row = led.get_cabinet("cab1")
+    assert done == [None] and not row["enabled"] and row["name"] == "held"
