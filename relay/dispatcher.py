@@ -10,8 +10,11 @@ lowest unacknowledged credit of each cabinet and (re)publishes it, so a relay ki
 and publish, or between publish and ack, delivers after restart.
 
 Threads: paho's network thread only queues what it hears (connect, PUBACK, messages) and wakes the
-worker; the worker thread does all database work and publishing, so the delivery logic is single
-threaded.
+worker; the worker thread does the database work and publishing, each step under the dispatcher's
+lock. One shortcut, under that lock too: a webhook of this process whose credit is its cabinet's
+only unacknowledged one has it marked published in its own transaction and publishes it from its
+own thread once committed (first_publish / publish_first), the worker's wake-up, read and write
+saved from the path to the first coin.
 
 Per cabinet:   queued --publish--> (PUBACK) sent --verified ack--> applied | duplicate | rejected
                rejected/stale_seq: re-sequence past the cabinet's `last`, publish again.
@@ -81,6 +84,7 @@ class Dispatcher:
         self.ledger_id = None
         self._inbox = collections.deque()
         self._stopping = threading.Event()
+        self._lock = threading.RLock()  # the delivery state below: the worker's steps, a webhook's publish_first
         self._thread = None
         self._client = None
         self._lock_file = None
@@ -167,6 +171,30 @@ class Dispatcher:
         """Has this dispatcher a credit of `cab` in flight? Then a new one waits for its ack, whose step
         puts the next in flight: a webhook committed before asking needs no wake-up of its own."""
         return cab in self._flights
+
+    def first_publish(self, cab):
+        """For a webhook about to record a credit for `cab`: Ledger.record_checkout's publish_first when
+        this dispatcher may publish it the moment it is committed (connected, nothing of `cab` in
+        flight, its lease held), else None. A hint read without the lock: publish_first decides."""
+        if not self._session_up or cab in self._flights or self._stopping.is_set() or (
+                self.leases is not None and not self.leases.valid(cab)):
+            return None
+        return {"expiry": lambda queued_at, clock_set: expiry.exp_for(queued_at, clock_set, self.refund_after)}
+
+    def publish_first(self, row):
+        """Put a credit the webhook's committed transaction marked published (record_checkout's
+        publish_first["row"]) in flight and publish it, from the webhook's thread. If the worker put it
+        in flight meanwhile, nothing to do; if the connection went down, the worker sends it from the
+        ledger (it is marked, with its exp) as it would any other."""
+        with self._lock:
+            cab = row["cabinet_id"]
+            if self._session_up and cab not in self._flights and not self._stopping.is_set():
+                flight = self._flights[cab] = _Flight(row, self._credit(row, row["epoch"]), self.clock(),
+                                                      row["epoch"])
+                self._publish(flight)
+                return True
+        self.wake_event.set()
+        return False
 
     @property
     def client_id(self):
@@ -280,20 +308,24 @@ class Dispatcher:
 
     def step(self, ledger):
         """One round of delivery work: handle what paho reported, put idle cabinets' next credits in
-        flight, resend what is due. Returns the seconds until the next round is due."""
+        flight, resend what is due. Returns the seconds until the next round is due. Holds the
+        dispatcher's lock for each part (each thing paho reported is one), not for the whole round:
+        a webhook's publish_first waits for one of them at most."""
         if self.leases is not None:
-            self.leases.renew(ledger)
-            for cab in [c for c in self._flights if not self.leases.valid(c)]:
-                del self._flights[cab]  # lost or run out: its holder (maybe this relay again) publishes it
+            with self._lock:
+                self.leases.renew(ledger)
+                for cab in [c for c in self._flights if not self.leases.valid(c)]:
+                    del self._flights[cab]  # lost or run out: its holder (maybe this relay again) publishes it
         self._drain(ledger)
-        if self._session_up:
-            self._drop_revoked(ledger)
-            self._fill(ledger)
-            self._check_retained_configs(ledger)
-            self._refresh_screens(ledger)
-            self._publish_configs(ledger)
-            self._redeliver_due()
-        return self._next_timeout()
+        with self._lock:
+            if self._session_up:
+                self._drop_revoked(ledger)
+                self._fill(ledger)
+                self._check_retained_configs(ledger)
+                self._refresh_screens(ledger)
+                self._publish_configs(ledger)
+                self._redeliver_due()
+            return self._next_timeout()
 
     def _next_timeout(self):
         now = self.clock()
@@ -311,35 +343,39 @@ class Dispatcher:
 
     def _drain(self, ledger):
         while self._inbox:
-            item = self._inbox.popleft()
-            kind = item[0]
-            if kind == "connected":
-                self._session_up = True
-                self._mids.clear()
-                self._cfg_mids.clear()
-                self._cfg_sent.clear()      # unacknowledged configs are published again below
-                self._cfg_seen.clear()
-                self._cfg_check_at = self.clock() + CONFIG_CHECK_AFTER
-                log.info("connected to %s (session %s); resuming %d credit(s) in flight", self.broker,
-                         "kept" if item[1] else "new", len(self._flights))
-                for flight in self._flights.values():
-                    flight.attempts = 0
-                    self._publish(flight)
-            elif kind == "disconnected":
-                if self._session_up:
-                    log.warning("disconnected from the broker (%s); paho reconnects", item[1])
-                self._session_up = False
-            elif kind == "puback":
-                if item[1] in self._cfg_mids:
-                    cab, ver = self._cfg_mids.pop(item[1])
-                    ledger.mark_config_published(cab, ver)
-                    log.info("config ver %d for %s is on the broker (retained)", ver, cab)
-                    continue
-                flight = self._mids.pop(item[1], None)
-                if flight is not None and self._flights.get(flight.cab) is flight:
-                    ledger.mark_sent(flight.session, flight.seq)
-            elif kind == "message":
-                self._on_cabinet_message(ledger, *item[1:])
+            with self._lock:
+                self._handle(ledger, self._inbox.popleft())
+
+    def _handle(self, ledger, item):
+        """One thing paho reported (see _drain)."""
+        kind = item[0]
+        if kind == "connected":
+            self._session_up = True
+            self._mids.clear()
+            self._cfg_mids.clear()
+            self._cfg_sent.clear()      # unacknowledged configs are published again below
+            self._cfg_seen.clear()
+            self._cfg_check_at = self.clock() + CONFIG_CHECK_AFTER
+            log.info("connected to %s (session %s); resuming %d credit(s) in flight", self.broker,
+                     "kept" if item[1] else "new", len(self._flights))
+            for flight in self._flights.values():
+                flight.attempts = 0
+                self._publish(flight)
+        elif kind == "disconnected":
+            if self._session_up:
+                log.warning("disconnected from the broker (%s); paho reconnects", item[1])
+            self._session_up = False
+        elif kind == "puback":
+            if item[1] in self._cfg_mids:
+                cab, ver = self._cfg_mids.pop(item[1])
+                ledger.mark_config_published(cab, ver)
+                log.info("config ver %d for %s is on the broker (retained)", ver, cab)
+                return
+            flight = self._mids.pop(item[1], None)
+            if flight is not None and self._flights.get(flight.cab) is flight:
+                ledger.mark_sent(flight.session, flight.seq)
+        elif kind == "message":
+            self._on_cabinet_message(ledger, *item[1:])
 
     def _fill(self, ledger):
         """Put the lowest-seq unacknowledged credit of every idle cabinet in flight."""
@@ -526,15 +562,16 @@ class Dispatcher:
         if not protocol.valid_epoch(msg["epoch"]):
             self._ignored(cab, "status", "ignored a status from %s: epoch %r", cab, msg["epoch"])
             return
-        verdict = ledger.set_cabinet_epoch(cab, msg["epoch"], msg["boot"], msg["n"])
+        online = msg["online"]
+        # recorded with its epoch in one transaction, unless stale; a live online status says whether its
+        # clock is set, as it says it now (whether its credits may expire)
+        verdict = ledger.set_cabinet_epoch(cab, msg["epoch"], msg["boot"], msg["n"], status=dict(
+            online=online, status=protocol.signed_status_fields(msg),
+            clock_set=expiry.clock_ok(msg, time.time(), self.clock_skew) if online and not retained else None))
         if verdict == "stale":
             self._ignored(cab, "stale", "ignored a stale status from %s (epoch %s, boot %d, n %d): a replay, or "
                           "the retained copy of one already seen", cab, msg["epoch"], msg["boot"], msg["n"])
             return
-        online = msg["online"]
-        ledger.record_status(cab, online, protocol.signed_status_fields(msg))
-        if online and not retained:     # its clock, as it says it now: whether its credits may expire
-            ledger.set_cabinet_clock(cab, expiry.clock_ok(msg, time.time(), self.clock_skew))
         if online:
             # a credit signed for another epoch than the cabinet's current one never applies
             self._new_epoch(ledger, cab, msg["epoch"], "its status", verdict == "new")

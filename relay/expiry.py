@@ -50,14 +50,18 @@ def clock_ok(status, seen_at, skew):
     return abs(clock - float(seen_at)) <= skew
 
 
+def exp_for(queued_at, clock_set, refund_after):
+    """The exp to sign into a credit queued at `queued_at` at its first publish: 0 (none) when automatic
+    refunds are off or the cabinet's last live status did not say its clock is set (`clock_set`)."""
+    if not refund_after or not clock_set:
+        return 0
+    return int(queued_at) + refund_after
+
+
 def expiry_for(ledger, row, refund_after):
-    """The exp to sign into this credit at its first publish: 0 (none) when automatic refunds are off or
-    the cabinet's last live status did not say its clock is set (Ledger.set_cabinet_clock)."""
-    if not refund_after:
-        return 0
-    if not ledger.cabinet_clock_set(row["cabinet_id"]):
-        return 0
-    return int(row["queued_at"]) + refund_after
+    """exp_for() for a row of Ledger.next_deliveries, its cabinet's clock read from the ledger
+    (Ledger.record_status)."""
+    return exp_for(row["queued_at"], refund_after and ledger.cabinet_clock_set(row["cabinet_id"]), refund_after)
 
 
 def expired_ack_means_unset_clock(exp, now=None):

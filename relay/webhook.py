@@ -82,18 +82,26 @@ def assess(ledger, event_type, session):
     return dict(out, outcome="credit", credits=credits, pulses=pulses)
 
 
-def fulfil(ledger, event_id, event_type, session, refuse=None):
+def fulfil(ledger, event_id, event_type, session, refuse=None, dispatcher=None):
     """Validate a Checkout Session and record it, in one transaction: the one fulfilment path, used
     by the webhook and by reconciliation (relay/reconcile.py). Returns (result, verdict): result
     from Ledger.record_checkout ("queued", "invalid", "duplicate_session", ...). `refuse`: a reason
-    found before (e.g. livemode_mismatch) that makes the payment invalid whatever it says."""
+    found before (e.g. livemode_mismatch) that makes the payment invalid whatever it says.
+    `dispatcher`: this process's, when it runs one: a credit it can publish at once is marked published
+    in the same transaction and handed to it once committed (Dispatcher.publish_first); otherwise
+    its worker sends it from the ledger."""
     verdict = assess(ledger, event_type, session)
     if refuse and verdict["outcome"] in ("credit", "pending"):
         verdict = dict(verdict, outcome="invalid", credits=0, pulses=0, reason=refuse)
+    first = dispatcher.first_publish(verdict["cabinet_id"]) if (
+        dispatcher is not None and verdict["outcome"] == "credit") else None
     result = ledger.record_checkout(event_id, event_type, session["id"], verdict["outcome"],
                                     cabinet_id=verdict["cabinet_id"], amount=verdict["amount"],
                                     currency=verdict["currency"], credits=verdict["credits"],
-                                    pulses=verdict["pulses"], reason=verdict["reason"])
+                                    pulses=verdict["pulses"], reason=verdict["reason"], publish_first=first)
+    if result == "queued" and first is not None and first.get("row") is not None:
+        dispatcher.publish_first(first["row"])
+        verdict = dict(verdict, published=True)
     return result, verdict
 
 
@@ -145,13 +153,14 @@ def stripe_webhook():
     if len(event_id) > 255 or "\n" in event_id:
         return _refuse(400, "%s with an unusable event id" % event_type)
     ledger = get_ledger()  # a storage failure from here on answers 503 (see create_app)
-    result, verdict = fulfil(ledger, event_id, event_type, session, refuse=_mode_mismatch(event))
-    if result == "queued":
+    arcade = current_app.extensions["arcade"]
+    dispatcher = arcade.get("dispatcher")
+    result, verdict = fulfil(ledger, event_id, event_type, session, refuse=_mode_mismatch(event),
+                             dispatcher=dispatcher)
+    if result == "queued" and not verdict.get("published"):
         # the dispatcher publishes it now, unless the cabinet has a credit in flight here: then the
         # ack's step sends this one (asked after the commit, so that step reads it); a wake-up per
         # webhook for a busy cabinet is a ledger scan for nothing
-        arcade = current_app.extensions["arcade"]
-        dispatcher = arcade.get("dispatcher")
         if dispatcher is None or not dispatcher.in_flight(verdict["cabinet_id"]):
             arcade["wake"].set()
     log.info("webhook %s %s session %s cabinet %s: %s%s", event_id, event_type, session_id,

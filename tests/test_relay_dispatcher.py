@@ -368,9 +368,10 @@ def _selling(ledger):
 def test_forged_stale_and_oversized_statuses_change_nothing_and_cause_no_resends(world, monkeypatch):
     from relay.ledger import Ledger
     stored = []                     # every status the relay stores, in order (its view of the cabinet)
-    real = Ledger.record_status
-    monkeypatch.setattr(Ledger, "record_status", lambda self, id, online, status=None, seen_at=None: (
-        stored.append((online, dict(status or {}))), real(self, id, online, status, seen_at))[1])
+    real = Ledger._update_status    # what record_status and a status's set_cabinet_epoch write
+    monkeypatch.setattr(Ledger, "_update_status", staticmethod(
+        lambda cur, id, online, status=None, seen_at=None, clock_set=None: (
+            stored.append((online, dict(status or {}))), real(cur, id, online, status, seen_at, clock_set))[1]))
     ledger = world["ledger"]
     cab = world["cabinet"](auto=False)
     d = world["start"]()
@@ -463,3 +464,63 @@ def test_the_relay_publishes_again_a_retained_config_the_broker_lost(world):
     wait_until(lambda: Retained.get(world["broker"], topic, timeout=1.0), 20, what="config republished")
     msg = json.loads(Retained.get(world["broker"], topic))
     assert msg["ver"] == ver and protocol.verify_config(msg, world["secret"])
+
+
+# -- a webhook's credit published from its own thread (record_checkout's publish_first) -----------------
+
+def _session_up(d):
+    return d.first_publish("cab1") is not None
+
+
+def test_a_webhook_credit_for_an_idle_cabinet_is_marked_in_its_transaction_and_published_from_its_thread(world):
+    from relay import webhook
+    ledger = world["ledger"]
+    cab = world["cabinet"](auto=False)
+    d = world["start"]()
+    wait_until(lambda: _session_up(d), 10, what="the dispatcher's session up")
+    session = {"id": "cs_test_" + secrets.token_hex(8), "payment_status": "paid", "amount_total": 100,
+               "currency": "usd", "metadata": {"cabinet_id": "cab1"}}
+    result, verdict = webhook.fulfil(ledger, "evt_" + secrets.token_hex(8), "checkout.session.completed", session,
+                                     dispatcher=d)
+    assert result == "queued" and verdict.get("published") is True
+    assert d.in_flight("cab1"), "in flight when fulfil returns: no wake-up of the worker was needed"
+    row = ledger.get_payment(session["id"])
+    assert row["published_at"] is not None, "marked published in the webhook's own transaction"
+    got = cab.wait(lambda r: len(r) == 1)
+    assert got[0][1]["session"] == session["id"] and protocol.verify_credit(got[0][1], world["secret"])
+    # a second payment while the first is in flight: not marked, not published; the worker sends it after the ack
+    second = dict(session, id="cs_test_" + secrets.token_hex(8))
+    result, verdict = webhook.fulfil(ledger, "evt_" + secrets.token_hex(8), "checkout.session.completed", second,
+                                     dispatcher=d)
+    assert result == "queued" and not verdict.get("published")
+    assert ledger.get_payment(second["id"])["published_at"] is None
+    assert len(cab.received) == 1
+    cab.answer(got[0][1])
+    wait_until(lambda: state(ledger, session["id"]) == "applied", 10, what="the first acked")
+    got = cab.wait(lambda r: len(r) == 2)
+    assert got[1][1]["session"] == second["id"] and got[1][1]["seq"] == got[0][1]["seq"] + 1
+    cab.answer(got[1][1])
+    wait_until(lambda: state(ledger, second["id"]) == "applied", 10, what="the second acked")
+    assert cab.pulses == 4 and cab.max_outstanding == 1
+
+
+def test_a_credit_marked_by_a_webhook_that_died_before_publishing_is_published_by_the_next_dispatcher(world):
+    """Killed between the commit (credit marked published, with its exp) and the publish: the mark is
+    durable, the credit still queued; the dispatcher that starts next sends it with the exp recorded."""
+    ledger = world["ledger"]
+    ledger.record_status("cab1", True, clock_set=True)
+    first = {"expiry": lambda queued_at, clock_set: int(queued_at) + 900 if clock_set else 0}
+    session = "cs_test_" + secrets.token_hex(8)
+    assert ledger.record_checkout("evt_" + secrets.token_hex(8), "checkout.session.completed", session, "credit",
+                                  cabinet_id="cab1", amount=100, currency="usd", credits=1, pulses=2,
+                                  publish_first=first) == "queued"
+    row = ledger.get_payment(session)
+    exp = ledger._rows("SELECT exp FROM payments WHERE session_id = ?", (session,))[0]["exp"]
+    assert first["row"]["exp"] == exp == int(row["queued_at"]) + 900 and row["published_at"] is not None
+    assert not ledger.auto_refund_due(row["queued_at"] + 901, 900, 300), \
+        "a credit that may have been published is not refunded as never published"
+    cab = world["cabinet"]()            # the process died here: nobody published it
+    world["start"]()
+    got = cab.wait(lambda r: len(r) == 1)
+    assert got[0][1]["session"] == session and got[0][1]["exp"] == exp
+    wait_until(lambda: state(ledger, session) == "applied", 10, what="applied")

@@ -67,9 +67,12 @@ def test_paid_checkout_is_recorded_with_a_sequenced_credit(client, ledger, app):
 def test_a_credit_for_a_cabinet_with_one_in_flight_wakes_no_dispatcher_step_and_is_still_queued(client, ledger, app):
     """The dispatcher's ack step sends the next credit of a busy cabinet: the webhook skips the wake-up
     (a ledger scan for nothing); an idle cabinet's credit wakes it."""
-    class Busy:
+    class Busy:                             # and not connected: nothing published from the webhook
         def in_flight(self, cab):
             return cab == "cab1"
+
+        def first_publish(self, cab):
+            return None
 
     wake = app.extensions["arcade"]["wake"]
     app.extensions["arcade"]["dispatcher"] = Busy()
