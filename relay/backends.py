@@ -40,6 +40,9 @@ StorageError = (sqlite3.Error, psycopg.Error)
 WRITE_LOCK = 0x617263616465
 # The session-level advisory lock of the one dispatcher on a PostgreSQL database: b"arcdsp".
 DISPATCHER_LOCK = 0x617263647370
+# PostgreSQL: a committed credit is announced here (payload: its cabinet id), so that the relay holding
+# that cabinet's lease publishes it at once, whichever relay's webhook recorded it.
+CREDITS_CHANNEL = "arcade_credits"
 
 
 def is_postgres(db):
@@ -117,6 +120,10 @@ class SQLite:
     def end(self):
         """The transaction begin() opened has ended (committed or rolled back)."""
         self._writers.release()
+
+    def notify_credit(self, cur, cabinet_id):
+        """Nothing: one dispatcher per SQLite database, woken by its own process's webhooks (a web
+        worker's through a pipe, relay/webworkers.py); other processes' credits wait for ARCADE_RESCAN."""
 
     def schema_cached(self, db):
         return None
@@ -347,6 +354,11 @@ class PostgreSQL:
     def end(self):
         pass        # the advisory lock ends with the transaction
 
+    def notify_credit(self, cur, cabinet_id):
+        """Announce a credit of `cabinet_id` on CREDITS_CHANNEL when this transaction commits (never if
+        it, or the savepoint around it, rolls back): listen_credits() wakes every relay's dispatcher."""
+        cur.execute("SELECT pg_notify(?, ?)", (CREDITS_CHANNEL, cabinet_id))
+
     def schema_cached(self, db):
         """The ledger id when this process has already created/migrated this database's schema."""
         return self._entry.ledger_id
@@ -412,3 +424,15 @@ def take_dispatcher_lock(db):
         f.close()
         return None
     return _FileLock(f)
+
+
+def listen_credits(url, timeout=10.0):
+    """A connection of its own (not the pool's: it stays in LISTEN) that hears CREDITS_CHANNEL; read it
+    with conn.notifies(timeout=...). Raises psycopg.Error (a StorageError) when the server can't be reached."""
+    conn = psycopg.connect(url, autocommit=True, connect_timeout=max(1, int(timeout)))
+    try:
+        conn.execute("LISTEN %s" % CREDITS_CHANNEL)
+    except BaseException:
+        conn.close()
+        raise
+    return conn

@@ -86,6 +86,7 @@ class Dispatcher:
         self._stopping = threading.Event()
         self._lock = threading.RLock()  # the delivery state below: the worker's steps, a webhook's publish_first
         self._thread = None
+        self._listener = None       # PostgreSQL: hears credits other relays committed (_listen)
         self._client = None
         self._lock_file = None
         self._session_up = False    # the worker has seen the connection and may publish
@@ -143,6 +144,9 @@ class Dispatcher:
             raise
         self._thread = threading.Thread(target=self._run, name="arcade-dispatcher", daemon=True)
         self._thread.start()
+        if self.leases is not None:
+            self._listener = threading.Thread(target=self._listen, name="arcade-credits-listener", daemon=True)
+            self._listener.start()
         log.info("dispatcher started: client id %s, broker %s", self.client_id, mask_url(self.mqtt_url))
         return True
 
@@ -152,6 +156,9 @@ class Dispatcher:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        if self._listener is not None:
+            self._listener.join(timeout)
+            self._listener = None
         if self._client is not None:
             self._client.disconnect()   # a clean disconnect keeps the broker session (it never expires)
             self._client.loop_stop()
@@ -273,6 +280,31 @@ class Dispatcher:
 
     def _on_message(self, client, userdata, msg):
         self._post(("message", msg.topic, msg.payload, msg.retain))
+
+    # -- PostgreSQL: credits another relay committed ------------------------------------------
+
+    def _listen(self):
+        """Wake the worker whenever any relay commits a credit (Ledger.record_checkout notifies
+        backends.CREDITS_CHANNEL): the lease holder of its cabinet publishes it at once, not at the next
+        ARCADE_RESCAN. The worker decides whose it is; losing this connection costs only that rescan's
+        delay until it is back (retried every second)."""
+        conn = None
+        while not self._stopping.is_set():
+            try:
+                if conn is None:
+                    conn = backends.listen_credits(self.db_path)
+                    self.wake_event.set()       # anything committed while not listening
+                for _ in conn.notifies(timeout=1.0):
+                    self.wake_event.set()
+            except StorageError as e:
+                log.warning("not hearing other relays' credits (%s): retrying in 1 s; meanwhile they wait for "
+                            "the rescan (ARCADE_RESCAN)", str(e).strip().replace(self.db_path, backends.redact(self.db_path))[:300])
+                if conn is not None:
+                    conn.close()
+                    conn = None
+                self._stopping.wait(1.0)
+        if conn is not None:
+            conn.close()
 
     # -- the worker thread --------------------------------------------------------------------
 

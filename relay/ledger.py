@@ -809,6 +809,8 @@ class Ledger:
                                 (cabinet_id, state, reason, credits, pulses, amount, currency, seq, issued,
                                  event_type, now, paid_at, queued_at, done_at, session_id))
                 result = state
+                if state == "queued":
+                    self.dialect.notify_credit(cur, cabinet_id)
                 if publish_first is not None and state == "queued":
                     publish_first["row"] = self._mark_first(cur, publish_first["expiry"], session_id, cabinet_id,
                                                             seq, credits, pulses, issued, now)

@@ -524,3 +524,38 @@ def test_a_credit_marked_by_a_webhook_that_died_before_publishing_is_published_b
     got = cab.wait(lambda r: len(r) == 1)
     assert got[0][1]["session"] == session and got[0][1]["exp"] == exp
     wait_until(lambda: state(ledger, session) == "applied", 10, what="applied")
+
+
+def test_postgresql_a_credit_another_relay_committed_reaches_the_lease_holder_at_once(tmp_path, broker, pg_url):
+    """Two relays' dispatchers on one PostgreSQL ledger, a rescan of 10 minutes, lease renewals 30 s
+    apart and no screen refresh (the holder's worker has no timed step for 30 s): a payment recorded by
+    the relay that does not hold the cabinet's lease (nginx sent the webhook there) is published by the
+    holder when it commits (LISTEN/NOTIFY), not at the holder's next rescan."""
+    led = open_ledger(pg_url)
+    secret = led.add_cabinet("cab1", price_cents=100, coins_per_credit=2)
+    cab = FakeCabinet(broker, "cab1", secret)
+    started = []
+    try:
+        for name in ("a", "b"):
+            d = Dispatcher(config.check({"ARCADE_DB": pg_url, "MQTT_URL": broker.url, "STRIPE_WEBHOOK_SECRET": "x",
+                                         "ARCADE_ACK_TIMEOUT": 30, "ARCADE_RESCAN": 600, "ARCADE_RELAY_NAME": name,
+                                         "ARCADE_LEASE_SECONDS": 90}))    # renewals (a step each) 30 s apart
+            d.screen_check = 3600       # no timed step for the cabinets' screens either
+            assert d.start()
+            started.append(d)
+            wait_until(lambda: d.connected, 10, what="dispatcher %s connected" % name)
+        first = pay(led)
+        started[0].wake()               # a's webhook: a takes the lease and publishes
+        wait_until(lambda: state(led, first) == "applied", 10, what="the first credit applied")
+        holder = [d for d in started if d.leases.held()]
+        assert len(holder) == 1
+        # past its one timed step after connecting (the retained configs' check): idle until a renewal
+        wait_until(lambda: holder[0]._cfg_check_at is None, 10, what="the holder's config check done")
+        second = pay(led)               # recorded by the other relay: nothing wakes the holder but the notice
+        wait_until(lambda: state(led, second) == "applied", 10, what="the second credit, without a rescan")
+        assert cab.pulses == 4 and [c["session"] for _, c in cab.received] == [first, second]
+    finally:
+        for d in started:
+            d.stop()
+        cab.close()
+        led.close()
