@@ -876,7 +876,8 @@ class Ledger:
         write transaction that re-checks it is still pending: a refund that claimed it before
         (claim_refund) wins and it is not returned, and a refund after sees it was published. So a
         refunded credit is never published, and a published one is never refunded as undelivered.
-        The same write fixes its signed expiry, `expiry(row)` (Unix seconds, 0 for none; relay/expiry.py)."""
+        The same write fixes its signed expiry, `expiry(row)` (Unix seconds, 0 for none; relay/expiry.py).
+        A credit another process marked between the read and that write is returned with its mark."""
         # per cabinet, one lookup in the payments_pending index (not a scan of every pending credit:
         # cabinets that are offline may hold thousands)
         rows = self._rows("WITH h AS MATERIALIZED (SELECT c.id AS cabinet_id, c.secret AS secret, "
@@ -897,8 +898,19 @@ class Ledger:
                     cur.execute("UPDATE payments SET published_at = ?, exp = ? WHERE session_id = ? AND seq = ? "
                                 "AND published_at IS NULL AND state IN ('queued', 'sent')",
                                 (now, row["exp"], row["session_id"], row["seq"]))
-                    if cur.rowcount != 1:
+                    if cur.rowcount == 1:
+                        continue
+                    # marked meanwhile by another relay's dispatcher (PostgreSQL: every relay reads every
+                    # cabinet's next credit; the lease decides who publishes): its mark and exp stand, and
+                    # it is still this relay's to publish if it holds the lease. Gone only if no longer
+                    # pending (a refund claimed it).
+                    cur.execute("SELECT published_at, exp FROM payments WHERE session_id = ? AND seq = ? "
+                                "AND state IN ('queued', 'sent')", (row["session_id"], row["seq"]))
+                    marked = cur.fetchone()
+                    if marked is None or marked[0] is None:
                         lost.add(row["session_id"])
+                    else:
+                        row["published_at"], row["exp"] = marked[0], marked[1]
             rows = [row for row in rows if row["session_id"] not in lost]
         return rows
 

@@ -362,3 +362,31 @@ def test_writers_of_one_process_queue_for_each_other_and_the_wait_is_bounded(tmp
     with open_ledger(db) as led:
         row = led.get_cabinet("cab1")
     assert done == [None] and not row["enabled"] and row["name"] == "held"
+
+
+def test_a_credit_another_relay_marked_published_meanwhile_is_still_returned_with_its_exp(ledger, ledger_db):
+    """PostgreSQL's relays all read every cabinet's next credit, and one without the lease may mark it
+    published first: the lease holder must still get it (with that mark's exp), or it waits for the
+    next round (seen as ~1 s edges in the bench). A credit a refund took meanwhile is not returned."""
+    ledger.add_cabinet("cab1")
+    ledger.add_cabinet("cab2")
+    credit(ledger, 1)
+    credit(ledger, 2, cab="cab2")
+    real = ledger._rows
+    other = open_ledger(ledger_db)
+
+    def read_then_race(sql, args=()):
+        rows = real(sql, args)
+        if "WITH h AS" in sql:          # next_deliveries' read: another relay marks cs_1, a refund takes cs_2
+            other.next_deliveries(exclude={"cab2"}, expiry=lambda row: 4242)
+            assert other.claim_refund("cs_2", "op", "console") is not None
+        return rows
+
+    try:
+        ledger._rows = read_then_race
+        rows = ledger.next_deliveries(expiry=lambda row: 9999)
+    finally:
+        ledger._rows = real
+        other.close()
+    assert [(r["session_id"], r["exp"]) for r in rows] == [("cs_1", 4242)]
+    assert rows[0]["published_at"] is not None
