@@ -294,7 +294,7 @@ class Dispatcher:
                 if conn is None:
                     conn = backends.listen_credits(self.db_path)
                     self.wake_event.set()       # anything committed while not listening
-                for _ in conn.notifies(timeout=1.0):
+                if backends.wait_credits(conn, 1.0):
                     self.wake_event.set()
             except StorageError as e:
                 log.warning("not hearing other relays' credits (%s): retrying in 1 s; meanwhile they wait for "

@@ -554,6 +554,15 @@ def test_postgresql_a_credit_another_relay_committed_reaches_the_lease_holder_at
         second = pay(led)               # recorded by the other relay: nothing wakes the holder but the notice
         wait_until(lambda: state(led, second) == "applied", 10, what="the second credit, without a rescan")
         assert cab.pulses == 4 and [c["session"] for _, c in cab.received] == [first, second]
+        # the server ends the listening sessions (a restart, a network cut): each listener reconnects
+        # and, reconnected, looks at the ledger once, so a credit committed meanwhile is not left waiting
+        killed = led._rows("SELECT COUNT(pg_terminate_backend(pid)) AS n FROM pg_stat_activity "
+                           "WHERE query = 'LISTEN arcade_credits'")[0]["n"]
+        assert killed == 2
+        third = pay(led)
+        wait_until(lambda: state(led, third) == "applied", 10, what="the third credit after the listeners' loss")
+        wait_until(lambda: len(led._rows("SELECT pid FROM pg_stat_activity WHERE query = 'LISTEN arcade_credits'"))
+                   == 2, 10, what="both listening again")
     finally:
         for d in started:
             d.stop()
