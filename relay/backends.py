@@ -70,20 +70,25 @@ def open_backend(db, busy_timeout_ms=5000):
     return SQLite.open(str(db), busy_timeout_ms)
 
 
+class PerDatabase:
+    """One `make()` per database path in this process, made on first use (thread-safe)."""
+
+    def __init__(self, make):
+        self._make, self._made, self._lock = make, {}, threading.Lock()
+
+    def __call__(self, path):
+        with self._lock:
+            made = self._made.get(path)
+            if made is None:
+                made = self._made[path] = self._make()
+            return made
+
+
 # SQLite's writers in this process, per database file: they queue on this lock before BEGIN
 # IMMEDIATE, so one waits exactly until the other commits, where SQLite's own busy handler would
 # poll in sleeps of 1, 2, 5, 10... ms (a webhook behind a dispatcher's fsync lost milliseconds).
 # Other processes (web workers, tools) still meet in SQLite's lock and its busy timeout.
-_sqlite_writers = {}
-_sqlite_writers_lock = threading.Lock()
-
-
-def _writer_lock(path):
-    with _sqlite_writers_lock:
-        lock = _sqlite_writers.get(path)
-        if lock is None:
-            lock = _sqlite_writers[path] = threading.RLock()
-        return lock
+_writer_lock = PerDatabase(threading.RLock)
 
 
 class SQLite:

@@ -402,16 +402,7 @@ class _Work:
         self.work, self.done, self.lead, self.result, self.error = work, threading.Event(), False, None, None
 
 
-_groups = {}
-_groups_lock = threading.Lock()
-
-
-def _commit_group(path):
-    with _groups_lock:
-        group = _groups.get(path)
-        if group is None:
-            group = _groups[path] = _CommitGroup()
-        return group
+_commit_group = backends.PerDatabase(_CommitGroup)
 
 
 class Ledger:
