@@ -219,7 +219,10 @@ def _packet(conn):
         return None, b""
     n, shift = 0, 0
     while True:
-        b = conn.recv(1)[0]
+        more = conn.recv(1)
+        if not more:                # the peer closed mid-packet (the simulator stopped): the link is over
+            return None, b""
+        b = more[0]
         n |= (b & 0x7F) << shift
         shift += 7
         if not b & 0x80:
