@@ -297,8 +297,9 @@ class Dispatcher:
                 if backends.wait_credits(conn, 1.0):
                     self.wake_event.set()
             except StorageError as e:
+                why = str(e).strip().replace(self.db_path, backends.redact(self.db_path))[:300]
                 log.warning("not hearing other relays' credits (%s): retrying in 1 s; meanwhile they wait for "
-                            "the rescan (ARCADE_RESCAN)", str(e).strip().replace(self.db_path, backends.redact(self.db_path))[:300])
+                            "the rescan (ARCADE_RESCAN)", why)
                 if conn is not None:
                     conn.close()
                     conn = None

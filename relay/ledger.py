@@ -728,7 +728,7 @@ class Ledger:
 
     def record_status(self, id, online, status=None, seen_at=None, clock_set=None):
         """The cabinet's retained status (or any sign of life): online flag, last seen, status JSON, and,
-        from a live one, whether its clock is set (set_cabinet_clock; None: unchanged), in one write."""
+        from a live one, whether its clock is set (and close to ours; None: unchanged), in one write."""
         with self._write() as cur:
             return self._update_status(cur, id, online, status, seen_at, clock_set)
 
@@ -904,11 +904,6 @@ class Ledger:
                         row["published_at"], row["exp"] = marked[0], marked[1]
             rows = [row for row in rows if row["session_id"] not in lost]
         return rows
-
-    def set_cabinet_clock(self, cabinet_id, ok):
-        """The cabinet's live online status says its clock is set (and close to ours) or not."""
-        with self._write() as cur:
-            cur.execute("UPDATE cabinets SET clock_set = ? WHERE id = ?", (1 if ok else 0, cabinet_id))
 
     def cabinet_clock_set(self, cabinet_id):
         rows = self._rows("SELECT clock_set FROM cabinets WHERE id = ?", (cabinet_id,))

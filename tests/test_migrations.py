@@ -218,7 +218,7 @@ def test_issue13b_upgrade_leaves_old_in_flight_credits_without_expiry_so_never_r
             assert led.claim_auto_refund(sid, far, 900, 300) is None
         cab = led.list_cabinets()[0]["id"]
         assert led.cabinet_clock_set(cab) is False      # never said: its credits get no exp
-        led.set_cabinet_clock(cab, True)
+        led.record_status(cab, True, clock_set=True)
         assert led.cabinet_clock_set(cab) is True
 def test_issue16_screen_lines_issue_a_version_for_an_old_provisioned_cabinet(v1_db):
     """issue16_screen_lines: an upgraded cabinet has no lines issued yet; its first lines issue a new
